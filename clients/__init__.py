@@ -1,0 +1,1 @@
+"""Flower ClientApp of fl-dp: local normalization, error feedback, compression and noise."""

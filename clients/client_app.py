@@ -1,0 +1,62 @@
+"""The Flower ClientApp: one training request in, one compressed / noised message out.
+
+The client's persistent state (error-feedback vector g_i, momentum) lives in
+``context.state`` so that it survives across rounds, including rounds the
+client is not sampled in, in simulation and on a SuperNode alike.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl_dp.config import ConfigError, RunConfig
+from fl_dp.federation import ClientCore
+from strategies.fl_dp_strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, from_array_record, to_array_record
+
+STATE_KEY = "fl-dp-state"
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=64)
+def _client(cfg: RunConfig, partition_id: int) -> ClientCore:
+    # Reused across messages handled by this process: the data partition is loaded once.
+    return ClientCore(cfg, partition_id)
+
+
+def partition_of(context: Context, cfg: RunConfig) -> int:
+    try:
+        partition_id = int(context.node_config["partition-id"])
+        num_partitions = int(context.node_config["num-partitions"])
+    except KeyError as err:
+        raise ConfigError(f"node config lacks {err}: start the SuperNode with --node-config 'partition-id=.. num-partitions=..'") from None
+    if num_partitions != cfg.num_clients:
+        raise ConfigError(f"node has num-partitions={num_partitions} but the run has num-clients={cfg.num_clients}")
+    return partition_id
+
+
+def load_state(context: Context) -> dict[str, torch.Tensor]:
+    if STATE_KEY not in context.state.array_records:
+        return {}
+    return {k: torch.from_numpy(v.copy()) for k, v in from_array_record(context.state.array_records[STATE_KEY]).items()}
+
+
+def save_state(context: Context, state: dict[str, torch.Tensor]) -> None:
+    context.state[STATE_KEY] = to_array_record({k: v.detach().numpy().astype(np.float32) for k, v in state.items()})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_flwr(context.run_config)
+    client = _client(cfg, partition_of(context, cfg))
+    arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
+    config = dict(msg.content.config_records[CONFIG_KEY])
+    out_arrays, metrics, state = client.train(arrays, config, load_state(context))
+    save_state(context, state)
+    content = RecordDict({ARRAYS_KEY: to_array_record(out_arrays), METRICS_KEY: MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,258 @@
+"""Every strategy of the project as two hooks on flat tensors.
+
+``client_update`` turns the global vector x, the client's persistent state and
+its local objective into one message; ``server_update`` turns the decoded
+messages of a round into the next x. The Flower strategy/ClientApp and the
+in-process loop both call exactly these.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from fl_dp.compressors import SparseVector, build_compressor
+from fl_dp.config import ConfigError, RunConfig
+from fl_dp.mechanisms import GaussianMechanism
+from fl_dp.operators import Clipping, SmoothedNormalization
+from fl_dp.privacy import Release, calibrate_noise_multiplier
+from fl_dp.training import Objective
+from fl_dp.wire import Payload
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """What one client gets in one round."""
+
+    x: torch.Tensor
+    state: State
+    objective: Objective
+    generator: torch.Generator
+    server_round: int
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one client produces in one round. ``release`` is None when nothing private was released."""
+
+    message: Payload
+    state: State
+    train_loss: float
+    num_examples: int
+    release: Release | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Algorithm(ABC):
+    """A federated algorithm: client and server hooks plus how messages are weighted."""
+
+    #: weight each message by the client's number of examples (else uniformly)
+    weighted_by_examples: bool = False
+
+    @abstractmethod
+    def client_update(self, task: ClientTask) -> ClientUpdate: ...
+
+    def init_server_state(self, dim: int) -> State:
+        return {}
+
+    @abstractmethod
+    def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+        """Next global vector; may update ``state`` in place."""
+
+
+def _dense(message: Payload) -> torch.Tensor:
+    return message.to_dense() if isinstance(message, SparseVector) else message
+
+
+def weighted_mean(messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weights must sum to a positive number")
+    return torch.stack(messages).mul(torch.tensor(weights).unsqueeze(1) / total).sum(0)
+
+
+@dataclass(frozen=True)
+class LocalTraining(Algorithm):
+    """FedAvg (McMahan et al. 2017) and client-level DP-FedAvg.
+
+    Client: local SGD from x, update delta = x_local - x; DP-FedAvg clips delta
+    to ``clip`` and adds Gaussian noise before sending. Server: x += server_lr * mean(delta)
+    (weighted by examples without privacy, uniform with it, since weights would leak).
+    """
+
+    client_lr: float
+    local_epochs: int
+    batch_size: int
+    momentum: float
+    server_lr: float
+    clipping: Clipping | None = None
+    mechanism: GaussianMechanism | None = None
+
+    @property
+    def weighted_by_examples(self) -> bool:  # type: ignore[override]
+        return self.clipping is None
+
+    def client_update(self, task: ClientTask) -> ClientUpdate:
+        x_local, loss, _ = task.objective.sgd(
+            task.x, self.local_epochs, self.client_lr, self.batch_size, task.generator, self.momentum
+        )
+        delta = x_local - task.x
+        release = None
+        if self.clipping is not None:
+            delta = self.clipping(delta)
+            if self.mechanism is not None:
+                delta = self.mechanism(delta, task.generator)
+                release = self.mechanism.release()
+        return ClientUpdate(delta, task.state, loss, len(task.objective.data), release)
+
+    def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+        return x + self.server_lr * weighted_mean(messages, weights)
+
+
+@dataclass(frozen=True)
+class ErrorFeedback(Algorithm):
+    """The error-feedback family: alpha-NormEC, its baselines, Clip21, EF21, ||EF21||, ||EF21-SGDM||.
+
+    Client i (state g_i, and momentum m_i if ``momentum_eta``):
+        v_i = gradient (or m_i = (1 - eta) m_i + eta * gradient)
+        D_i = operator(v_i - g_i)      [``error_feedback``; the first message is v_i - 0 dense if ``dense_first``]
+        D_i = operator(v_i)            [no error feedback]
+        g_i += beta * D_i              (noiseless: the state never sees the noise)
+        send D_i + z_i                 (z_i from ``mechanism``)
+    Server: G += (beta / num_clients) * sum_i message_i with error feedback, else G = mean_i message_i;
+            x -= server_lr * G (or * G / ||G|| with ``normalized_step``).
+    """
+
+    operator: Callable[..., Payload]
+    server_lr: float
+    num_clients: int
+    batch_size: int
+    beta: float = 1.0
+    error_feedback: bool = True
+    mechanism: GaussianMechanism | None = None
+    normalized_step: bool = False
+    dense_first: bool = False
+    momentum_eta: float | None = None
+    operator_takes_generator: bool = False
+
+    def client_update(self, task: ClientTask) -> ClientUpdate:
+        loss, grad = task.objective.stochastic_gradient(task.x, self.batch_size, task.generator)
+        state = dict(task.state)
+        v = grad
+        if self.momentum_eta is not None:
+            v = grad if "m" not in state else (1 - self.momentum_eta) * state["m"] + self.momentum_eta * grad
+            state["m"] = v
+        if self.error_feedback:
+            g = state.get("g", torch.zeros_like(v))
+            if self.dense_first and "g" not in state:
+                increment: Payload = v - g
+            else:
+                increment = self._apply(v - g, task.generator)
+            state["g"] = g + self.beta * _dense(increment)
+        else:
+            increment = self._apply(v, task.generator)
+        message: Payload = increment
+        release = None
+        if self.mechanism is not None:
+            message = self.mechanism(_dense(increment), task.generator)
+            release = self.mechanism.release()
+        metrics = {"grad-norm": float(torch.linalg.vector_norm(grad))}
+        return ClientUpdate(message, state, loss, len(task.objective.data), release, metrics)
+
+    def _apply(self, v: torch.Tensor, generator: torch.Generator) -> Payload:
+        if self.operator_takes_generator:
+            return self.operator(v, generator)
+        return self.operator(v)
+
+    def init_server_state(self, dim: int) -> State:
+        return {"G": torch.zeros(dim)}
+
+    def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+        if self.error_feedback:
+            state["G"] = state["G"] + (self.beta / self.num_clients) * torch.stack(messages).sum(0)
+        else:
+            state["G"] = torch.stack(messages).mean(0)
+        step = state["G"]
+        if self.normalized_step:
+            norm = torch.linalg.vector_norm(step)
+            if norm == 0:
+                return x.clone()
+            step = step / norm
+        return x - self.server_lr * step
+
+
+# ---------------------------------------------------------------- construction from a run config
+
+CLIENT_LEVEL_PRIVATE = ("dp-fedavg", "alpha-normec", "dp-normalized-sgd", "clip21")
+
+
+def sensitivity(cfg: RunConfig) -> float:
+    """L2 sensitivity of one release under the replace-one-client relation: twice the operator's bound.
+
+    Any two datasets of a client give noiseless messages inside the same ball of
+    radius ``bound``, whatever the client's state, so they differ by at most 2 * bound.
+    """
+    if cfg.strategy in ("alpha-normec", "dp-normalized-sgd"):
+        return 2 * SmoothedNormalization(cfg.alpha).bound
+    if cfg.strategy in ("clip21", "dp-fedavg"):
+        return 2 * Clipping(cfg.clip).bound
+    raise ValueError(f"{cfg.strategy} has no bounded-sensitivity release")
+
+
+def resolve_noise_multiplier(cfg: RunConfig) -> float:
+    """The noise multiplier of each release: set directly, calibrated from the target, or 0.
+
+    Calibration is for the worst case of a client taking part in every planned
+    round (client-level release: sample rate 1, one step per round).
+    """
+    if cfg.noise_multiplier > 0:
+        return cfg.noise_multiplier
+    if cfg.target_epsilon > 0:
+        return calibrate_noise_multiplier(cfg.target_epsilon, cfg.delta, sample_rate=1.0, steps=cfg.num_server_rounds)
+    return 0.0
+
+
+def build_algorithm(cfg: RunConfig, dim: int, noise_multiplier: float | None = None) -> Algorithm:
+    """The algorithm of ``cfg.strategy`` for a model of ``dim`` parameters."""
+    if noise_multiplier is None:
+        noise_multiplier = resolve_noise_multiplier(cfg)
+    mechanism = None
+    if cfg.strategy in CLIENT_LEVEL_PRIVATE:
+        mechanism = GaussianMechanism.from_noise_multiplier(noise_multiplier, sensitivity(cfg))
+    if cfg.strategy == "fedavg":
+        return LocalTraining(cfg.client_lr, cfg.local_epochs, cfg.batch_size, cfg.momentum, cfg.server_lr or 1.0)
+    if cfg.strategy == "dp-fedavg":
+        return LocalTraining(
+            cfg.client_lr, cfg.local_epochs, cfg.batch_size, cfg.momentum, cfg.server_lr or 1.0, Clipping(cfg.clip), mechanism
+        )
+    _require_server_lr(cfg)
+    common = dict(server_lr=cfg.server_lr, num_clients=cfg.num_clients, batch_size=cfg.batch_size)
+    if cfg.strategy == "alpha-normec":
+        return ErrorFeedback(SmoothedNormalization(cfg.alpha), beta=cfg.beta, mechanism=mechanism, **common)
+    if cfg.strategy == "dp-normalized-sgd":
+        return ErrorFeedback(SmoothedNormalization(cfg.alpha), error_feedback=False, mechanism=mechanism, **common)
+    if cfg.strategy == "clip21":
+        return ErrorFeedback(Clipping(cfg.clip), mechanism=mechanism, **common)
+    compressor = build_compressor(cfg.compressor, dim, cfg.compress_k, cfg.compress_ratio)
+    ef21 = dict(operator=compressor, dense_first=True, operator_takes_generator=True)
+    if cfg.strategy == "ef21":
+        return ErrorFeedback(**ef21, **common)
+    rounds_scaled = dict(common, server_lr=cfg.server_lr / math.sqrt(cfg.num_server_rounds + 1))
+    if cfg.strategy == "ef21-norm":
+        return ErrorFeedback(**ef21, normalized_step=True, **rounds_scaled)
+    if cfg.strategy == "ef21-sgdm-norm":
+        return ErrorFeedback(**ef21, normalized_step=True, momentum_eta=cfg.sgdm_eta, **rounds_scaled)
+    raise ValueError(f"unknown strategy {cfg.strategy!r}")
+
+
+def _require_server_lr(cfg: RunConfig) -> None:
+    if cfg.server_lr <= 0:
+        raise ConfigError(
+            f"{cfg.strategy} needs server-lr > 0 (compute a theory step size with fl_dp.stepsizes and pass it)"
+        )

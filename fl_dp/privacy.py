@@ -1,0 +1,104 @@
+"""Per-client privacy accounting over Opacus' RDP accountant.
+
+Every time a client releases something noisy, it is one :class:`Release`: a
+(sub-sampled) Gaussian mechanism with a noise multiplier (noise std divided by
+the L2 sensitivity), a sampling rate and a number of steps. A client's epsilon
+is the RDP composition of every release it made, converted at ``delta``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+
+@dataclass(frozen=True)
+class Release:
+    """One accounted event: ``steps`` compositions of a Gaussian mechanism.
+
+    ``noise_multiplier`` is sigma / sensitivity; 0 means no noise (no privacy).
+    ``sample_rate`` is the Poisson sampling rate of the records (1 for a
+    release that uses all of them, as a client-level release does).
+    """
+
+    noise_multiplier: float
+    sample_rate: float = 1.0
+    steps: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(f"noise multiplier must be finite and >= 0, got {self.noise_multiplier}")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def epsilon_of(releases: list[Release], delta: float) -> float:
+    """(eps, delta)-DP epsilon of the RDP composition of ``releases``; inf if any is noiseless."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if not releases:
+        return 0.0
+    if any(r.noise_multiplier == 0 for r in releases):
+        return math.inf
+    accountant = RDPAccountant()
+    accountant.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in releases]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float = 1.0, steps: int = 1) -> float:
+    """Smallest noise multiplier (to Opacus' tolerance) whose RDP composition over
+    ``steps`` releases at ``sample_rate`` stays within (target_epsilon, delta)."""
+    if target_epsilon <= 0:
+        raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant="rdp",
+            epsilon_tolerance=0.005,
+        )
+    )
+
+
+class PrivacyLedger:
+    """Each client's releases, and its epsilon composed over all of them."""
+
+    def __init__(self, delta: float) -> None:
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        self.delta = delta
+        self._releases: dict[str, list[Release]] = {}
+        self._epsilon_cache: dict[str, float] = {}
+
+    def record(self, client: str, release: Release) -> None:
+        self._releases.setdefault(client, []).append(release)
+        self._epsilon_cache.pop(client, None)
+
+    def releases(self, client: str) -> list[Release]:
+        return list(self._releases.get(client, []))
+
+    def epsilon(self, client: str) -> float:
+        if client not in self._epsilon_cache:
+            self._epsilon_cache[client] = epsilon_of(self._releases.get(client, []), self.delta)
+        return self._epsilon_cache[client]
+
+    def epsilons(self) -> dict[str, float]:
+        return {client: self.epsilon(client) for client in self._releases}
+
+    def summary(self) -> tuple[float, float]:
+        """(max, mean) epsilon over the clients that released anything; (0, 0) if none."""
+        values = list(self.epsilons().values())
+        if not values:
+            return 0.0, 0.0
+        return max(values), sum(values) / len(values)

@@ -1,0 +1,134 @@
+"""A model's loss on a dataset as a function of its flat parameter vector: gradients, local SGD, evaluation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fl_dp.data import ArrayDataset
+from fl_dp.models import get_flat_grad, get_flat_params, num_params, set_flat_params
+
+EVAL_CHUNK = 2048
+
+
+def nonconvex_regularizer(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """lambda * sum_k x_k^2 / (1 + x_k^2), the regulariser of the EF21 logistic experiments."""
+    squared = x * x
+    return lam * torch.sum(squared / (1 + squared))
+
+
+class Objective:
+    """f(x) = mean loss of ``model`` with parameters x on ``data`` (+ the non-convex regulariser).
+
+    A model with one output is a binary logistic model (labels 0/1, i.e. the
+    log(1 + exp(-y x.w)) loss with y = +-1); otherwise cross-entropy.
+    """
+
+    def __init__(self, model: nn.Module, data: ArrayDataset, regularizer_lambda: float = 0.0) -> None:
+        if len(data) == 0:
+            raise ValueError("a client objective needs at least one sample")
+        self.model = model
+        self.data = data
+        self.regularizer_lambda = regularizer_lambda
+        self.dim = num_params(model)
+
+    def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if logits.shape[1] == 1:
+            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction=reduction)
+        return nn.functional.cross_entropy(logits, labels, reduction=reduction)
+
+    def _regularizer(self) -> torch.Tensor:
+        if self.regularizer_lambda == 0:
+            return torch.zeros(())
+        return nonconvex_regularizer(torch.nn.utils.parameters_to_vector(self.model.parameters()), self.regularizer_lambda)
+
+    def loss_and_grad(self, x: torch.Tensor, indices: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """Loss and gradient at x on the samples ``indices`` (all samples if None)."""
+        set_flat_params(self.model, x)
+        self.model.zero_grad(set_to_none=True)
+        self.model.train()
+        if indices is None:
+            total = len(self.data)
+            loss_sum = 0.0
+            for start in range(0, total, EVAL_CHUNK):
+                xb = self.data.x[start : start + EVAL_CHUNK]
+                yb = self.data.y[start : start + EVAL_CHUNK]
+                chunk_loss = self.loss_fn(self.model(xb), yb, reduction="sum") / total
+                chunk_loss.backward()
+                loss_sum += chunk_loss.item()
+        else:
+            loss = self.loss_fn(self.model(self.data.x[indices]), self.data.y[indices])
+            loss.backward()
+            loss_sum = loss.item()
+        reg = self._regularizer()
+        if reg.requires_grad:
+            reg.backward()
+        return loss_sum + reg.item(), get_flat_grad(self.model)
+
+    def batch_indices(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        """A minibatch drawn without replacement, or None (full batch) for batch_size 0 or >= N."""
+        n = len(self.data)
+        if batch_size <= 0 or batch_size >= n:
+            return None
+        return torch.randperm(n, generator=generator)[:batch_size]
+
+    def stochastic_gradient(
+        self, x: torch.Tensor, batch_size: int, generator: torch.Generator | None
+    ) -> tuple[float, torch.Tensor]:
+        return self.loss_and_grad(x, self.batch_indices(batch_size, generator))
+
+    def sgd(
+        self,
+        x: torch.Tensor,
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        generator: torch.Generator | None,
+        momentum: float = 0.0,
+    ) -> tuple[torch.Tensor, float, int]:
+        """Local SGD from x over shuffled epochs: (final x, mean minibatch loss, steps).
+
+        Steps update the model's parameters in place (no flat-vector round trip per step).
+        """
+        n = len(self.data)
+        batch = n if batch_size <= 0 else min(batch_size, n)
+        set_flat_params(self.model, x)
+        self.model.train()
+        params = list(self.model.parameters())
+        velocities = [torch.zeros_like(p) for p in params]
+        losses = []
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch):
+                indices = order[start : start + batch]
+                self.model.zero_grad(set_to_none=True)
+                loss = self.loss_fn(self.model(self.data.x[indices]), self.data.y[indices]) + self._regularizer()
+                loss.backward()
+                with torch.no_grad():
+                    for p, v in zip(params, velocities):
+                        v.mul_(momentum).add_(p.grad)
+                        p.sub_(lr * v)
+                losses.append(loss.item())
+        return get_flat_params(self.model), sum(losses) / len(losses), len(losses)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor) -> dict[str, float]:
+        """Mean loss and accuracy at x over all samples."""
+        set_flat_params(self.model, x)
+        self.model.eval()
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(self.data), EVAL_CHUNK):
+            xb = self.data.x[start : start + EVAL_CHUNK]
+            yb = self.data.y[start : start + EVAL_CHUNK]
+            logits = self.model(xb)
+            loss_sum += float(self.loss_fn(logits, yb, reduction="sum"))
+            if logits.shape[1] == 1:
+                predictions = (logits[:, 0] > 0).long()
+            else:
+                predictions = logits.argmax(1)
+            correct += int((predictions == yb).sum())
+        n = len(self.data)
+        return {"loss": loss_sum / n + float(nonconvex_regularizer(x, self.regularizer_lambda)), "accuracy": correct / n}
+
+    def initial_point(self) -> torch.Tensor:
+        return get_flat_params(self.model)

@@ -1,0 +1,94 @@
+"""What a client sends: a dense, sparse or sign vector as named numpy arrays.
+
+The same encoding is used in Flower messages (one ``ArrayRecord``) and in the
+in-process loop, so validation and byte counts are identical in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fl_dp.compressors import SparseVector, pack_signs, unpack_signs
+
+
+class MalformedMessage(ValueError):
+    """A client message that cannot be decoded into a finite vector of the model's size."""
+
+
+@dataclass(frozen=True)
+class SignVector:
+    """A +-1 vector, sent as packed bits."""
+
+    signs: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return (self.signs.numel() + 7) // 8
+
+
+Payload = torch.Tensor | SparseVector | SignVector
+
+
+def encode(message: Payload) -> dict[str, np.ndarray]:
+    """Named arrays that carry ``message`` on the wire."""
+    if isinstance(message, SignVector):
+        return {"signs": pack_signs(message.signs)}
+    if isinstance(message, SparseVector):
+        if message.is_full:
+            return {"dense": message.to_dense().numpy().astype(np.float32)}
+        return {
+            "values": message.values.numpy().astype(np.float32),
+            "indices": message.indices.numpy().astype(np.int32),
+        }
+    if isinstance(message, torch.Tensor):
+        return {"dense": message.detach().numpy().astype(np.float32)}
+    raise TypeError(f"cannot encode a {type(message).__name__}")
+
+
+def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
+    """Bytes of the arrays' data (Flower adds a small header per array on top)."""
+    return int(sum(a.nbytes for a in arrays.values()))
+
+
+def decode(arrays: dict[str, np.ndarray], dim: int) -> torch.Tensor:
+    """The dense length-``dim`` vector a message stands for; raises :class:`MalformedMessage`."""
+    keys = set(arrays)
+    if keys == {"dense"}:
+        dense = _as_1d(arrays["dense"], "dense", np.floating)
+        if dense.size != dim:
+            raise MalformedMessage(f"dense message has {dense.size} entries, the model has {dim}")
+        vector = torch.from_numpy(dense.astype(np.float32))
+    elif keys == {"values", "indices"}:
+        values = _as_1d(arrays["values"], "values", np.floating)
+        indices = _as_1d(arrays["indices"], "indices", np.integer)
+        if values.size != indices.size:
+            raise MalformedMessage(f"{values.size} values but {indices.size} indices")
+        if indices.size and (indices.min() < 0 or indices.max() >= dim):
+            raise MalformedMessage(f"indices out of range [0, {dim})")
+        if np.unique(indices).size != indices.size:
+            raise MalformedMessage("repeated indices")
+        sparse = SparseVector(torch.from_numpy(values.astype(np.float32)), torch.from_numpy(indices.astype(np.int32)), dim)
+        vector = sparse.to_dense()
+    elif keys == {"signs"}:
+        packed = _as_1d(arrays["signs"], "signs", np.unsignedinteger)
+        try:
+            vector = unpack_signs(packed.astype(np.uint8, copy=False), dim)
+        except ValueError as err:
+            raise MalformedMessage(str(err)) from err
+    else:
+        raise MalformedMessage(f"unknown message layout {sorted(keys)}")
+    if not torch.isfinite(vector).all():
+        raise MalformedMessage("message holds NaN or Inf")
+    return vector
+
+
+def _as_1d(array: np.ndarray, name: str, kind: type) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 1:
+        raise MalformedMessage(f"{name!r} must be 1-D, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, kind):
+        raise MalformedMessage(f"{name!r} has dtype {array.dtype}")
+    return array

@@ -1,0 +1,109 @@
+"""A Message-API strategy that moves tensors between Flower and :class:`fl_dp.federation.ServerCore`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fl_dp.config import ConfigError
+from fl_dp.federation import Reply, ServerCore
+
+log = logging.getLogger("fl_dp")
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+
+
+def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+class FlDpStrategy(Strategy):
+    """Any fl-dp algorithm as a Flower strategy.
+
+    Training requests carry the global vector ``x`` and the round's config;
+    replies carry the client's wire arrays and metrics. Evaluation is central
+    (the server's test split), so no evaluation messages are sent.
+    """
+
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+
+    def summary(self) -> None:
+        cfg = self.core.cfg
+        log.info(
+            "fl-dp strategy %s: %d clients, %d per round, %d parameters, noise multiplier %.4g",
+            cfg.strategy,
+            cfg.num_clients,
+            cfg.clients_per_round,
+            self.core.dim,
+            self.core.noise_multiplier,
+        )
+
+    def initial_arrays(self) -> ArrayRecord:
+        return to_array_record({"x": self.core.x.numpy()})
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        node_ids = self.core.sample(list(grid.get_node_ids()))
+        broadcast_arrays, broadcast_config = self.core.broadcast(server_round)
+        record = RecordDict(
+            {
+                ARRAYS_KEY: to_array_record(broadcast_arrays),
+                CONFIG_KEY: ConfigRecord({**dict(config), **broadcast_config}),
+            }
+        )
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node_id) for node_id in node_ids]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        parsed: list[Reply] = []
+        failures: list[tuple[str, str]] = []
+        for message in replies:
+            client = str(message.metadata.src_node_id)
+            if message.has_error():
+                failures.append((client, f"client error: {message.error.reason}"))
+                continue
+            content = message.content
+            if ARRAYS_KEY not in content.array_records or METRICS_KEY not in content.metric_records:
+                failures.append((client, f"reply lacks '{ARRAYS_KEY}' or '{METRICS_KEY}'"))
+                continue
+            metrics = {k: v for k, v in content.metric_records[METRICS_KEY].items() if isinstance(v, (int, float))}
+            parsed.append(Reply(client, from_array_record(content.array_records[ARRAYS_KEY]), metrics))
+        row = self.core.aggregate(server_round, parsed, failures)
+        numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        # MetricRecord holds what Flower can serialise: NaN stays out rather than travelling silently.
+        metrics = MetricRecord({k: v for k, v in numeric.items() if math.isfinite(v) or math.isinf(v)})
+        return self.initial_arrays(), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+
+def wait_for_nodes(grid: Grid, num_nodes: int, timeout: float, poll: float = 1.0) -> list[int]:
+    """Block until ``num_nodes`` SuperNodes are connected, so that round 1 samples from all of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= num_nodes:
+            return nodes
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"only {len(nodes)} of num-clients={num_nodes} nodes connected after {timeout:.0f} s; "
+                "start more SuperNodes or lower num-clients"
+            )
+        log.info("waiting for nodes: %d of %d connected", len(nodes), num_nodes)
+        time.sleep(poll)

@@ -1,0 +1,35 @@
+"""The Flower ServerApp: read the run config, run the strategy, write the metrics CSV."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fl_dp.config import RunConfig
+from fl_dp.federation import ServerCore
+from strategies.fl_dp_strategy import FlDpStrategy, wait_for_nodes
+
+log = logging.getLogger("fl_dp")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    cfg = RunConfig.from_flwr(context.run_config)
+    core = ServerCore(cfg)
+    wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
+    strategy = FlDpStrategy(core)
+    strategy.start(grid=grid, initial_arrays=strategy.initial_arrays(), num_rounds=cfg.num_server_rounds)
+    path = core.save()
+    log.info("per-round metrics written to %s", path.resolve())
+    final = core.rows[-1] if core.rows else {}
+    log.info(
+        "final: test-accuracy=%s epsilon-max=%s",
+        final.get("test-accuracy"),
+        final.get("epsilon-max"),
+    )

@@ -1,0 +1,29 @@
+"""Shared fixtures: small configs that run in seconds on the synthetic dataset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fl_dp.config import RunConfig
+
+
+@pytest.fixture(autouse=True)
+def _fixed_torch_seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_cfg() -> RunConfig:
+    """Logistic regression on the synthetic task, 4 clients: a round takes milliseconds."""
+    return RunConfig(
+        strategy="fedavg",
+        dataset="synthetic",
+        model="logreg",
+        num_clients=4,
+        clients_per_round=4,
+        num_server_rounds=3,
+        batch_size=0,
+        eval_samples=0,
+        results_dir="unused",
+    )

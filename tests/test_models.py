@@ -1,0 +1,48 @@
+import pytest
+import torch
+from opacus import GradSampleModule
+from opacus.validators import ModuleValidator
+
+from fl_dp.models import build_model, get_flat_params, num_params, set_flat_params
+
+
+@pytest.mark.parametrize(
+    "name, shape, classes", [("logreg", (30,), 2), ("logreg", (1, 28, 28), 10), ("cnn", (1, 28, 28), 10), ("resnet20", (3, 32, 32), 10)]
+)
+def test_models_are_opacus_compatible_and_give_logits(name, shape, classes):
+    model = build_model(name, shape, classes)
+    assert ModuleValidator.validate(model, strict=False) == []
+    out = model(torch.randn(4, *shape))
+    assert out.shape == (4, 1 if classes == 2 else classes)
+
+
+def test_per_sample_gradients_of_cnn_match_a_loop():
+    model = build_model("cnn", (1, 28, 28), 10)
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 4, 9])
+    gsm = GradSampleModule(model, loss_reduction="sum")
+    torch.nn.functional.cross_entropy(gsm(x), y, reduction="sum").backward()
+    per_sample = torch.cat([p.grad_sample.flatten(1) for p in model.parameters()], 1)
+    for i in range(3):
+        model.zero_grad()
+        loop_model = build_model("cnn", (1, 28, 28), 10)
+        torch.nn.functional.cross_entropy(loop_model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
+        reference = torch.cat([p.grad.flatten() for p in loop_model.parameters()])
+        assert torch.allclose(per_sample[i], reference, atol=1e-5)
+
+
+def test_resnet20_has_the_usual_size():
+    # 0.27M parameters in the BatchNorm original; GroupNorm has the same affine parameters
+    assert 260_000 < num_params(build_model("resnet20", (3, 32, 32), 10)) < 280_000
+
+
+def test_flat_parameter_round_trip_and_seeded_init():
+    a = build_model("cnn", (1, 28, 28), 10, seed=1)
+    b = build_model("cnn", (1, 28, 28), 10, seed=1)
+    assert torch.equal(get_flat_params(a), get_flat_params(b))
+    flat = torch.randn(num_params(a))
+    set_flat_params(a, flat)
+    assert torch.equal(get_flat_params(a), flat)
+    with pytest.raises(ValueError, match="entries"):
+        set_flat_params(a, torch.zeros(3))
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("vit", (1, 28, 28), 10)

@@ -1,0 +1,45 @@
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fl_dp.operators import Clipping, SmoothedNormalization, clip, clip_rows, smoothed_normalize
+
+vectors = st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=50).map(
+    lambda xs: torch.tensor(xs, dtype=torch.float64)
+)
+
+
+@given(vectors, st.floats(1e-4, 10))
+@settings(max_examples=200, deadline=None)
+def test_smoothed_normalization_is_strictly_inside_unit_ball_and_keeps_direction(v, alpha):
+    out = smoothed_normalize(v, alpha)
+    assert torch.linalg.vector_norm(out) < 1
+    assert torch.allclose(out * (alpha + torch.linalg.vector_norm(v)), v)
+
+
+@given(vectors, st.floats(1e-3, 10))
+@settings(max_examples=200, deadline=None)
+def test_clip_bounds_norm_and_is_identity_inside_the_ball(v, tau):
+    out = clip(v, tau)
+    norm = torch.linalg.vector_norm(v)
+    assert torch.linalg.vector_norm(out) <= tau * (1 + 1e-9)
+    if norm <= tau:
+        assert torch.equal(out, v)
+
+
+def test_clip_rows_matches_clip_per_row():
+    rows = torch.randn(7, 5) * torch.tensor([0.1, 1, 3, 10, 0.01, 2, 5]).unsqueeze(1)
+    expected = torch.stack([clip(r, 1.5) for r in rows])
+    assert torch.allclose(clip_rows(rows, 1.5), expected, atol=1e-6)
+
+
+def test_operator_bounds_and_bad_parameters():
+    assert SmoothedNormalization(0.1).bound == 1.0
+    assert Clipping(2.5).bound == 2.5
+    for bad in (0.0, -1.0):
+        for make in (SmoothedNormalization, Clipping):
+            try:
+                make(bad)
+            except ValueError:
+                continue
+            raise AssertionError(f"{make.__name__}({bad}) accepted")
