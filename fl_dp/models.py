@@ -111,7 +111,12 @@ def set_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
     expected = num_params(model)
     if flat.numel() != expected:
         raise ValueError(f"parameter vector has {flat.numel()} entries, the model has {expected}")
-    torch.nn.utils.vector_to_parameters(flat.detach().to(torch.float32), model.parameters())
+    # copy into the parameters' own storage: vector_to_parameters would alias ``flat``
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
 
 
 def get_flat_grad(model: nn.Module) -> torch.Tensor:

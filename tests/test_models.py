@@ -42,6 +42,9 @@ def test_flat_parameter_round_trip_and_seeded_init():
     flat = torch.randn(num_params(a))
     set_flat_params(a, flat)
     assert torch.equal(get_flat_params(a), flat)
+    with torch.no_grad():
+        next(a.parameters()).add_(1.0)
+    assert not torch.equal(get_flat_params(a), flat)  # the model does not alias the vector it was given
     with pytest.raises(ValueError, match="entries"):
         set_flat_params(a, torch.zeros(3))
     with pytest.raises(ValueError, match="unknown model"):

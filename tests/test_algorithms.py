@@ -1,0 +1,178 @@
+"""Update rules against hand computations and against reference loops written from ALGORITHMS.md."""
+
+import math
+
+import pytest
+import torch
+
+from fl_dp.algorithms import ClientTask, ErrorFeedback, build_algorithm, resolve_noise_multiplier, sensitivity
+from fl_dp.compressors import TopK
+from fl_dp.config import ConfigError, RunConfig
+from fl_dp.data import ArrayDataset
+from fl_dp.federation import InProcessFederation
+from fl_dp.mechanisms import GaussianMechanism
+from fl_dp.operators import SmoothedNormalization, smoothed_normalize
+from fl_dp.privacy import calibrate_noise_multiplier
+
+
+class Quadratic:
+    """f_i(x) = 0.5 ||x - b||^2, gradient x - b: a stand-in for Objective with known gradients."""
+
+    def __init__(self, b: torch.Tensor) -> None:
+        self.b = b
+        self.data = ArrayDataset(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), 2)
+
+    def stochastic_gradient(self, x, batch_size, generator):
+        return float(0.5 * torch.sum((x - self.b) ** 2)), x - self.b
+
+
+def _task(x, state, objective, seed, server_round=1):
+    return ClientTask(x, state, objective, torch.Generator().manual_seed(seed), server_round)
+
+
+def test_alpha_normec_two_clients_d3_by_hand():
+    """Two rounds of alpha-NormEC, alpha = 1, beta = 0.5, gamma = 0.1, fixed noise."""
+    b1, b2 = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, 1.0, 0.0])
+    sigma = 0.2
+    algorithm = ErrorFeedback(
+        SmoothedNormalization(1.0), server_lr=0.1, num_clients=2, batch_size=0, beta=0.5,
+        mechanism=GaussianMechanism(std=sigma, sensitivity=2.0),
+    )
+    x = torch.zeros(3)
+    server_state = algorithm.init_server_state(3)
+    # round 1 at x(1) = x(0) = 0: v1 = -b1 (norm 5), v2 = -b2 (norm 1), g = 0
+    u1 = algorithm.client_update(_task(x, {}, Quadratic(b1), seed=11))
+    u2 = algorithm.client_update(_task(x, {}, Quadratic(b2), seed=12))
+    d1 = torch.tensor([-3.0, 0.0, -4.0]) / 6.0
+    d2 = torch.tensor([0.0, -1.0, 0.0]) / 2.0
+    z1 = torch.randn(3, generator=torch.Generator().manual_seed(11)) * sigma
+    z2 = torch.randn(3, generator=torch.Generator().manual_seed(12)) * sigma
+    assert torch.allclose(u1.state["g"], 0.5 * d1) and torch.allclose(u2.state["g"], 0.5 * d2)
+    assert torch.allclose(u1.message, d1 + z1) and torch.allclose(u2.message, d2 + z2)
+    x = algorithm.server_update(x, server_state, [u1.message, u2.message], [1.0, 1.0])
+    G1 = 0.5 / 2 * (d1 + z1 + d2 + z2)
+    assert torch.allclose(server_state["G"], G1) and torch.allclose(x, -0.1 * G1)
+    # round 2: D_i = Norm_1(v_i - g_i) with v_i = x - b_i
+    u1b = algorithm.client_update(_task(x, u1.state, Quadratic(b1), seed=21))
+    r = x - b1 - 0.5 * d1
+    d1b = r / (1.0 + torch.linalg.vector_norm(r))
+    assert torch.allclose(u1b.state["g"], 0.5 * d1 + 0.5 * d1b, atol=1e-6)
+    assert u1b.release.noise_multiplier == pytest.approx(0.1)
+
+
+def test_sent_increment_minus_noise_is_inside_the_unit_ball():
+    """Same generator seed with and without noise: the difference is exactly the noise."""
+    torch.manual_seed(3)
+    for trial in range(200):
+        scale = 10.0 ** torch.randint(-3, 4, ()).item()
+        b = torch.randn(50) * scale
+        state = {"g": torch.randn(50) * scale}
+        x = torch.randn(50)
+        alpha = 10.0 ** torch.randint(-3, 2, ()).item()
+        noisy = ErrorFeedback(SmoothedNormalization(alpha), 1.0, 1, 0, mechanism=GaussianMechanism(5.0, 2.0))
+        clean = ErrorFeedback(SmoothedNormalization(alpha), 1.0, 1, 0, mechanism=GaussianMechanism(0.0, 2.0))
+        sent = noisy.client_update(_task(x, state, Quadratic(b), seed=trial)).message
+        increment = clean.client_update(_task(x, state, Quadratic(b), seed=trial)).message
+        noise = torch.randn(50, generator=torch.Generator().manual_seed(trial)) * 5.0
+        assert torch.allclose(sent - noise, increment, atol=1e-4)
+        assert torch.linalg.vector_norm(increment) < 1
+
+
+def _reference_normec(fed: InProcessFederation, rounds: int, gamma: float, alpha: float, beta: float):
+    """alpha-NormEC, non-private, straight from ALGORITHMS.md, on the same client objectives."""
+    clients = [fed.clients[f"client-{i}"].objective for i in range(len(fed.clients))]
+    x = fed.server.x.clone()
+    G = torch.zeros_like(x)
+    g = [torch.zeros_like(x) for _ in clients]
+    trajectory = []
+    for _ in range(rounds):
+        x = x - gamma * G
+        for i, objective in enumerate(clients):
+            _, v = objective.loss_and_grad(x)
+            D = smoothed_normalize(v - g[i], alpha)
+            g[i] = g[i] + beta * D
+            G = G + beta / len(clients) * D
+        trajectory.append(x - gamma * G)
+    return trajectory
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_sigma_zero_normec_follows_the_non_private_rule(tiny_cfg, beta):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", alpha=0.1, beta=beta, server_lr=0.3, num_server_rounds=6)
+    fed = InProcessFederation(cfg)
+    reference = _reference_normec(InProcessFederation(cfg), 6, 0.3, 0.1, beta)
+    for server_round, expected in enumerate(reference, start=1):
+        fed.run_round(server_round)
+        assert torch.allclose(fed.server.x, expected, atol=1e-5)
+
+
+def test_ef21_with_identity_compressor_is_gradient_descent(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="ef21", compressor="identity", server_lr=0.5, num_server_rounds=8)
+    fed = InProcessFederation(cfg)
+    clients = [c.objective for c in fed.clients.values()]
+    x = fed.server.x.clone()
+    # round 1 sends g_i(0) = grad f_i(x0) dense, G(0) = their mean, then x(1) = x(0) - gamma G(0)
+    for server_round in range(1, 9):
+        full_grad = torch.stack([c.loss_and_grad(x)[1] for c in clients]).mean(0)
+        x = x - 0.5 * full_grad
+        fed.run_round(server_round)
+        assert torch.allclose(fed.server.x, x, atol=1e-6)
+
+
+def test_ef21_norm_takes_normalised_steps_of_gamma0_over_sqrt_T(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="ef21-norm", compressor="top-k", compress_k=2, server_lr=1.0, num_server_rounds=3)
+    fed = InProcessFederation(cfg)
+    before = fed.server.x.clone()
+    fed.run_round(1)
+    assert torch.linalg.vector_norm(fed.server.x - before) == pytest.approx(1.0 / math.sqrt(4), rel=1e-5)
+    assert fed.server.rows[-1]["bytes-up"] == 4 * 21 * 4  # round 1: dense g_i(0)
+    fed.run_round(2)
+    assert fed.server.rows[-1]["bytes-up"] == 4 * 2 * 8  # 4 clients, top-2 values + indices
+
+
+def test_partial_participation_keeps_skipped_clients_state_and_server_invariant(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="clip21", clip=0.05, server_lr=0.5, clients_per_round=2, num_server_rounds=6)
+    fed = InProcessFederation(cfg)
+    seen_states = {}
+    for server_round in range(1, 7):
+        before = {cid: {k: v.clone() for k, v in s.items()} for cid, s in fed.states.items()}
+        fed.run_round(server_round)
+        for cid, state in fed.states.items():
+            if before[cid] and not torch.equal(before[cid]["g"], state["g"]):
+                seen_states[cid] = True
+        # G = (1/n) sum_i g_i holds with partial participation (noiseless)
+        g_sum = sum(s["g"] for s in fed.states.values() if s)
+        assert torch.allclose(fed.server.state["G"], g_sum / cfg.num_clients, atol=1e-6)
+    assert fed.server.rows[0]["sampled"] == 2
+    assert len(seen_states) >= 2  # some clients updated a state kept from an earlier round
+
+
+def test_dp_normalized_sgd_has_no_error_feedback_state(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="dp-normalized-sgd", server_lr=0.1, noise_multiplier=1.0)
+    fed = InProcessFederation(cfg)
+    fed.run_round(1)
+    assert all(state == {} for state in fed.states.values())
+
+
+def test_calibrated_noise_and_sensitivities():
+    cfg = RunConfig(strategy="alpha-normec", target_epsilon=3.0, num_server_rounds=50)
+    assert resolve_noise_multiplier(cfg) == pytest.approx(calibrate_noise_multiplier(3.0, 1e-5, 1.0, 50))
+    assert sensitivity(cfg) == 2.0
+    assert sensitivity(cfg.replace(strategy="clip21", clip=0.3)) == pytest.approx(0.6)
+    assert resolve_noise_multiplier(cfg.replace(noise_multiplier=2.5)) == 2.5
+    assert resolve_noise_multiplier(cfg.replace(target_epsilon=0.0)) == 0.0
+    algorithm = build_algorithm(cfg, 10, noise_multiplier=1.5)
+    assert algorithm.mechanism.std == pytest.approx(3.0)
+
+
+def test_strategies_without_a_step_size_refuse_to_run():
+    with pytest.raises(ConfigError, match="server-lr > 0"):
+        build_algorithm(RunConfig(strategy="ef21", server_lr=0.0), 10)
+
+
+def test_top_k_ef21_messages_are_sparse_after_the_first_round():
+    algorithm = ErrorFeedback(TopK(2), 0.1, 1, 0, dense_first=True, operator_takes_generator=True)
+    first = algorithm.client_update(_task(torch.zeros(5), {}, Quadratic(torch.arange(5.0)), seed=0))
+    assert isinstance(first.message, torch.Tensor)
+    second = algorithm.client_update(_task(torch.ones(5), first.state, Quadratic(torch.arange(5.0)), seed=0))
+    assert second.message.values.numel() == 2

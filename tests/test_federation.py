@@ -1,0 +1,96 @@
+"""The server side: bad replies are rejected, the global model stays finite, metrics and CSV are written."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fl_dp.config import ConfigError
+from fl_dp.federation import InProcessFederation, Reply, ServerCore, run_inprocess
+
+
+def _good_reply(fed, cid="client-0"):
+    arrays, config = fed.server.broadcast(1)
+    out, metrics, _ = fed.clients[cid].train(arrays, config, {})
+    return Reply(cid, out, metrics)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda dim: ({"dense": np.full(dim, np.nan, np.float32)}, {}),
+        lambda dim: ({"dense": np.zeros(dim + 1, np.float32)}, {}),
+        lambda dim: ({"dense": np.zeros((dim, 1), np.float32)}, {}),
+        lambda dim: ({"values": np.ones(1, np.float32), "indices": np.array([dim], np.int32)}, {}),
+        lambda dim: ({"dense": np.zeros(dim, np.float32)}, {"train-loss": math.inf}),
+        lambda dim: ({"dense": np.zeros(dim, np.float32)}, {"num-examples": 0}),
+        lambda dim: ({"dense": np.zeros(dim, np.float32)}, {"dp-noise-multiplier": -1.0, "dp-sample-rate": 1.0, "dp-steps": 1}),
+    ],
+)
+def test_bad_replies_are_rejected_and_the_model_stays_finite(tiny_cfg, bad):
+    fed = InProcessFederation(tiny_cfg)
+    good = _good_reply(fed)
+    arrays, metric_changes = bad(fed.server.dim)
+    bad_reply = Reply("client-1", arrays, {**good.metrics, **metric_changes})
+    row = fed.server.aggregate(1, [good, bad_reply])
+    assert row["accepted"] == 1 and row["rejected"] == 1 and "client-1" in row["rejections"]
+    assert torch.isfinite(fed.server.x).all()
+    # the accepted reply alone moved the model, as if the bad one had not been sent
+    alone = InProcessFederation(tiny_cfg)
+    alone.server.aggregate(1, [good])
+    assert torch.allclose(fed.server.x, alone.server.x)
+
+
+def test_a_round_with_only_failures_keeps_the_model(tiny_cfg):
+    fed = InProcessFederation(tiny_cfg)
+    x = fed.server.x.clone()
+    row = fed.server.aggregate(1, [], failures=[("node-7", "client error: out of memory")])
+    assert torch.equal(fed.server.x, x)
+    assert row["accepted"] == 0 and row["sampled"] == 1 and "out of memory" in row["rejections"]
+    assert math.isnan(row["train-loss"])
+
+
+def test_non_finite_aggregate_is_not_applied(tiny_cfg):
+    """Each reply is finite, but their sum overflows float32: the round is refused as a whole."""
+    fed = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1))
+    good = _good_reply(fed)
+    huge = {"dense": np.full(fed.server.dim, 3e38, np.float32)}
+    x, G = fed.server.x.clone(), fed.server.state["G"].clone()
+    row = fed.server.aggregate(1, [Reply(f"client-{i}", huge, good.metrics) for i in range(4)])
+    assert torch.equal(fed.server.x, x) and torch.equal(fed.server.state["G"], G)
+    assert "not finite" in row["rejections"]
+
+
+def test_metrics_per_round_and_csv(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", target_epsilon=4.0, server_lr=0.2, results_dir=str(tmp_path), run_name="demo")
+    fed = InProcessFederation(cfg)
+    history = fed.run()
+    assert list(history["round"]) == [1, 2, 3]
+    for column in ("train-loss", "test-loss", "test-accuracy", "epsilon-max", "epsilon-mean", "bytes-up", "bytes-down"):
+        assert history[column].notna().all(), column
+    assert history["epsilon-max"].is_monotonic_increasing
+    assert history["epsilon-max"].iloc[-1] <= 4.0  # calibrated over the 3 planned rounds
+    path = fed.server.save()
+    assert path == tmp_path / "demo.csv"
+    assert pd.read_csv(path).shape == history.shape
+
+
+def test_same_seed_same_run(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="dp-fedavg", noise_multiplier=0.5, batch_size=8)
+    a, b = run_inprocess(cfg), run_inprocess(cfg)
+    pd.testing.assert_frame_equal(a.drop(columns="round-seconds"), b.drop(columns="round-seconds"))
+    c = run_inprocess(cfg.replace(seed=1))
+    assert not np.allclose(a["test-loss"], c["test-loss"])
+
+
+def test_too_few_clients_connected(tiny_cfg):
+    server = ServerCore(tiny_cfg)
+    with pytest.raises(ConfigError, match="only 3 clients are connected"):
+        server.sample(["a", "b", "c"])
+
+
+def test_fedavg_learns_the_synthetic_task(tiny_cfg):
+    history = run_inprocess(tiny_cfg.replace(num_server_rounds=5, client_lr=0.5, local_epochs=2))
+    assert history["test-accuracy"].iloc[-1] > 0.85

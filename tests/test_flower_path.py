@@ -1,0 +1,101 @@
+"""The Flower strategy and ClientApp driven message by message in one process (no Ray, no SuperLink)."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.client_app import STATE_KEY
+from clients.client_app import train as client_train
+from fl_dp.config import ConfigError
+from fl_dp.federation import InProcessFederation, ServerCore
+from strategies.fl_dp_strategy import FlDpStrategy
+
+
+class FakeGrid:
+    def __init__(self, node_ids):
+        self.node_ids = node_ids
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+def _contexts(cfg, node_ids):
+    return {
+        node: Context(
+            run_id=1,
+            node_id=node,
+            node_config={"partition-id": i, "num-partitions": cfg.num_clients},
+            state=RecordDict(),
+            run_config=cfg.to_flwr(),
+        )
+        for i, node in enumerate(node_ids)
+    }
+
+
+def _run_flower(cfg, rounds, corrupt=None):
+    node_ids = [101 + i for i in range(cfg.num_clients)]  # sorted like the in-process client ids
+    strategy = FlDpStrategy(ServerCore(cfg))
+    contexts = _contexts(cfg, node_ids)
+    grid = FakeGrid(node_ids)
+    arrays = strategy.initial_arrays()
+    trajectory = []
+    for server_round in range(1, rounds + 1):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies = [client_train(m, contexts[m.metadata.dst_node_id]) for m in messages]
+        if corrupt is not None:
+            replies = corrupt(replies, messages)
+        arrays, metrics = strategy.aggregate_train(server_round, replies)
+        trajectory.append(torch.from_numpy(arrays["x"].numpy().copy()))
+    return trajectory, strategy, contexts, metrics
+
+
+@pytest.mark.parametrize("strategy, extra", [
+    ("alpha-normec", dict(server_lr=0.3, noise_multiplier=0.7)),
+    ("ef21", dict(server_lr=0.3, compressor="top-k", compress_k=3)),
+    ("dp-fedavg", dict(noise_multiplier=0.3, clients_per_round=2)),
+])
+def test_flower_path_and_in_process_loop_give_the_same_trajectory(tiny_cfg, strategy, extra):
+    cfg = tiny_cfg.replace(strategy=strategy, num_server_rounds=4, **extra)
+    trajectory, flower_strategy, contexts, metrics = _run_flower(cfg, 4)
+    fed = InProcessFederation(cfg)
+    for server_round, x in enumerate(trajectory, start=1):
+        fed.run_round(server_round)
+        assert torch.allclose(fed.server.x, x, atol=1e-6)
+    assert metrics["bytes-up"] == fed.server.rows[-1]["bytes-up"]
+    if strategy != "dp-fedavg":
+        # client state persisted in the Flower context, equal to the in-process client's
+        for i, context in enumerate(contexts.values()):
+            assert np.allclose(context.state.array_records[STATE_KEY]["g"].numpy(), fed.states[f"client-{i}"]["g"].numpy())
+
+
+def test_error_replies_and_corrupted_payloads_are_rejected(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, num_server_rounds=2)
+
+    def corrupt(replies, messages):
+        replies[0] = Message(Error(code=0, reason="ClientApp crashed"), reply_to=messages[0])
+        replies[1].content.array_records["arrays"]["dense"] = replies[1].content.array_records["arrays"]["dense"].__class__(
+            np.full(replies[1].content.array_records["arrays"]["dense"].numpy().shape, np.nan, np.float32)
+        )
+        return replies
+
+    trajectory, strategy, _, metrics = _run_flower(cfg, 2, corrupt)
+    assert metrics["accepted"] == 2 and metrics["rejected"] == 2
+    assert all(torch.isfinite(x).all() for x in trajectory)
+    assert "ClientApp crashed" in strategy.core.rows[-1]["rejections"]
+    assert "NaN" in strategy.core.rows[-1]["rejections"]
+
+
+def test_client_refuses_a_node_config_that_does_not_match_the_run(tiny_cfg):
+    strategy = FlDpStrategy(ServerCore(tiny_cfg))
+    message = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), FakeGrid([1, 2, 3, 4])))[0]
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 7}, state=RecordDict(), run_config=tiny_cfg.to_flwr())
+    with pytest.raises(ConfigError, match="num-partitions=7"):
+        client_train(message, context)
