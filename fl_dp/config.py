@@ -36,7 +36,7 @@ class RunConfig:
     """
 
     strategy: str = "alpha-normec"
-    num_server_rounds: int = 20
+    num_server_rounds: int = 30
     num_clients: int = 10
     clients_per_round: int = 10
     dataset: str = "fashion-mnist"
@@ -54,7 +54,7 @@ class RunConfig:
     # gradient oracle: minibatch size, 0 = full local batch
     batch_size: int = 64
     # server step size gamma (0 = the strategy's theory step size, where it has one)
-    server_lr: float = 1.0
+    server_lr: float = 0.5
     # alpha-NormEC / Clip21 / DP-FedAvg
     alpha: float = 0.1
     beta: float = 1.0

