@@ -36,7 +36,7 @@ class RunConfig:
     """
 
     strategy: str = "alpha-normec"
-    num_server_rounds: int = 30
+    num_server_rounds: int = 100
     num_clients: int = 10
     clients_per_round: int = 10
     dataset: str = "fashion-mnist"

@@ -1,0 +1,1 @@
+"""Benchmarks: each script prints a table measured in one run and writes CSV, markdown and a plot."""

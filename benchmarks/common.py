@@ -1,0 +1,94 @@
+"""Run grids of in-process federations (in parallel processes) and write tables and plots."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from fl_dp.config import RunConfig
+from fl_dp.federation import run_inprocess
+
+RESULTS = Path(__file__).parents[1] / "results" / "benchmarks"
+
+
+def _run_one(job: tuple[RunConfig, dict[str, Any]]) -> pd.DataFrame:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core
+    cfg, labels = job
+    started = time.perf_counter()
+    history = run_inprocess(cfg)
+    for key, value in labels.items():
+        history[key] = value
+    history["seed"] = cfg.seed
+    history["run-seconds"] = time.perf_counter() - started
+    return history
+
+
+def run_grid(jobs: list[tuple[RunConfig, dict[str, Any]]], workers: int, progress: bool = True) -> pd.DataFrame:
+    """Every (config, labels) job's per-round history, labelled, in one DataFrame."""
+    histories = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for done, history in enumerate(pool.map(_run_one, jobs), start=1):
+            histories.append(history)
+            if progress:
+                last = history.iloc[-1]
+                print(
+                    f"[{done}/{len(jobs)}] {last['strategy']} {', '.join(f'{k}={history[k].iloc[0]}' for k in jobs[done - 1][1])}"
+                    f" seed={last['seed']}: test-accuracy={last['test-accuracy']:.3f} eps={last['epsilon-max']:.3g}"
+                    f" ({last['run-seconds']:.0f} s)",
+                    flush=True,
+                )
+    return pd.concat(histories, ignore_index=True)
+
+
+def summarise(histories: pd.DataFrame, by: list[str], metric: str = "test-accuracy", last_k: int = 1) -> pd.DataFrame:
+    """Mean and std over seeds of ``metric`` averaged over each run's last ``last_k`` rounds."""
+    final = (
+        histories.sort_values("round")
+        .groupby(by + ["seed"], dropna=False)
+        .apply(lambda run: run[metric].tail(last_k).mean(), include_groups=False)
+        .rename(metric)
+        .reset_index()
+    )
+    table = final.groupby(by, dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
+    return table.rename(columns={"mean": f"{metric}-mean", "std": f"{metric}-std", "count": "seeds"})
+
+
+def write_outputs(name: str, histories: pd.DataFrame, table: pd.DataFrame, plot: Callable[[Path], None] | None) -> Path:
+    out = RESULTS / name
+    out.mkdir(parents=True, exist_ok=True)
+    histories.to_csv(out / "histories.csv", index=False)
+    table.to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(markdown_table(table))
+    if plot is not None:
+        plot(out)
+    return out
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table (floats to 3 decimals), without the tabulate dependency."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.3f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per setting")
+    parser.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    parser.add_argument("--quick", action="store_true", help="a tiny grid that runs in a minute (smoke test)")
+    return parser
