@@ -82,7 +82,14 @@ class PrivacyLedger:
         self._epsilon_cache: dict[str, float] = {}
 
     def record(self, client: str, release: Release) -> None:
-        self._releases.setdefault(client, []).append(release)
+        """Add one release; consecutive ones with the same noise and rate merge into one entry
+        (as Opacus' own ``step`` does), so composing stays O(1) in the number of rounds."""
+        history = self._releases.setdefault(client, [])
+        last = history[-1] if history else None
+        if last is not None and (last.noise_multiplier, last.sample_rate) == (release.noise_multiplier, release.sample_rate):
+            history[-1] = Release(last.noise_multiplier, last.sample_rate, last.steps + release.steps)
+        else:
+            history.append(release)
         self._epsilon_cache.pop(client, None)
 
     def releases(self, client: str) -> list[Release]:

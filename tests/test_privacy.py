@@ -52,6 +52,10 @@ def test_ledger_composes_each_clients_own_rounds():
     assert eps_max == ledger.epsilon("a")
     assert eps_mean == pytest.approx((ledger.epsilon("a") + ledger.epsilon("b")) / 2)
     assert ledger.epsilon("never-sampled") == 0.0
+    assert ledger.releases("a") == [Release(2.0, 1.0, 5)]  # merged, as Opacus merges its history
+    ledger.record("a", Release(1.0, 0.5, 3))
+    assert ledger.releases("a") == [Release(2.0, 1.0, 5), Release(1.0, 0.5, 3)]
+    assert ledger.epsilon("a") == pytest.approx(epsilon_of([Release(2.0, 1.0, 5), Release(1.0, 0.5, 3)], 1e-5))
 
 
 def test_noiseless_release_has_no_privacy():
