@@ -21,7 +21,8 @@ from fl_dp.mechanisms import GaussianMechanism
 from fl_dp.operators import Clipping, SmoothedNormalization
 from fl_dp.privacy import Release, calibrate_noise_multiplier
 from fl_dp.training import Objective
-from fl_dp.wire import Payload
+from fl_dp.signs import dp_sign, hard_sign, majority_vote, scaled_sign, stochastic_sign
+from fl_dp.wire import Payload, SignVector
 
 State = dict[str, torch.Tensor]
 
@@ -67,7 +68,7 @@ class Algorithm(ABC):
 
 
 def _dense(message: Payload) -> torch.Tensor:
-    return message.to_dense() if isinstance(message, SparseVector) else message
+    return message.to_dense() if isinstance(message, (SparseVector, SignVector)) else message
 
 
 def weighted_mean(messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
@@ -187,9 +188,74 @@ class ErrorFeedback(Algorithm):
         return x - self.server_lr * step
 
 
+@dataclass(frozen=True)
+class SignVote(Algorithm):
+    """signSGD with majority vote (Bernstein et al. 2019; Jin et al. 2020).
+
+    Client: q_i = sign(g), sto-sign(g; b) or dp-sign(clip(g)) = sign(clip(g) + z), sent as bits.
+    Server: x -= server_lr * majority_vote(q) (ties give 0).
+    """
+
+    kind: str
+    server_lr: float
+    batch_size: int
+    sto_sign_bound: float = 1.0
+    clipping: Clipping | None = None
+    mechanism: GaussianMechanism | None = None
+
+    def client_update(self, task: ClientTask) -> ClientUpdate:
+        loss, grad = task.objective.stochastic_gradient(task.x, self.batch_size, task.generator)
+        release = None
+        if self.kind == "sign":
+            signs = hard_sign(grad)
+        elif self.kind == "sto-sign":
+            signs = stochastic_sign(grad, self.sto_sign_bound, task.generator)
+        elif self.kind == "dp-sign":
+            assert self.clipping is not None and self.mechanism is not None
+            signs = dp_sign(self.clipping(grad), self.mechanism.std, task.generator)
+            release = self.mechanism.release()
+        else:
+            raise ValueError(f"unknown sign compressor {self.kind!r}")
+        metrics = {"grad-norm": float(torch.linalg.vector_norm(grad))}
+        return ClientUpdate(SignVector(signs), task.state, loss, len(task.objective.data), release, metrics)
+
+    def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+        return x - self.server_lr * majority_vote(messages)
+
+
+@dataclass(frozen=True)
+class ErrorFeedbackSign(Algorithm):
+    """EF-SignSGD (Karimireddy et al. 2019): p = lr * g + e, send (||p||_1/d) sign(p), keep e = p - sent.
+
+    Server: x -= mean of the scaled signs (the step size is applied on the client).
+    """
+
+    server_lr: float
+    batch_size: int
+
+    def client_update(self, task: ClientTask) -> ClientUpdate:
+        loss, grad = task.objective.stochastic_gradient(task.x, self.batch_size, task.generator)
+        p = self.server_lr * grad + task.state.get("e", torch.zeros_like(grad))
+        scale, signs = scaled_sign(p)
+        message = SignVector(signs, scale)
+        state = {**task.state, "e": p - message.to_dense()}
+        return ClientUpdate(message, state, loss, len(task.objective.data))
+
+    def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+        return x - torch.stack(messages).mean(0)
+
+
+def _identity(v: torch.Tensor) -> torch.Tensor:
+    return v
+
+
 # ---------------------------------------------------------------- construction from a run config
 
 CLIENT_LEVEL_PRIVATE = ("dp-fedavg", "alpha-normec", "dp-normalized-sgd", "clip21")
+
+
+def is_client_level_private(cfg: RunConfig) -> bool:
+    return cfg.strategy in CLIENT_LEVEL_PRIVATE or (cfg.strategy == "sign-vote" and cfg.sign_compressor == "dp-sign")
 
 
 def sensitivity(cfg: RunConfig) -> float:
@@ -200,7 +266,7 @@ def sensitivity(cfg: RunConfig) -> float:
     """
     if cfg.strategy in ("alpha-normec", "dp-normalized-sgd"):
         return 2 * SmoothedNormalization(cfg.alpha).bound
-    if cfg.strategy in ("clip21", "dp-fedavg"):
+    if cfg.strategy in ("clip21", "dp-fedavg", "sign-vote"):
         return 2 * Clipping(cfg.clip).bound
     raise ValueError(f"{cfg.strategy} has no bounded-sensitivity release")
 
@@ -209,10 +275,14 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
     """The noise multiplier of each release: set directly, calibrated from the target, or 0.
 
     Calibration is for the worst case of a client taking part in every planned
-    round (client-level release: sample rate 1, one step per round).
+    round (client-level release: sample rate 1, one step per round). dp-sign's
+    ``round-epsilon`` uses the classical per-round Gaussian mechanism instead:
+    sigma = Delta2 sqrt(2 ln(1.25 / delta)) / eps.
     """
     if cfg.noise_multiplier > 0:
         return cfg.noise_multiplier
+    if cfg.round_epsilon > 0:
+        return math.sqrt(2 * math.log(1.25 / cfg.delta)) / cfg.round_epsilon
     if cfg.target_epsilon > 0:
         return calibrate_noise_multiplier(cfg.target_epsilon, cfg.delta, sample_rate=1.0, steps=cfg.num_server_rounds)
     return 0.0
@@ -223,7 +293,7 @@ def build_algorithm(cfg: RunConfig, dim: int, noise_multiplier: float | None = N
     if noise_multiplier is None:
         noise_multiplier = resolve_noise_multiplier(cfg)
     mechanism = None
-    if cfg.strategy in CLIENT_LEVEL_PRIVATE:
+    if is_client_level_private(cfg):
         mechanism = GaussianMechanism.from_noise_multiplier(noise_multiplier, sensitivity(cfg))
     if cfg.strategy == "fedavg":
         return LocalTraining(cfg.client_lr, cfg.local_epochs, cfg.batch_size, cfg.momentum, cfg.server_lr or 1.0)
@@ -232,7 +302,14 @@ def build_algorithm(cfg: RunConfig, dim: int, noise_multiplier: float | None = N
             cfg.client_lr, cfg.local_epochs, cfg.batch_size, cfg.momentum, cfg.server_lr or 1.0, Clipping(cfg.clip), mechanism
         )
     _require_server_lr(cfg)
+    if cfg.strategy == "sign-vote":
+        clipping = Clipping(cfg.clip) if mechanism is not None else None
+        return SignVote(cfg.sign_compressor, cfg.server_lr, cfg.batch_size, cfg.sto_sign_bound, clipping, mechanism)
+    if cfg.strategy == "ef-sign":
+        return ErrorFeedbackSign(cfg.server_lr, cfg.batch_size)
     common = dict(server_lr=cfg.server_lr, num_clients=cfg.num_clients, batch_size=cfg.batch_size)
+    if cfg.strategy == "mean-sgd":
+        return ErrorFeedback(_identity, error_feedback=False, **common)
     if cfg.strategy == "alpha-normec":
         return ErrorFeedback(SmoothedNormalization(cfg.alpha), beta=cfg.beta, mechanism=mechanism, **common)
     if cfg.strategy == "dp-normalized-sgd":

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from fl_dp.data import DATASETS, PARTITIONERS
 from fl_dp.models import MODELS
+from fl_dp.robustness import NOISE_KINDS
 
 STRATEGIES = (
     "fedavg",
@@ -19,7 +20,11 @@ STRATEGIES = (
     "ef21",
     "ef21-norm",
     "ef21-sgdm-norm",
+    "sign-vote",
+    "ef-sign",
+    "mean-sgd",
 )
+SIGN_COMPRESSORS = ("sign", "sto-sign", "dp-sign")
 COMPRESSORS = ("identity", "top-k", "rand-k", "rand-k-unbiased")
 
 
@@ -69,6 +74,15 @@ class RunConfig:
     compress_ratio: float = 0.01
     sgdm_eta: float = 0.1
     regularizer_lambda: float = 0.0
+    # sign methods
+    sign_compressor: str = "sign"
+    sto_sign_bound: float = 1.0
+    round_epsilon: float = 0.0
+    # robustness experiments
+    grad_noise: str = "none"
+    grad_noise_kappa: float = 1.5
+    grad_noise_scale: float = 1.0
+    byzantine_fraction: float = 0.0
     # output
     results_dir: str = "results"
     run_name: str = ""
@@ -103,7 +117,7 @@ class RunConfig:
 
     @property
     def is_private(self) -> bool:
-        return self.target_epsilon > 0 or self.noise_multiplier > 0
+        return self.target_epsilon > 0 or self.noise_multiplier > 0 or self.round_epsilon > 0
 
     @property
     def label(self) -> str:
@@ -121,6 +135,14 @@ class RunConfig:
             fail(f"unknown partitioner {self.partitioner!r}; choose one of {', '.join(PARTITIONERS)}")
         if self.model not in MODELS:
             fail(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.sign_compressor not in SIGN_COMPRESSORS:
+            fail(f"unknown sign-compressor {self.sign_compressor!r}; choose one of {', '.join(SIGN_COMPRESSORS)}")
+        if self.grad_noise not in NOISE_KINDS:
+            fail(f"unknown grad-noise {self.grad_noise!r}; choose one of {', '.join(NOISE_KINDS)}")
+        if self.grad_noise != "none" and not (1 < self.grad_noise_kappa <= 2 and self.grad_noise_scale > 0):
+            fail(f"grad-noise needs grad-noise-kappa in (1, 2] and grad-noise-scale > 0, got {self.grad_noise_kappa}, {self.grad_noise_scale}")
+        if not 0 <= self.byzantine_fraction < 0.5:
+            fail(f"byzantine-fraction must be in [0, 0.5), got {self.byzantine_fraction}")
         if self.compressor not in COMPRESSORS:
             fail(f"unknown compressor {self.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
         for name in ("num_server_rounds", "num_clients", "clients_per_round", "local_epochs"):
@@ -128,11 +150,11 @@ class RunConfig:
                 fail(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
         if self.clients_per_round > self.num_clients:
             fail(f"clients-per-round ({self.clients_per_round}) > num-clients ({self.num_clients})")
-        for name in ("client_lr", "alpha", "beta", "clip", "dirichlet_alpha", "node_wait_timeout"):
+        for name in ("client_lr", "alpha", "beta", "clip", "dirichlet_alpha", "node_wait_timeout", "sto_sign_bound"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 fail(f"{_key(name)} must be positive and finite, got {value}")
-        for name in ("server_lr", "target_epsilon", "noise_multiplier", "regularizer_lambda"):
+        for name in ("server_lr", "target_epsilon", "noise_multiplier", "regularizer_lambda", "round_epsilon"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 fail(f"{_key(name)} must be >= 0 and finite, got {value}")
@@ -151,8 +173,15 @@ class RunConfig:
             fail("set compress-k >= 1 or compress-ratio > 0 for a sparsifying compressor")
         if self.strategy == "fedavg" and self.is_private:
             fail("fedavg is non-private: use dp-fedavg for target-epsilon / noise-multiplier")
-        if self.strategy.startswith("ef21") and self.is_private:
+        private_sign = self.strategy == "sign-vote" and self.sign_compressor == "dp-sign"
+        if (self.strategy.startswith("ef21") or self.strategy in ("ef-sign", "mean-sgd")) and self.is_private:
             fail(f"{self.strategy} has no privacy mechanism: leave target-epsilon and noise-multiplier at 0")
+        if self.strategy == "sign-vote" and self.is_private and not private_sign:
+            fail("only sign-compressor 'dp-sign' is private: set it, or leave the privacy keys at 0")
+        if private_sign and not self.is_private:
+            fail("dp-sign needs round-epsilon, target-epsilon or noise-multiplier > 0")
+        if self.round_epsilon > 0 and not private_sign:
+            fail("round-epsilon is the per-round epsilon of dp-sign only")
 
 
 def _key(name: str) -> str:

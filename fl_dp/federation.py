@@ -28,6 +28,7 @@ from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset, load_dataset, partition
 from fl_dp.models import build_model, get_flat_params, num_params
 from fl_dp.privacy import PrivacyLedger, Release
+from fl_dp.robustness import HeavyTailedNoise, NoisyGradients, flip, is_byzantine
 from fl_dp.training import Objective
 from fl_dp.wire import MalformedMessage, decode, encode, payload_bytes
 
@@ -97,6 +98,10 @@ class ClientCore:
         self.cfg = cfg
         self.partition_id = partition_id
         self.objective = Objective(model_for(cfg), client_dataset(cfg, partition_id), cfg.regularizer_lambda)
+        self.oracle = self.objective
+        if cfg.grad_noise != "none":
+            self.oracle = NoisyGradients(self.objective, HeavyTailedNoise(cfg.grad_noise, cfg.grad_noise_kappa, cfg.grad_noise_scale))
+        self.byzantine = is_byzantine(partition_id, cfg.num_clients, cfg.byzantine_fraction)
 
     def train(
         self, arrays: dict[str, np.ndarray], config: dict[str, Any], state: State
@@ -109,14 +114,15 @@ class ClientCore:
             raise MalformedMessage(f"global vector must be finite with {self.objective.dim} entries")
         server_round = int(config["server-round"])
         algorithm = build_algorithm(self.cfg, self.objective.dim, float(config[DP_NOISE]))
-        task = ClientTask(x, state, self.objective, make_generator(self.cfg, self.partition_id, server_round), server_round)
+        task = ClientTask(x, state, self.oracle, make_generator(self.cfg, self.partition_id, server_round), server_round)
         update = algorithm.client_update(task)
+        message = flip(update.message) if self.byzantine else update.message
         metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples, TRAIN_LOSS: update.train_loss, **update.metrics}
         if update.release is not None:
             metrics.update(
                 {DP_NOISE: update.release.noise_multiplier, DP_RATE: update.release.sample_rate, DP_STEPS: update.release.steps}
             )
-        return encode(update.message), metrics, update.state
+        return encode(message), metrics, update.state
 
 
 # ---------------------------------------------------------------- server

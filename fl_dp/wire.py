@@ -20,13 +20,13 @@ class MalformedMessage(ValueError):
 
 @dataclass(frozen=True)
 class SignVector:
-    """A +-1 vector, sent as packed bits."""
+    """``scale`` times a +-1 vector, sent as packed bits (and one float32 when scale != 1)."""
 
     signs: torch.Tensor
+    scale: float = 1.0
 
-    @property
-    def nbytes(self) -> int:
-        return (self.signs.numel() + 7) // 8
+    def to_dense(self) -> torch.Tensor:
+        return self.signs * self.scale
 
 
 Payload = torch.Tensor | SparseVector | SignVector
@@ -35,7 +35,9 @@ Payload = torch.Tensor | SparseVector | SignVector
 def encode(message: Payload) -> dict[str, np.ndarray]:
     """Named arrays that carry ``message`` on the wire."""
     if isinstance(message, SignVector):
-        return {"signs": pack_signs(message.signs)}
+        if message.scale == 1.0:
+            return {"signs": pack_signs(message.signs)}
+        return {"signs": pack_signs(message.signs), "scale": np.array([message.scale], np.float32)}
     if isinstance(message, SparseVector):
         if message.is_full:
             return {"dense": message.to_dense().numpy().astype(np.float32)}
@@ -72,12 +74,17 @@ def decode(arrays: dict[str, np.ndarray], dim: int) -> torch.Tensor:
             raise MalformedMessage("repeated indices")
         sparse = SparseVector(torch.from_numpy(values.astype(np.float32)), torch.from_numpy(indices.astype(np.int32)), dim)
         vector = sparse.to_dense()
-    elif keys == {"signs"}:
+    elif keys in ({"signs"}, {"signs", "scale"}):
         packed = _as_1d(arrays["signs"], "signs", np.unsignedinteger)
         try:
             vector = unpack_signs(packed.astype(np.uint8, copy=False), dim)
         except ValueError as err:
             raise MalformedMessage(str(err)) from err
+        if "scale" in arrays:
+            scale = _as_1d(arrays["scale"], "scale", np.floating)
+            if scale.size != 1:
+                raise MalformedMessage(f"scale must hold one value, got {scale.size}")
+            vector = vector * float(scale[0])
     else:
         raise MalformedMessage(f"unknown message layout {sorted(keys)}")
     if not torch.isfinite(vector).all():

@@ -14,8 +14,10 @@ def test_pyproject_defaults_are_a_valid_config():
     from pathlib import Path
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    cfg = RunConfig.from_flwr(pyproject["tool"]["flwr"]["app"]["config"])
-    assert cfg.to_flwr() == {**RunConfig().to_flwr(), **pyproject["tool"]["flwr"]["app"]["config"]}
+    app_config = pyproject["tool"]["flwr"]["app"]["config"]
+    # flwr run --run-config can only override keys that pyproject.toml declares: all of them must be there
+    assert set(app_config) == set(RunConfig().to_flwr())
+    assert RunConfig.from_flwr(app_config) == RunConfig()
 
 
 @pytest.mark.parametrize(
@@ -35,6 +37,13 @@ def test_pyproject_defaults_are_a_valid_config():
         (dict(strategy="fedavg", target_epsilon=3.0), "dp-fedavg"),
         (dict(strategy="ef21", noise_multiplier=1.0), "no privacy mechanism"),
         (dict(compress_ratio=0.0, compress_k=0), "compress-k"),
+        (dict(strategy="sign-vote", sign_compressor="sign", target_epsilon=1.0), "only sign-compressor 'dp-sign'"),
+        (dict(strategy="sign-vote", sign_compressor="dp-sign"), "dp-sign needs"),
+        (dict(strategy="alpha-normec", round_epsilon=1.0), "round-epsilon"),
+        (dict(sign_compressor="top-sign"), "unknown sign-compressor"),
+        (dict(grad_noise="cauchy"), "unknown grad-noise"),
+        (dict(grad_noise="student-t", grad_noise_kappa=2.5), "grad-noise-kappa"),
+        (dict(byzantine_fraction=0.5), "byzantine-fraction"),
     ],
 )
 def test_bad_configs_fail_with_a_clear_message(changes, message):

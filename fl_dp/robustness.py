@@ -1,0 +1,72 @@
+"""Perturbations for robustness experiments: heavy-tailed gradient noise and sign-flipping clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fl_dp.compressors import SparseVector
+from fl_dp.wire import Payload, SignVector
+
+NOISE_KINDS = ("none", "student-t", "pareto")
+
+
+@dataclass(frozen=True)
+class HeavyTailedNoise:
+    """Zero-mean noise whose moments are finite only below ``kappa`` (in (1, 2]: infinite variance below 2).
+
+    ``student-t``: Student's t with kappa degrees of freedom. ``pareto``: a random sign times a
+    Lomax(kappa) variable, centred. Both scaled by ``scale``.
+    """
+
+    kind: str
+    kappa: float
+    scale: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in NOISE_KINDS[1:]:
+            raise ValueError(f"unknown gradient noise {self.kind!r}; choose student-t or pareto")
+        if not 1 < self.kappa <= 2:
+            raise ValueError(f"grad-noise-kappa must be in (1, 2], got {self.kappa}")
+        if self.scale <= 0:
+            raise ValueError(f"grad-noise-scale must be positive, got {self.scale}")
+
+    def sample(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        if self.kind == "student-t":
+            draws = rng.standard_t(self.kappa, size=shape)
+        else:
+            magnitude = rng.pareto(self.kappa, size=shape)
+            draws = rng.choice([-1.0, 1.0], size=shape) * magnitude  # symmetric, so centred
+        return torch.from_numpy(draws.astype(np.float32)) * self.scale
+
+
+class NoisyGradients:
+    """An objective whose stochastic gradients carry extra heavy-tailed noise."""
+
+    def __init__(self, objective, noise: HeavyTailedNoise) -> None:
+        self._objective = objective
+        self._noise = noise
+
+    def __getattr__(self, name: str):
+        return getattr(self._objective, name)
+
+    def stochastic_gradient(self, x: torch.Tensor, batch_size: int, generator: torch.Generator | None):
+        loss, grad = self._objective.stochastic_gradient(x, batch_size, generator)
+        return loss, grad + self._noise.sample(grad.shape, generator)
+
+
+def flip(message: Payload) -> Payload:
+    """What a sign-flipping (Byzantine) client sends instead of ``message``."""
+    if isinstance(message, SignVector):
+        return SignVector(-message.signs, message.scale)
+    if isinstance(message, SparseVector):
+        return SparseVector(-message.values, message.indices, message.dim)
+    return -message
+
+
+def is_byzantine(partition_id: int, num_clients: int, fraction: float) -> bool:
+    """The first round(fraction * num_clients) clients are the faulty ones."""
+    return partition_id < round(fraction * num_clients)

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+
+from fl_dp.compressors import TopK
+from fl_dp.federation import InProcessFederation
+from fl_dp.robustness import HeavyTailedNoise, flip, is_byzantine
+from fl_dp.wire import SignVector
+
+
+@pytest.mark.parametrize("kind", ["student-t", "pareto"])
+def test_heavy_tailed_noise_is_centred_and_heavier_than_gaussian(kind):
+    noise = HeavyTailedNoise(kind, kappa=1.5, scale=1.0)
+    draws = noise.sample((200_000,), torch.Generator().manual_seed(0)).numpy()
+    assert abs(np.median(draws)) < 0.05
+    # a Gaussian of the same interquartile range almost never exceeds 20 IQRs; these often do
+    iqr = np.subtract(*np.percentile(draws, [75, 25]))
+    assert np.mean(np.abs(draws) > 20 * iqr) > 1e-3
+
+
+def test_heavy_tailed_noise_validates_its_parameters():
+    for kwargs in (dict(kind="cauchy", kappa=1.5, scale=1), dict(kind="student-t", kappa=1.0, scale=1), dict(kind="pareto", kappa=1.5, scale=0)):
+        with pytest.raises(ValueError):
+            HeavyTailedNoise(**kwargs)
+
+
+def test_flip_negates_every_payload():
+    v = torch.tensor([1.0, -2.0, 3.0])
+    assert torch.equal(flip(v), -v)
+    sparse = TopK(2)(v)
+    assert torch.equal(flip(sparse).to_dense(), -sparse.to_dense())
+    signs = SignVector(torch.tensor([1.0, -1.0]), 0.5)
+    assert torch.equal(flip(signs).to_dense(), -signs.to_dense())
+
+
+def test_byzantine_clients_are_the_first_fraction():
+    assert [is_byzantine(i, 10, 0.3) for i in range(10)] == [True] * 3 + [False] * 7
+    assert not any(is_byzantine(i, 10, 0.0) for i in range(10))
+
+
+def test_flipping_clients_send_the_opposite_message(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="mean-sgd", server_lr=0.1, byzantine_fraction=0.25)
+    honest = InProcessFederation(tiny_cfg.replace(strategy="mean-sgd", server_lr=0.1))
+    faulty = InProcessFederation(cfg)
+    arrays, config = honest.server.broadcast(1)
+    for cid in ("client-0", "client-1"):
+        good = honest.clients[cid].train(arrays, config, {})[0]["dense"]
+        sent = faulty.clients[cid].train(arrays, config, {})[0]["dense"]
+        assert np.allclose(sent, -good if cid == "client-0" else good)
+
+
+def test_gradient_noise_reaches_the_oracle_but_not_the_clean_objective(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="mean-sgd", server_lr=0.1, grad_noise="student-t", grad_noise_kappa=1.5, grad_noise_scale=10.0)
+    client = InProcessFederation(cfg).clients["client-0"]
+    x = torch.zeros(client.objective.dim)
+    _, clean = client.objective.stochastic_gradient(x, 0, None)
+    _, noisy = client.oracle.stochastic_gradient(x, 0, torch.Generator().manual_seed(0))
+    assert not torch.allclose(clean, noisy)
