@@ -73,11 +73,11 @@ def write_outputs(name: str, histories: pd.DataFrame, table: pd.DataFrame, plot:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub markdown table (floats to 3 decimals), without the tabulate dependency."""
+    """A GitHub markdown table (floats to 4 significant digits), without the tabulate dependency."""
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return "" if pd.isna(value) else f"{value:.3f}"
+            return "" if pd.isna(value) else f"{value:.4g}"
         return str(value)
 
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]

@@ -40,7 +40,11 @@ class ClientTask:
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """What one client produces in one round. ``release`` is None when nothing private was released."""
+    """What one client produces in one round. ``release`` is None when nothing private was released.
+
+    ``train_loss`` and ``metrics`` are computed from private data: the client sends them only
+    when its release is not private.
+    """
 
     message: Payload
     state: State
@@ -245,6 +249,69 @@ class ErrorFeedbackSign(Algorithm):
         return x - torch.stack(messages).mean(0)
 
 
+@dataclass(frozen=True)
+class DPSGD(Algorithm):
+    """Sample-level DP-SGD inside each client, with random sparsification (``final_rate`` > 0).
+
+    Each local epoch e of the run's E = rounds * local_epochs uses one mask, shared by all
+    clients (seeded from ``mask_seed`` and e) and dropping r(e) = r* e / (E - 1) of the
+    coordinates. Steps: Poisson batch (rate B/N), per-sample gradients, mask, clip to C, sum,
+    + mask * N(0, (sigma C)^2), / B, SGD step. The client sends its update x_local - x, which is
+    zero off the round's masks: values + indices. Server: x += server_lr * mean(update).
+    sigma is set (``noise_multiplier``) or calibrated by the client from its own sample rate.
+    """
+
+    client_lr: float
+    local_epochs: int
+    batch_size: int
+    momentum: float
+    clip: float
+    delta: float
+    num_rounds: int
+    server_lr: float
+    final_rate: float = 0.0
+    target_epsilon: float = 0.0
+    noise_multiplier: float = 0.0
+    mask_seed: int = 0
+
+    def client_update(self, task: ClientTask) -> ClientUpdate:
+        from fl_dp.dpsgd import client_noise_multiplier, cooling_rate, epoch_mask, masked_noisy_sum, poisson_batch
+
+        objective = task.objective
+        n = len(objective.data)
+        sample_rate = min(1.0, self.batch_size / n)
+        steps_per_epoch = max(1, round(1 / sample_rate))
+        total_epochs = self.num_rounds * self.local_epochs
+        sigma = self.noise_multiplier or client_noise_multiplier(
+            self.target_epsilon, self.delta, sample_rate, steps_per_epoch * total_epochs
+        )
+        expected_batch = sample_rate * n
+        x = task.x.clone()
+        velocity = torch.zeros_like(x)
+        support = torch.zeros_like(x, dtype=torch.bool)
+        for local_epoch in range(self.local_epochs):
+            epoch = (task.server_round - 1) * self.local_epochs + local_epoch
+            mask = epoch_mask(x.numel(), cooling_rate(self.final_rate, epoch, total_epochs), hash((self.mask_seed, epoch)) & (2**62 - 1))
+            support |= mask.bool()
+            for _ in range(steps_per_epoch):
+                batch = poisson_batch(n, sample_rate, task.generator)
+                per_sample = objective.per_sample_gradients(x, batch)
+                grad = masked_noisy_sum(per_sample, mask, self.clip, sigma * self.clip, task.generator) / expected_batch
+                velocity = self.momentum * velocity + grad
+                x = x - self.client_lr * velocity
+        update = x - task.x
+        message: Payload = update
+        if not bool(support.all()):
+            message = SparseVector.from_dense(update, torch.nonzero(support).flatten())
+        state = {**task.state, "privacy-steps": task.state.get("privacy-steps", torch.zeros(1)) + steps_per_epoch * self.local_epochs}
+        release = Release(sigma, sample_rate, steps_per_epoch * self.local_epochs)
+        # no training loss: it would be an unaccounted release of the private data
+        return ClientUpdate(message, state, math.nan, n, release)
+
+    def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+        return x + self.server_lr * weighted_mean(messages, weights)
+
+
 def _identity(v: torch.Tensor) -> torch.Tensor:
     return v
 
@@ -252,6 +319,9 @@ def _identity(v: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- construction from a run config
 
 CLIENT_LEVEL_PRIVATE = ("dp-fedavg", "alpha-normec", "dp-normalized-sgd", "clip21")
+
+
+SAMPLE_LEVEL_PRIVATE = ("dp-sgd", "dp-sgd-rs")
 
 
 def is_client_level_private(cfg: RunConfig) -> bool:
@@ -281,6 +351,8 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
     """
     if cfg.noise_multiplier > 0:
         return cfg.noise_multiplier
+    if cfg.strategy in SAMPLE_LEVEL_PRIVATE:
+        return 0.0  # each client calibrates from its own sample rate
     if cfg.round_epsilon > 0:
         return math.sqrt(2 * math.log(1.25 / cfg.delta)) / cfg.round_epsilon
     if cfg.target_epsilon > 0:
@@ -297,6 +369,21 @@ def build_algorithm(cfg: RunConfig, dim: int, noise_multiplier: float | None = N
         mechanism = GaussianMechanism.from_noise_multiplier(noise_multiplier, sensitivity(cfg))
     if cfg.strategy == "fedavg":
         return LocalTraining(cfg.client_lr, cfg.local_epochs, cfg.batch_size, cfg.momentum, cfg.server_lr or 1.0)
+    if cfg.strategy in SAMPLE_LEVEL_PRIVATE:
+        return DPSGD(
+            cfg.client_lr,
+            cfg.local_epochs,
+            cfg.batch_size,
+            cfg.momentum,
+            cfg.clip,
+            cfg.delta,
+            cfg.num_server_rounds,
+            cfg.server_lr or 1.0,
+            final_rate=cfg.rs_final_rate if cfg.strategy == "dp-sgd-rs" else 0.0,
+            target_epsilon=cfg.target_epsilon,
+            noise_multiplier=noise_multiplier,
+            mask_seed=cfg.seed,
+        )
     if cfg.strategy == "dp-fedavg":
         return LocalTraining(
             cfg.client_lr, cfg.local_epochs, cfg.batch_size, cfg.momentum, cfg.server_lr or 1.0, Clipping(cfg.clip), mechanism

@@ -23,6 +23,8 @@ STRATEGIES = (
     "sign-vote",
     "ef-sign",
     "mean-sgd",
+    "dp-sgd",
+    "dp-sgd-rs",
 )
 SIGN_COMPRESSORS = ("sign", "sto-sign", "dp-sign")
 COMPRESSORS = ("identity", "top-k", "rand-k", "rand-k-unbiased")
@@ -83,6 +85,8 @@ class RunConfig:
     grad_noise_kappa: float = 1.5
     grad_noise_scale: float = 1.0
     byzantine_fraction: float = 0.0
+    # DP-SGD with random sparsification: final rate r* of gradual cooling
+    rs_final_rate: float = 0.7
     # output
     results_dir: str = "results"
     run_name: str = ""
@@ -141,6 +145,15 @@ class RunConfig:
             fail(f"unknown grad-noise {self.grad_noise!r}; choose one of {', '.join(NOISE_KINDS)}")
         if self.grad_noise != "none" and not (1 < self.grad_noise_kappa <= 2 and self.grad_noise_scale > 0):
             fail(f"grad-noise needs grad-noise-kappa in (1, 2] and grad-noise-scale > 0, got {self.grad_noise_kappa}, {self.grad_noise_scale}")
+        if not 0 <= self.rs_final_rate < 1:
+            fail(f"rs-final-rate must be in [0, 1), got {self.rs_final_rate}")
+        if self.strategy in ("dp-sgd", "dp-sgd-rs"):
+            if not (self.target_epsilon > 0 or self.noise_multiplier > 0):
+                fail(f"{self.strategy} needs target-epsilon or noise-multiplier > 0")
+            if self.regularizer_lambda:
+                fail(f"{self.strategy} needs regularizer-lambda = 0 (per-sample gradients exclude it)")
+            if self.batch_size < 1:
+                fail(f"{self.strategy} needs batch-size >= 1 (the expected Poisson batch)")
         if not 0 <= self.byzantine_fraction < 0.5:
             fail(f"byzantine-fraction must be in [0, 0.5), got {self.byzantine_fraction}")
         if self.compressor not in COMPRESSORS:

@@ -117,7 +117,11 @@ class ClientCore:
         task = ClientTask(x, state, self.oracle, make_generator(self.cfg, self.partition_id, server_round), server_round)
         update = algorithm.client_update(task)
         message = flip(update.message) if self.byzantine else update.message
-        metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples, TRAIN_LOSS: update.train_loss, **update.metrics}
+        # the dataset size is treated as public; loss and other statistics only leave a
+        # non-private client, since they would be unaccounted releases of its data
+        metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples}
+        if update.release is None or update.release.noise_multiplier == 0:
+            metrics.update({TRAIN_LOSS: update.train_loss, **update.metrics})
         if update.release is not None:
             metrics.update(
                 {DP_NOISE: update.release.noise_multiplier, DP_RATE: update.release.sample_rate, DP_STEPS: update.release.steps}
@@ -208,7 +212,7 @@ class ServerCore:
             "sampled": num_sent,
             "accepted": len(accepted),
             "rejected": len(rejected),
-            "train-loss": float(np.mean([r.metrics[TRAIN_LOSS] for r, _ in accepted])) if accepted else math.nan,
+            "train-loss": _mean_metric([r for r, _ in accepted], TRAIN_LOSS),
             "epsilon-max": eps_max,
             "epsilon-mean": eps_mean,
             "noise-multiplier": self.noise_multiplier,
@@ -247,9 +251,8 @@ class ServerCore:
 
 
 def _check_metrics(metrics: dict[str, float]) -> None:
-    for key in (NUM_EXAMPLES, TRAIN_LOSS):
-        if key not in metrics:
-            raise MalformedMessage(f"reply metrics lack {key!r}")
+    if NUM_EXAMPLES not in metrics:
+        raise MalformedMessage(f"reply metrics lack {NUM_EXAMPLES!r}")
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not math.isfinite(value):
             raise MalformedMessage(f"metric {key!r} is {value}")
@@ -260,6 +263,12 @@ def _check_metrics(metrics: dict[str, float]) -> None:
             Release(float(metrics[DP_NOISE]), float(metrics.get(DP_RATE, -1)), int(metrics.get(DP_STEPS, 0)))
         except ValueError as err:
             raise MalformedMessage(f"bad privacy record: {err}") from err
+
+
+def _mean_metric(replies: list[Reply], key: str) -> float:
+    """Mean of ``key`` over the replies that report it; NaN when none does (private clients never do)."""
+    values = [r.metrics[key] for r in replies if key in r.metrics]
+    return float(np.mean(values)) if values else math.nan
 
 
 def _fmt(value: Any) -> str:

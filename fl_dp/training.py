@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -31,6 +33,7 @@ class Objective:
         self.data = data
         self.regularizer_lambda = regularizer_lambda
         self.dim = num_params(model)
+        self._per_sample_model = None
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if logits.shape[1] == 1:
@@ -110,6 +113,26 @@ class Objective:
                         p.sub_(lr * v)
                 losses.append(loss.item())
         return get_flat_params(self.model), sum(losses) / len(losses), len(losses)
+
+    def per_sample_gradients(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """(batch, d) gradients of each sample's loss at x, from Opacus' GradSampleModule
+        (on a copy of the model, so the ordinary gradient path keeps no hooks)."""
+        from opacus import GradSampleModule
+
+        if self.regularizer_lambda:
+            raise ValueError("per-sample gradients do not include the regulariser; use regularizer-lambda = 0")
+        if self._per_sample_model is None:
+            self._per_sample_model = GradSampleModule(copy.deepcopy(self.model), loss_reduction="sum")
+        module = self._per_sample_model
+        set_flat_params(module._module, x)
+        module.train()
+        params = list(module.parameters())
+        for p in params:
+            p.grad, p.grad_sample = None, None
+        if len(indices) == 0:
+            return torch.zeros(0, self.dim)
+        self.loss_fn(module(self.data.x[indices]), self.data.y[indices], reduction="sum").backward()
+        return torch.cat([p.grad_sample.reshape(len(indices), -1) for p in params], 1).detach()
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor) -> dict[str, float]:

@@ -26,6 +26,7 @@ def _good_reply(fed, cid="client-0"):
         lambda dim: ({"values": np.ones(1, np.float32), "indices": np.array([dim], np.int32)}, {}),
         lambda dim: ({"dense": np.zeros(dim, np.float32)}, {"train-loss": math.inf}),
         lambda dim: ({"dense": np.zeros(dim, np.float32)}, {"num-examples": 0}),
+        lambda dim: ({"dense": np.zeros(dim, np.float32)}, {"num-examples": math.nan}),
         lambda dim: ({"dense": np.zeros(dim, np.float32)}, {"dp-noise-multiplier": -1.0, "dp-sample-rate": 1.0, "dp-steps": 1}),
     ],
 )
@@ -68,8 +69,10 @@ def test_metrics_per_round_and_csv(tiny_cfg, tmp_path):
     fed = InProcessFederation(cfg)
     history = fed.run()
     assert list(history["round"]) == [1, 2, 3]
-    for column in ("train-loss", "test-loss", "test-accuracy", "epsilon-max", "epsilon-mean", "bytes-up", "bytes-down"):
+    for column in ("test-loss", "test-accuracy", "epsilon-max", "epsilon-mean", "bytes-up", "bytes-down"):
         assert history[column].notna().all(), column
+    # private clients send no training loss: it would be an unaccounted release
+    assert history["train-loss"].isna().all()
     assert history["epsilon-max"].is_monotonic_increasing
     assert history["epsilon-max"].iloc[-1] <= 4.0  # calibrated over the 3 planned rounds
     path = fed.server.save()
@@ -94,3 +97,13 @@ def test_too_few_clients_connected(tiny_cfg):
 def test_fedavg_learns_the_synthetic_task(tiny_cfg):
     history = run_inprocess(tiny_cfg.replace(num_server_rounds=5, client_lr=0.5, local_epochs=2))
     assert history["test-accuracy"].iloc[-1] > 0.85
+
+
+def test_private_clients_send_only_accounted_metrics(tiny_cfg):
+    private = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1, noise_multiplier=1.0))
+    arrays, config = private.server.broadcast(1)
+    _, metrics, _ = private.clients["client-0"].train(arrays, config, {})
+    assert set(metrics) == {"num-examples", "dp-noise-multiplier", "dp-sample-rate", "dp-steps"}
+    public = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1))
+    _, metrics, _ = public.clients["client-0"].train(*public.server.broadcast(1), {})
+    assert {"train-loss", "grad-norm"} <= set(metrics)
