@@ -303,10 +303,9 @@ class DPSGD(Algorithm):
         message: Payload = update
         if not bool(support.all()):
             message = SparseVector.from_dense(update, torch.nonzero(support).flatten())
-        state = {**task.state, "privacy-steps": task.state.get("privacy-steps", torch.zeros(1)) + steps_per_epoch * self.local_epochs}
         release = Release(sigma, sample_rate, steps_per_epoch * self.local_epochs)
         # no training loss: it would be an unaccounted release of the private data
-        return ClientUpdate(message, state, math.nan, n, release)
+        return ClientUpdate(message, task.state, math.nan, n, release)
 
     def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
         return x + self.server_lr * weighted_mean(messages, weights)

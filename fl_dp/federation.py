@@ -40,6 +40,8 @@ TRAIN_LOSS = "train-loss"
 DP_NOISE = "dp-noise-multiplier"
 DP_RATE = "dp-sample-rate"
 DP_STEPS = "dp-steps"
+CLIENT_EPSILON = "client-epsilon"
+LEDGER_STATE = "privacy-ledger"
 
 
 @dataclass(frozen=True)
@@ -122,11 +124,19 @@ class ClientCore:
         metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples}
         if update.release is None or update.release.noise_multiplier == 0:
             metrics.update({TRAIN_LOSS: update.train_loss, **update.metrics})
+        state = update.state
         if update.release is not None:
             metrics.update(
                 {DP_NOISE: update.release.noise_multiplier, DP_RATE: update.release.sample_rate, DP_STEPS: update.release.steps}
             )
-        return encode(message), metrics, update.state
+            # the client's own ledger travels with its state: it knows its epsilon wherever it runs
+            ledger = PrivacyLedger(self.cfg.delta)
+            for noise, rate, steps in state.get(LEDGER_STATE, torch.zeros(0, 3)).tolist():
+                ledger.record("self", Release(noise, rate, int(steps)))
+            ledger.record("self", update.release)
+            state = {**state, LEDGER_STATE: torch.tensor([[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("self")], dtype=torch.float64)}
+            metrics[CLIENT_EPSILON] = ledger.epsilon("self")
+        return encode(message), metrics, state
 
 
 # ---------------------------------------------------------------- server
@@ -215,6 +225,7 @@ class ServerCore:
             "train-loss": _mean_metric([r for r, _ in accepted], TRAIN_LOSS),
             "epsilon-max": eps_max,
             "epsilon-mean": eps_mean,
+            "client-epsilon-max": _max_metric([r for r, _ in accepted], CLIENT_EPSILON),
             "noise-multiplier": self.noise_multiplier,
             "bytes-up": sum(payload_bytes(r.arrays) for r, _ in accepted),
             "bytes-up-dense": len(accepted) * self.dim * 4,
@@ -254,7 +265,7 @@ def _check_metrics(metrics: dict[str, float]) -> None:
     if NUM_EXAMPLES not in metrics:
         raise MalformedMessage(f"reply metrics lack {NUM_EXAMPLES!r}")
     for key, value in metrics.items():
-        if isinstance(value, (int, float)) and not math.isfinite(value):
+        if isinstance(value, (int, float)) and not math.isfinite(value) and not (key == CLIENT_EPSILON and value == math.inf):
             raise MalformedMessage(f"metric {key!r} is {value}")
     if metrics[NUM_EXAMPLES] <= 0:
         raise MalformedMessage("num-examples must be positive")
@@ -269,6 +280,11 @@ def _mean_metric(replies: list[Reply], key: str) -> float:
     """Mean of ``key`` over the replies that report it; NaN when none does (private clients never do)."""
     values = [r.metrics[key] for r in replies if key in r.metrics]
     return float(np.mean(values)) if values else math.nan
+
+
+def _max_metric(replies: list[Reply], key: str) -> float:
+    values = [r.metrics[key] for r in replies if key in r.metrics]
+    return float(max(values)) if values else math.nan
 
 
 def _fmt(value: Any) -> str:

@@ -5,5 +5,5 @@ import sys
 
 run = json.load(sys.stdin)["runs"][0]
 if run["status"] != "finished:completed":
-    sys.exit("simulate.sh: run %s %s: %s" % (run["run-id"], run["status"], run.get("status-details", "")))
+    sys.exit("fl-dp: run %s %s: %s" % (run["run-id"], run["status"], run.get("status-details", "")))
 print("run %s completed in %.1f s" % (run["run-id"], run["elapsed"]), file=sys.stderr)

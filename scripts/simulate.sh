@@ -7,16 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 num_clients="${1:-10}"
 shift || true
-venv="$(realpath "${FL_DP_VENV:-.venv}")"
-export PATH="$venv/bin:$PATH"
+source scripts/flwr_env.sh
 # flwr keeps its connections and a detached simulation SuperLink under FLWR_HOME
 export FLWR_HOME="${FLWR_HOME:-$PWD/.flwr-home}"
 # Ray's socket paths must stay under 107 bytes: keep its temp dir short
 export RAY_TMPDIR="${RAY_TMPDIR:-/tmp/fl-dp-ray}"
-export FLWR_TELEMETRY_ENABLED=0
-# the SuperLink would otherwise install [project].dependencies per run (needs the network)
-export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
-export PYTHONUNBUFFERED=1
 mkdir -p "$FLWR_HOME" "$RAY_TMPDIR" results
 
 federation="num-supernodes=$num_clients client-resources-num-cpus=1"
@@ -30,17 +25,7 @@ stop_superlink() {
 }
 trap stop_superlink EXIT
 
-log="$(mktemp)"
-flwr run . --stream \
+flwr_run_checked . \
   --federation-config "$federation" \
-  --run-config "num-clients=$num_clients results-dir='$PWD/results'" \
-  "$@" 2>&1 | tee "$log"
-
-# `flwr run` exits 0 even when the run failed: ask the SuperLink for the run's final status.
-run_id="$(grep -o 'run_id `[0-9]*`' "$log" | head -n 1 | tr -dc '0-9')"
-rm -f "$log"
-if [ -z "$run_id" ]; then
-  echo "simulate.sh: flwr run did not start a run" >&2
-  exit 1
-fi
-flwr ls --run-id "$run_id" --format json | "$venv/bin/python" scripts/check_run_status.py
+  --run-config "num-clients=$num_clients clients-per-round=$num_clients results-dir='$PWD/results'" \
+  "$@"

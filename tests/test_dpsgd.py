@@ -92,8 +92,11 @@ def test_dp_sgd_rs_round_sends_sparse_updates_and_accounts_each_clients_steps(ti
     for cid, client in fed.clients.items():
         n = len(client.objective.data)
         steps = round(n / 20)
-        assert fed.states[cid]["privacy-steps"].item() == 3 * steps
-        assert fed.server.ledger.releases(cid) == [Release(fed.server.ledger.releases(cid)[0].noise_multiplier, 20 / n, 3 * steps)]
+        sigma = fed.server.ledger.releases(cid)[0].noise_multiplier
+        assert fed.server.ledger.releases(cid) == [Release(sigma, 20 / n, 3 * steps)]
+        # the client's own ledger, kept in its state, holds the same composition
+        assert fed.states[cid]["privacy-ledger"].tolist() == [[sigma, 20 / n, 3 * steps]]
+    assert (history["client-epsilon-max"] == history["epsilon-max"]).all()
 
 
 def test_one_client_with_all_data_is_centralised_dp_sgd(tiny_cfg):

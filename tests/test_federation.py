@@ -74,6 +74,8 @@ def test_metrics_per_round_and_csv(tiny_cfg, tmp_path):
     # private clients send no training loss: it would be an unaccounted release
     assert history["train-loss"].isna().all()
     assert history["epsilon-max"].is_monotonic_increasing
+    # each client composes its own ledger (in its state) to the same epsilon as the server's
+    assert np.allclose(history["client-epsilon-max"], history["epsilon-max"])
     assert history["epsilon-max"].iloc[-1] <= 4.0  # calibrated over the 3 planned rounds
     path = fed.server.save()
     assert path == tmp_path / "demo.csv"
@@ -103,7 +105,7 @@ def test_private_clients_send_only_accounted_metrics(tiny_cfg):
     private = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1, noise_multiplier=1.0))
     arrays, config = private.server.broadcast(1)
     _, metrics, _ = private.clients["client-0"].train(arrays, config, {})
-    assert set(metrics) == {"num-examples", "dp-noise-multiplier", "dp-sample-rate", "dp-steps"}
+    assert set(metrics) == {"num-examples", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "client-epsilon"}
     public = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1))
     _, metrics, _ = public.clients["client-0"].train(*public.server.broadcast(1), {})
     assert {"train-loss", "grad-norm"} <= set(metrics)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# A real deployment on this machine: one SuperLink and NUM_NODES SuperNodes on 127.0.0.1 over TLS
+# (a throw-away CA and server certificate are generated first), then `flwr run` of the app on them.
+#   scripts/deploy.sh [NUM_NODES] [extra `flwr run` options, e.g. --run-config "strategy='clip21' num-server-rounds=3"]
+# Each SuperNode gets node config partition-id=i num-partitions=NUM_NODES; client state
+# (error feedback, momentum) lives in the SuperNode across rounds. Everything is stopped on exit.
+# FL_DP_DEPLOY_PORT (default 19093) is the SuperLink's port; SuperNodes use the next ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+num_nodes="${1:-2}"
+shift || true
+source scripts/flwr_env.sh
+port="${FL_DP_DEPLOY_PORT:-19093}"
+work="$(mktemp -d /tmp/fl-dp-deploy-XXXXXX)"
+export FLWR_HOME="$work/flwr-home"
+mkdir -p "$FLWR_HOME" results
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "${FL_DP_KEEP_DEPLOY_LOGS:-0}" = "0" ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
+}
+trap cleanup EXIT
+
+"$venv/bin/python" scripts/make_certs.py "$work/certs"
+
+flower-superlink \
+  --ssl-ca-certfile "$work/certs/ca.crt" --ssl-certfile "$work/certs/server.pem" --ssl-keyfile "$work/certs/server.key" \
+  --host 127.0.0.1 --port "$port" --database "$work/superlink.db" \
+  --disable-runtime-dependency-installation >"$work/superlink.log" 2>&1 &
+pids+=($!)
+
+for i in $(seq 0 $((num_nodes - 1))); do
+  flower-supernode \
+    --superlink "127.0.0.1:$port" --root-certificates "$work/certs/ca.crt" \
+    --node-config "partition-id=$i num-partitions=$num_nodes" \
+    --host 127.0.0.1 --port $((port + 1 + i)) >"$work/supernode-$i.log" 2>&1 &
+  pids+=($!)
+done
+
+cat >"$FLWR_HOME/config.toml" <<TOML
+[superlink]
+default = "tls-local"
+
+[superlink.tls-local]
+address = "127.0.0.1:$port"
+root-certificates = "$work/certs/ca.crt"
+TOML
+
+export FL_DP_SUPERLINK=tls-local
+flwr_run_checked . tls-local \
+  --run-config "num-clients=$num_nodes clients-per-round=$num_nodes results-dir='$PWD/results'" \
+  "$@"
