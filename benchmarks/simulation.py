@@ -1,0 +1,146 @@
+"""The same training work done by a plain single-process loop and by `flwr run` with Ray.
+
+alpha-NormEC, the CNN on Fashion-MNIST, one minibatch gradient of 32 per client and round, every
+client in every round, for 10, 100 and 1000 virtual clients. Both paths run the same ClientCore /
+ServerCore code; the Flower path adds the SuperLink, Ray actors (one CPU each) and message
+serialisation. Reported side by side in one run: total wall time, per-round time after start-up
+(rounds 2..R), their ratio, and peak RAM (the loop's process; the sum over the Flower/Ray processes).
+Also what keeping g_i in context.state costs per message (it travels to the Ray actor and back).
+
+    python -m benchmarks.simulation                 # about 6 minutes on 2 cores
+    FL_DP_CLIENT_GPUS=0.1 python -m benchmarks.simulation --clients 100   # GPU variant
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import RESULTS, markdown_table
+
+ROOT = Path(__file__).parents[1]
+ROUNDS = 4
+
+
+def settings(num_clients: int) -> dict:
+    return dict(
+        strategy="alpha-normec", dataset="fashion-mnist", model="cnn", batch_size=32, server_lr=0.5,
+        num_server_rounds=ROUNDS, num_clients=num_clients, clients_per_round=num_clients, eval_samples=1000,
+    )
+
+
+def plain_loop(num_clients: int) -> dict:
+    """Run in a fresh process so that its peak RSS is its own."""
+    code = (
+        "import json, resource, time, torch\n"
+        "from fl_dp.config import RunConfig\n"
+        "from fl_dp.federation import run_inprocess\n"
+        f"cfg = RunConfig(**{settings(num_clients)!r}, results_dir='unused')\n"
+        "t = time.perf_counter(); h = run_inprocess(cfg); total = time.perf_counter() - t\n"
+        "print(json.dumps({'total': total, 'rounds': h['round-seconds'].tolist(), 'accuracy': float(h['test-accuracy'].iloc[-1]),"
+        " 'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    import json
+
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_of_flower_processes() -> float:
+    out = subprocess.run(["ps", "-eo", "rss=,args="], capture_output=True, text=True).stdout
+    keys = ("flwr", "flower-", "ray::", "raylet", "gcs_server", "ray/")
+    return sum(int(line.split(None, 1)[0]) for line in out.splitlines() if any(k in line for k in keys)) / 1024
+
+
+def flower_run(num_clients: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="flsim-", dir="/tmp") as tmp:
+        run_config = " ".join(
+            f"{k.replace('_', '-')}='{v}'" if isinstance(v, str) else f"{k.replace('_', '-')}={v}" for k, v in settings(num_clients).items()
+        )
+        run_config += f" run-name='sim' results-dir='{tmp}'"
+        env = {**os.environ, "FLWR_HOME": f"{tmp}/home", "RAY_TMPDIR": f"{tmp}/r", "FL_DP_VENV": str(Path(sys.executable).parent.parent)}
+        peak = [0.0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss_of_flower_processes())
+                time.sleep(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.perf_counter()
+        result = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "simulate.sh"), str(num_clients), "--run-config", run_config],
+            env=env, capture_output=True, text=True, cwd=ROOT,
+        )
+        total = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        if result.returncode != 0:
+            raise RuntimeError((result.stdout + result.stderr)[-4000:])
+        history = pd.read_csv(Path(tmp) / "sim.csv")
+    return {"total": total, "rounds": history["round-seconds"].tolist(), "accuracy": float(history["test-accuracy"].iloc[-1]), "peak_mib": peak[0]}
+
+
+def state_cost() -> pd.DataFrame:
+    """Serialising an ArrayRecord of d float32 (what context.state adds per message, each way)."""
+    from flwr.app import Array, ArrayRecord, RecordDict
+    from flwr.common.serde import recorddict_to_proto
+
+    rows = []
+    for name, dim in (("cnn", 18_474), ("resnet20", 272_474)):
+        record = RecordDict({"state": ArrayRecord({"g": Array(np.random.rand(dim).astype(np.float32))})})
+        started = time.perf_counter()
+        for _ in range(20):
+            size = len(recorddict_to_proto(record).SerializeToString())
+        rows.append({"model": name, "d": dim, "state bytes": size, "serialise ms": (time.perf_counter() - started) / 20 * 1000})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
+    args = parser.parse_args()
+    rows = []
+    for num_clients in args.clients:
+        for path, run in (("plain loop", plain_loop), ("flwr run + Ray", flower_run)):
+            measured = run(num_clients)
+            after_startup = float(np.mean(measured["rounds"][1:]))
+            rows.append({"clients": num_clients, "path": path, "total s": measured["total"], "s/round after start-up": after_startup,
+                         "round-1 s": measured["rounds"][0], "peak RAM MiB": measured["peak_mib"], "final accuracy": measured["accuracy"]})
+            print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    ratios = []
+    for num_clients, group in table.groupby("clients"):
+        plain = group[group["path"] == "plain loop"].iloc[0]
+        flower = group[group["path"] != "plain loop"].iloc[0]
+        ratios.append({"clients": num_clients, "total ratio (flower / plain)": flower["total s"] / plain["total s"],
+                       "per-round ratio after start-up": flower["s/round after start-up"] / plain["s/round after start-up"],
+                       "Flower overhead per client message ms": (flower["s/round after start-up"] - plain["s/round after start-up"]) / num_clients * 1000})
+    ratios = pd.DataFrame(ratios)
+    out = RESULTS / "simulation"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "table.csv", index=False)
+    ratios.to_csv(out / "ratios.csv", index=False)
+    costs = state_cost()
+    (out / "table.md").write_text(markdown_table(table) + "\n" + markdown_table(ratios) + "\n" + markdown_table(costs))
+    print(markdown_table(table))
+    print(markdown_table(ratios))
+    print(markdown_table(costs))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
