@@ -4,7 +4,7 @@ Fashion-MNIST, 5 clients (IID), minibatch 128, top-k with k = 1% of d; the small
 default (``--model resnet20`` needs 32x32 inputs, i.e. CIFAR-10 under data-dir). Test accuracy
 and megabits sent up, mean over seeds.
 
-    python -m benchmarks.ef21_sgdm          # about 6 minutes on 2 cores
+    python -m benchmarks.ef21_sgdm          # about 5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--model", default="cnn", choices=["cnn", "resnet20"])
     parser.add_argument("--dataset", default="fashion-mnist")
     args = parser.parse_args()
-    rounds = args.rounds or (10 if args.quick else 150)
+    rounds = args.rounds or (10 if args.quick else 100)
     seeds = 1 if args.quick else args.seeds
     grid = []
     for method, settings in METHODS:

@@ -21,8 +21,8 @@ from benchmarks.common import base_parser, markdown_table, run_grid, summarise, 
 from fl_dp.config import RunConfig
 
 METHODS = {
-    "majority vote (signSGD)": (dict(strategy="sign-vote", sign_compressor="sign"), (3e-4, 1e-3, 3e-3)),
-    "mean (SGD)": (dict(strategy="mean-sgd"), (0.03, 0.1, 0.3)),
+    "majority vote (signSGD)": (dict(strategy="sign-vote", sign_compressor="sign"), (3e-4, 1e-3)),
+    "mean (SGD)": (dict(strategy="mean-sgd"), (0.1, 0.3)),
 }
 HEAVY_TAILS = [("none", 2.0), ("student-t", 2.0), ("student-t", 1.5), ("student-t", 1.2)]
 BYZANTINE = [0.0, 0.1, 0.2, 0.3, 0.45]

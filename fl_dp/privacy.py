@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -41,6 +42,12 @@ def epsilon_of(releases: list[Release], delta: float) -> float:
     """(eps, delta)-DP epsilon of the RDP composition of ``releases``; inf if any is noiseless."""
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
+    return _epsilon(tuple(releases), delta)
+
+
+@lru_cache(maxsize=4096)
+def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
+    # clients sampled alike have identical histories: compose each distinct history once
     if not releases:
         return 0.0
     if any(r.noise_multiplier == 0 for r in releases):
