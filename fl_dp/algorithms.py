@@ -17,6 +17,7 @@ import torch
 
 from fl_dp.compressors import SparseVector, build_compressor
 from fl_dp.config import ConfigError, RunConfig
+from fl_dp.dpsgd import client_noise_multiplier, cooling_rate, epoch_mask, masked_noisy_sum, poisson_batch
 from fl_dp.mechanisms import GaussianMechanism
 from fl_dp.operators import Clipping, SmoothedNormalization
 from fl_dp.privacy import Release, calibrate_noise_multiplier
@@ -275,8 +276,6 @@ class DPSGD(Algorithm):
     mask_seed: int = 0
 
     def client_update(self, task: ClientTask) -> ClientUpdate:
-        from fl_dp.dpsgd import client_noise_multiplier, cooling_rate, epoch_mask, masked_noisy_sum, poisson_batch
-
         objective = task.objective
         n = len(objective.data)
         sample_rate = min(1.0, self.batch_size / n)
