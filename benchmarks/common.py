@@ -72,6 +72,11 @@ def write_outputs(name: str, histories: pd.DataFrame, table: pd.DataFrame, plot:
     return out
 
 
+def accuracy_errorbar(ax, x, rows: pd.DataFrame, label: str) -> None:
+    """Mean test accuracy over seeds with its std (0 where one seed) as error bars."""
+    ax.errorbar(x, rows["test-accuracy-mean"], yerr=rows["test-accuracy-std"].fillna(0), marker="o", capsize=3, label=label)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub markdown table (floats to 4 significant digits), without the tabulate dependency."""
 

@@ -25,7 +25,7 @@ import math
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, run_grid, summarise, write_outputs
+from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, run_grid, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 TASKS = {
@@ -88,7 +88,7 @@ def plot(histories: pd.DataFrame, table: pd.DataFrame):
                 labels = [("inf" if math.isinf(e) else f"{e:g}") for e in sorted(sub["epsilon"].unique())]
                 for method in sub["method"].unique():
                     rows = sub[sub["method"] == method].sort_values("epsilon")
-                    ax.errorbar(range(len(rows)), rows["test-accuracy-mean"], yerr=rows["test-accuracy-std"].fillna(0), marker="o", capsize=3, label=method)
+                    accuracy_errorbar(ax, range(len(rows)), rows, method)
                 ax.set_xticks(range(len(labels)), labels)
                 ax.set_xlabel("target epsilon (delta = 1e-5)")
                 ax.set_ylabel("test accuracy")

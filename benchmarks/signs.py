@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, run_grid, summarise, write_outputs
+from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, run_grid, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 METHODS = {
@@ -62,12 +62,12 @@ def plot(table: pd.DataFrame):
             noise_order = ["none"] + [f"t, kappa={k:g}" for _, k in HEAVY_TAILS[1:]]
             for method, rows in sub[sub["byzantine"] == 0.0].groupby("method"):
                 rows = rows.set_index("noise").reindex(noise_order)
-                axes[0][j].errorbar(range(len(noise_order)), rows["test-accuracy-mean"], yerr=rows["test-accuracy-std"].fillna(0), marker="o", capsize=3, label=method)
+                accuracy_errorbar(axes[0][j], range(len(noise_order)), rows, method)
             axes[0][j].set_xticks(range(len(noise_order)), noise_order)
             axes[0][j].set_title(f"{dataset}: heavy-tailed gradient noise")
             for method, rows in sub[sub["noise"] == "none"].groupby("method"):
                 rows = rows.sort_values("byzantine")
-                axes[1][j].errorbar(rows["byzantine"], rows["test-accuracy-mean"], yerr=rows["test-accuracy-std"].fillna(0), marker="o", capsize=3, label=method)
+                accuracy_errorbar(axes[1][j], rows["byzantine"], rows, method)
             axes[1][j].set_xlabel("fraction of sign-flipping clients")
             axes[1][j].set_title(f"{dataset}: faulty clients")
             for ax in axes[:, j]:
