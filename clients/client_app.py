@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -47,7 +46,8 @@ def load_state(context: Context) -> dict[str, torch.Tensor]:
 
 
 def save_state(context: Context, state: dict[str, torch.Tensor]) -> None:
-    context.state[STATE_KEY] = to_array_record({k: v.detach().numpy().astype(np.float32) for k, v in state.items()})
+    # dtypes kept: the privacy ledger's rows are float64
+    context.state[STATE_KEY] = to_array_record({k: v.detach().numpy() for k, v in state.items()})
 
 
 @app.train()

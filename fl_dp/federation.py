@@ -129,14 +129,19 @@ class ClientCore:
             metrics.update(
                 {DP_NOISE: update.release.noise_multiplier, DP_RATE: update.release.sample_rate, DP_STEPS: update.release.steps}
             )
-            # the client's own ledger travels with its state: it knows its epsilon wherever it runs
-            ledger = PrivacyLedger(self.cfg.delta)
-            for noise, rate, steps in state.get(LEDGER_STATE, torch.zeros(0, 3)).tolist():
-                ledger.record("self", Release(noise, rate, int(steps)))
-            ledger.record("self", update.release)
-            state = {**state, LEDGER_STATE: torch.tensor([[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("self")], dtype=torch.float64)}
-            metrics[CLIENT_EPSILON] = ledger.epsilon("self")
+            state, metrics[CLIENT_EPSILON] = record_own_release(state, update.release, self.cfg.delta)
         return encode(message), metrics, state
+
+
+def record_own_release(state: State, release: Release, delta: float) -> tuple[State, float]:
+    """Add ``release`` to the client's own ledger, kept in its state as float64 rows
+    (noise multiplier, sample rate, steps): the client knows its epsilon wherever it runs."""
+    ledger = PrivacyLedger(delta)
+    for noise, rate, steps in state.get(LEDGER_STATE, torch.zeros(0, 3, dtype=torch.float64)).tolist():
+        ledger.record("self", Release(noise, rate, int(steps)))
+    ledger.record("self", release)
+    rows = [[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("self")]
+    return {**state, LEDGER_STATE: torch.tensor(rows, dtype=torch.float64)}, ledger.epsilon("self")
 
 
 # ---------------------------------------------------------------- server

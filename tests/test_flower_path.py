@@ -74,6 +74,11 @@ def test_flower_path_and_in_process_loop_give_the_same_trajectory(tiny_cfg, stra
         # client state persisted in the Flower context, equal to the in-process client's
         for i, context in enumerate(contexts.values()):
             assert np.allclose(context.state.array_records[STATE_KEY]["g"].numpy(), fed.states[f"client-{i}"]["g"].numpy())
+    if strategy == "alpha-normec":
+        # the client's own ledger survives the round trip through context.state exactly (float64)
+        ledger = contexts[101].state.array_records[STATE_KEY]["privacy-ledger"].numpy()
+        assert ledger.dtype == np.float64 and ledger.tolist() == fed.states["client-0"]["privacy-ledger"].tolist()
+        assert ledger.shape == (1, 3)  # four equal releases merged into one row
 
 
 def test_error_replies_and_corrupted_payloads_are_rejected(tiny_cfg):
