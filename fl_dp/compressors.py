@@ -36,8 +36,8 @@ class SparseVector:
 
     @property
     def is_full(self) -> bool:
-        """Every coordinate present: the wire format then drops the indices."""
-        return self.values.numel() == self.dim
+        """Sent dense: with indices, half the coordinates or more would cost at least as much."""
+        return self.values.numel() * (FLOAT_BYTES + INDEX_BYTES) >= self.dim * FLOAT_BYTES
 
     @property
     def nbytes(self) -> int:
@@ -74,7 +74,7 @@ class Compressor(Protocol):
 
 @dataclass(frozen=True)
 class Identity:
-    """Sends every coordinate; a full message travels dense, without indices."""
+    """Sends every coordinate (dense on the wire)."""
 
     def __call__(self, v: torch.Tensor, generator: torch.Generator | None = None) -> SparseVector:
         return SparseVector.from_dense(v, torch.arange(v.numel()))

@@ -50,10 +50,12 @@ def test_identity_sends_everything_dense():
     assert torch.equal(message.to_dense(), v)
 
 
-def test_sparse_message_counts_values_and_indices():
+def test_sparse_message_counts_values_and_indices_unless_dense_is_cheaper():
     message = TopK(3)(torch.arange(10.0))
     assert message.nbytes == 3 * 8
     assert sorted(message.indices.tolist()) == [7, 8, 9]
+    # 5 of 10 with int32 indices would cost 40 bytes, as much as dense: sent dense
+    assert TopK(5)(torch.arange(10.0)).nbytes == 40 and TopK(5)(torch.arange(10.0)).is_full
 
 
 def test_build_compressor_from_ratio_and_errors():

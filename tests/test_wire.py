@@ -13,6 +13,8 @@ def test_dense_sparse_and_sign_messages_round_trip():
     arrays = encode(sparse)
     assert set(arrays) == {"values", "indices"} and payload_bytes(arrays) == 24
     assert torch.equal(decode(arrays, 10), sparse.to_dense())
+    half = TopK(6)(v)
+    assert set(encode(half)) == {"dense"} and torch.equal(decode(encode(half), 10), half.to_dense())
     signs = torch.tensor([1.0, -1, -1, 1, 1, 1, -1, 1, -1, -1])
     arrays = encode(SignVector(signs))
     assert payload_bytes(arrays) == 2
