@@ -104,6 +104,8 @@ class ClientCore:
         if cfg.grad_noise != "none":
             self.oracle = NoisyGradients(self.objective, HeavyTailedNoise(cfg.grad_noise, cfg.grad_noise_kappa, cfg.grad_noise_scale))
         self.byzantine = is_byzantine(partition_id, cfg.num_clients, cfg.byzantine_fraction)
+        # the client's noise comes from its own run config, never from the server's say-so
+        self.noise_multiplier = resolve_noise_multiplier(cfg)
 
     def train(
         self, arrays: dict[str, np.ndarray], config: dict[str, Any], state: State
@@ -115,7 +117,12 @@ class ClientCore:
         if x.ndim != 1 or x.numel() != self.objective.dim or not torch.isfinite(x).all():
             raise MalformedMessage(f"global vector must be finite with {self.objective.dim} entries")
         server_round = int(config["server-round"])
-        algorithm = build_algorithm(self.cfg, self.objective.dim, float(config[DP_NOISE]))
+        if not math.isclose(float(config[DP_NOISE]), self.noise_multiplier, rel_tol=1e-9):
+            raise MalformedMessage(
+                f"the server asks for noise multiplier {config[DP_NOISE]}, this client's run config gives "
+                f"{self.noise_multiplier}: refusing to train"
+            )
+        algorithm = build_algorithm(self.cfg, self.objective.dim, self.noise_multiplier)
         task = ClientTask(x, state, self.oracle, make_generator(self.cfg, self.partition_id, server_round), server_round)
         update = algorithm.client_update(task)
         message = flip(update.message) if self.byzantine else update.message

@@ -57,6 +57,7 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
     return float(accountant.get_epsilon(delta=delta))
 
 
+@lru_cache(maxsize=256)
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float = 1.0, steps: int = 1) -> float:
     """Smallest noise multiplier (to Opacus' tolerance) whose RDP composition over
     ``steps`` releases at ``sample_rate`` stays within (target_epsilon, delta)."""

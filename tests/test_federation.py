@@ -9,6 +9,7 @@ import torch
 
 from fl_dp.config import ConfigError
 from fl_dp.federation import InProcessFederation, Reply, ServerCore, run_inprocess
+from fl_dp.wire import MalformedMessage
 
 
 def _good_reply(fed, cid="client-0"):
@@ -109,3 +110,11 @@ def test_private_clients_send_only_accounted_metrics(tiny_cfg):
     public = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1))
     _, metrics, _ = public.clients["client-0"].train(*public.server.broadcast(1), {})
     assert {"train-loss", "grad-norm"} <= set(metrics)
+
+
+def test_a_client_refuses_a_server_asking_for_less_noise_than_its_config(tiny_cfg):
+    fed = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1, target_epsilon=2.0))
+    arrays, config = fed.server.broadcast(1)
+    with pytest.raises(MalformedMessage, match="refusing to train"):
+        fed.clients["client-0"].train(arrays, {**config, "dp-noise-multiplier": 0.0}, {})
+    fed.clients["client-0"].train(arrays, config, {})  # the honest request is answered
