@@ -106,6 +106,7 @@ class ClientCore:
         self.byzantine = is_byzantine(partition_id, cfg.num_clients, cfg.byzantine_fraction)
         # the client's noise comes from its own run config, never from the server's say-so
         self.noise_multiplier = resolve_noise_multiplier(cfg)
+        self.algorithm = build_algorithm(cfg, self.objective.dim, self.noise_multiplier)
 
     def train(
         self, arrays: dict[str, np.ndarray], config: dict[str, Any], state: State
@@ -122,9 +123,8 @@ class ClientCore:
                 f"the server asks for noise multiplier {config[DP_NOISE]}, this client's run config gives "
                 f"{self.noise_multiplier}: refusing to train"
             )
-        algorithm = build_algorithm(self.cfg, self.objective.dim, self.noise_multiplier)
         task = ClientTask(x, state, self.oracle, make_generator(self.cfg, self.partition_id, server_round), server_round)
-        update = algorithm.client_update(task)
+        update = self.algorithm.client_update(task)
         message = flip(update.message) if self.byzantine else update.message
         # the dataset size is treated as public; loss and other statistics only leave a
         # non-private client, since they would be unaccounted releases of its data
@@ -288,14 +288,18 @@ def _check_metrics(metrics: dict[str, float]) -> None:
             raise MalformedMessage(f"bad privacy record: {err}") from err
 
 
+def _reported(replies: list[Reply], key: str) -> list[float]:
+    """The values of ``key`` from the replies that report it (private clients report no loss)."""
+    return [r.metrics[key] for r in replies if key in r.metrics]
+
+
 def _mean_metric(replies: list[Reply], key: str) -> float:
-    """Mean of ``key`` over the replies that report it; NaN when none does (private clients never do)."""
-    values = [r.metrics[key] for r in replies if key in r.metrics]
+    values = _reported(replies, key)
     return float(np.mean(values)) if values else math.nan
 
 
 def _max_metric(replies: list[Reply], key: str) -> float:
-    values = [r.metrics[key] for r in replies if key in r.metrics]
+    values = _reported(replies, key)
     return float(max(values)) if values else math.nan
 
 
