@@ -22,10 +22,22 @@ STATE_KEY = "fl-dp-state"
 app = ClientApp()
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=4)
+def _clients_of_run(cfg: RunConfig) -> dict[int, ClientCore]:
+    return {}
+
+
 def _client(cfg: RunConfig, partition_id: int) -> ClientCore:
-    # Reused across messages handled by this process: the data partition is loaded once.
-    return ClientCore(cfg, partition_id)
+    """The process's ClientCore of this partition, built on its first message.
+
+    A Ray actor serves every partition in turn, so a cache bounded below num-clients
+    would miss on every message; all partitions of a run are kept (each holds its
+    samples and the algorithm, the model is shared).
+    """
+    clients = _clients_of_run(cfg)
+    if partition_id not in clients:
+        clients[partition_id] = ClientCore(cfg, partition_id)
+    return clients[partition_id]
 
 
 def partition_of(context: Context, cfg: RunConfig) -> int:

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -76,8 +77,26 @@ def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
 
 
 def model_for(cfg: RunConfig) -> torch.nn.Module:
+    """A fresh model of the run (its initial parameters are the run's x_0)."""
     data = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed)
     return build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
+
+
+_client_models = threading.local()
+
+
+def shared_client_model(cfg: RunConfig) -> torch.nn.Module:
+    """One model per architecture and thread, shared by the clients this thread serves.
+
+    A client overwrites the parameters from x before every use, so clients handled
+    one after another can share it; a Ray actor serving 1000 partitions then holds
+    one model, not 1000. Per thread, so that concurrent clients never share one.
+    """
+    models = _client_models.__dict__.setdefault("models", {})
+    key = (cfg.model, cfg.dataset, cfg.data_dir, cfg.seed)
+    if key not in models:
+        models[key] = model_for(cfg)
+    return models[key]
 
 
 def make_generator(cfg: RunConfig, *stream: int) -> torch.Generator:
@@ -99,7 +118,7 @@ class ClientCore:
     def __init__(self, cfg: RunConfig, partition_id: int) -> None:
         self.cfg = cfg
         self.partition_id = partition_id
-        self.objective = Objective(model_for(cfg), client_dataset(cfg, partition_id), cfg.regularizer_lambda)
+        self.objective = Objective(shared_client_model(cfg), client_dataset(cfg, partition_id), cfg.regularizer_lambda)
         self.oracle = self.objective
         if cfg.grad_noise != "none":
             self.oracle = NoisyGradients(self.objective, HeavyTailedNoise(cfg.grad_noise, cfg.grad_noise_kappa, cfg.grad_noise_scale))

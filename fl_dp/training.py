@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ def nonconvex_regularizer(x: torch.Tensor, lam: float) -> torch.Tensor:
     return lam * torch.sum(squared / (1 + squared))
 
 
+_GRAD_SAMPLE_MODULES: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
+
 class Objective:
     """f(x) = mean loss of ``model`` with parameters x on ``data`` (+ the non-convex regulariser).
 
@@ -33,7 +37,6 @@ class Objective:
         self.data = data
         self.regularizer_lambda = regularizer_lambda
         self.dim = num_params(model)
-        self._per_sample_model = None
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if logits.shape[1] == 1:
@@ -121,9 +124,10 @@ class Objective:
 
         if self.regularizer_lambda:
             raise ValueError("per-sample gradients do not include the regulariser; use regularizer-lambda = 0")
-        if self._per_sample_model is None:
-            self._per_sample_model = GradSampleModule(copy.deepcopy(self.model), loss_reduction="sum")
-        module = self._per_sample_model
+        module = _GRAD_SAMPLE_MODULES.get(self.model)
+        if module is None:
+            # one per model: objectives sharing a model (clients of one process) share it too
+            module = _GRAD_SAMPLE_MODULES[self.model] = GradSampleModule(copy.deepcopy(self.model), loss_reduction="sum")
         set_flat_params(module._module, x)
         module.train()
         params = list(module.parameters())

@@ -70,13 +70,15 @@ def test_ledger_matches_opacus_privacy_engine_on_the_same_schedule():
 
 
 def test_per_sample_gradients_match_single_sample_gradients(tiny_cfg):
-    objective = InProcessFederation(tiny_cfg).clients["client-0"].objective
-    x = torch.randn(objective.dim)
-    indices = torch.tensor([0, 3, 5])
-    per_sample = objective.per_sample_gradients(x, indices)
-    for row, index in zip(per_sample, indices):
-        _, reference = objective.loss_and_grad(x, index.view(1))
-        assert torch.allclose(row, reference, atol=1e-6)
+    # two clients of one process share the model (and its per-sample copy) but not their data
+    clients = InProcessFederation(tiny_cfg).clients
+    for objective in (clients["client-0"].objective, clients["client-1"].objective, clients["client-0"].objective):
+        x = torch.randn(objective.dim)
+        indices = torch.tensor([0, 3, 5])
+        per_sample = objective.per_sample_gradients(x, indices)
+        for row, index in zip(per_sample, indices):
+            _, reference = objective.loss_and_grad(x, index.view(1))
+            assert torch.allclose(row, reference, atol=1e-6)
 
 
 def test_dp_sgd_rs_round_sends_sparse_updates_and_accounts_each_clients_steps(tiny_cfg):

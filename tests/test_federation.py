@@ -118,3 +118,25 @@ def test_a_client_refuses_a_server_asking_for_less_noise_than_its_config(tiny_cf
     with pytest.raises(MalformedMessage, match="refusing to train"):
         fed.clients["client-0"].train(arrays, {**config, "dp-noise-multiplier": 0.0}, {})
     fed.clients["client-0"].train(arrays, config, {})  # the honest request is answered
+
+
+def test_clients_sharing_a_model_compute_what_separate_models_compute(tiny_cfg):
+    import threading
+
+    from fl_dp.federation import ClientCore, model_for, shared_client_model
+
+    fed = InProcessFederation(tiny_cfg)
+    arrays, config = fed.server.broadcast(1)
+    shared = [ClientCore(tiny_cfg, i) for i in range(tiny_cfg.num_clients)]
+    assert len({id(c.objective.model) for c in shared}) == 1
+    for i, client in enumerate(shared):
+        separate = ClientCore(tiny_cfg, i)
+        separate.objective.model = model_for(tiny_cfg)
+        out_shared, _, _ = client.train(arrays, config, {})
+        out_separate, _, _ = separate.train(arrays, config, {})
+        np.testing.assert_array_equal(out_shared["dense"], out_separate["dense"])
+    other_thread = []
+    thread = threading.Thread(target=lambda: other_thread.append(shared_client_model(tiny_cfg)))
+    thread.start()
+    thread.join()
+    assert other_thread[0] is not shared_client_model(tiny_cfg)
