@@ -4,16 +4,23 @@ alpha-NormEC, the CNN on Fashion-MNIST, one minibatch gradient of 32 per client 
 client in every round, for 10, 100 and 1000 virtual clients. Both paths run the same ClientCore /
 ServerCore code; the Flower path adds the SuperLink, Ray actors (one CPU each) and message
 serialisation. Reported side by side in one run: total wall time, per-round time after start-up
-(rounds 2..R), their ratio, and peak RAM (the loop's process; the sum over the Flower/Ray processes).
-Also what keeping g_i in context.state costs per message (it travels to the Ray actor and back).
+(median of rounds 2..R), their ratio, and peak RAM (the loop's process; the sum over the Flower/Ray
+processes). The plain loop runs before and after each Flower run and the ratio uses the mean of the
+two, so that a machine whose speed drifts (shared hosts) biases neither side.
 
-    python -m benchmarks.simulation                 # about 6 minutes on 2 cores
+Also what keeping the client's state (g_i) in ``context.state`` costs per message: its
+serialisation, and the Ray round trip of one client message (the request and Context in, the
+reply and Context back) with and without the state, under Ray's default inline limit (100 KiB;
+larger replies go through the object store) and the 1 MiB that scripts/simulate.sh sets.
+
+    python -m benchmarks.simulation                 # about 12 minutes on 2 cores
     FL_DP_CLIENT_GPUS=0.1 python -m benchmarks.simulation --clients 100   # GPU variant
 """
 
 from __future__ import annotations
 
 import os
+import json
 import resource
 import subprocess
 import sys
@@ -28,7 +35,7 @@ import pandas as pd
 from benchmarks.common import RESULTS, markdown_table
 
 ROOT = Path(__file__).parents[1]
-ROUNDS = 4
+ROUNDS = 8
 
 
 def settings(num_clients: int) -> dict:
@@ -50,8 +57,6 @@ def plain_loop(num_clients: int) -> dict:
         " 'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    import json
-
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -107,24 +112,96 @@ def state_cost() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+RAY_INLINE_LIMITS = {"Ray default (100 KiB)": None, "simulate.sh (1 MiB)": 1 << 20}
+
+
+def _round_trip_child() -> None:
+    """In a fresh process (Ray reads its inline limit at start): ms per actor round trip, as
+    Flower's Ray backend does it: (request, Context) in, (cid, reply, Context) back."""
+    import ray
+    import torch
+    from flwr.app import ConfigRecord, Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from clients.client_app import train as client_train
+    from fl_dp.config import RunConfig
+    from fl_dp.federation import ServerCore
+    from strategies.fl_dp_strategy import FlDpStrategy
+
+    class OneNode:
+        def get_node_ids(self) -> list[int]:
+            return [1]
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    torch.set_num_threads(1)
+    cfg = RunConfig(**settings(1), results_dir="unused")
+    strategy = FlDpStrategy(ServerCore(cfg))
+    request = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), OneNode()))[0]
+    request.metadata.__dict__["_message_id"] = "request"
+    with_state = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1}, state=RecordDict(), run_config=cfg.to_flwr())
+    reply = client_train(request, with_state)
+    without_state = Context(run_id=1, node_id=1, node_config=with_state.node_config, state=RecordDict(), run_config=cfg.to_flwr())
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+    @ray.remote(num_cpus=1)
+    class Client:
+        def __init__(self, reply):
+            self.reply = reply
+
+        def run(self, request, cid, context):
+            return cid, self.reply, context
+
+    actor = Client.remote(reply)
+    result = {}
+    for name, context in (("with g_i in context.state", with_state), ("without client state", without_state)):
+        for _ in range(20):
+            ray.get(actor.run.remote(request, "0", context))
+        started = time.perf_counter()
+        for _ in range(300):
+            ray.get(actor.run.remote(request, "0", context))
+        result[name] = (time.perf_counter() - started) / 300 * 1000
+    ray.shutdown()
+    print(json.dumps(result))
+
+
+def ray_round_trips() -> pd.DataFrame:
+    rows = []
+    for name, limit in RAY_INLINE_LIMITS.items():
+        env = {k: v for k, v in os.environ.items() if k != "RAY_max_direct_call_object_size"}
+        if limit is not None:
+            env["RAY_max_direct_call_object_size"] = str(limit)
+        with tempfile.TemporaryDirectory(prefix="rt-", dir="/tmp") as tmp:
+            env["RAY_TMPDIR"] = tmp
+            out = subprocess.run([sys.executable, "-m", "benchmarks.simulation", "--round-trip-child"],
+                                 capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+        for payload, ms in json.loads(out.stdout.strip().splitlines()[-1]).items():
+            rows.append({"inline limit": name, "payload": payload, "ms per round trip": ms})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--round-trip-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.round_trip_child:
+        _round_trip_child()
+        return
     rows = []
     for num_clients in args.clients:
-        for path, run in (("plain loop", plain_loop), ("flwr run + Ray", flower_run)):
+        for path, run in (("plain loop", plain_loop), ("flwr run + Ray", flower_run), ("plain loop", plain_loop)):
             measured = run(num_clients)
-            after_startup = float(np.mean(measured["rounds"][1:]))
+            after_startup = float(np.median(measured["rounds"][1:]))
             rows.append({"clients": num_clients, "path": path, "total s": measured["total"], "s/round after start-up": after_startup,
                          "round-1 s": measured["rounds"][0], "peak RAM MiB": measured["peak_mib"], "final accuracy": measured["accuracy"]})
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     ratios = []
     for num_clients, group in table.groupby("clients"):
-        plain = group[group["path"] == "plain loop"].iloc[0]
+        plain = group[group["path"] == "plain loop"].mean(numeric_only=True)
         flower = group[group["path"] != "plain loop"].iloc[0]
         ratios.append({"clients": num_clients, "total ratio (flower / plain)": flower["total s"] / plain["total s"],
                        "per-round ratio after start-up": flower["s/round after start-up"] / plain["s/round after start-up"],
@@ -135,10 +212,12 @@ def main() -> None:
     table.to_csv(out / "table.csv", index=False)
     ratios.to_csv(out / "ratios.csv", index=False)
     costs = state_cost()
-    (out / "table.md").write_text(markdown_table(table) + "\n" + markdown_table(ratios) + "\n" + markdown_table(costs))
-    print(markdown_table(table))
-    print(markdown_table(ratios))
-    print(markdown_table(costs))
+    trips = ray_round_trips()
+    trips.to_csv(out / "ray_round_trips.csv", index=False)
+    tables = [markdown_table(t) for t in (table, ratios, costs, trips)]
+    (out / "table.md").write_text("\n".join(tables))
+    for text in tables:
+        print(text)
     print(f"written to {out}")
 
 
