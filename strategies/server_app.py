@@ -9,6 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_dp.config import RunConfig
 from fl_dp.federation import ServerCore
+from strategies import flower_linkstate
 from strategies.fl_dp_strategy import FlDpStrategy, wait_for_nodes
 
 log = logging.getLogger("fl_dp")
@@ -29,6 +30,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     configure_logging()
+    # In a simulation the ServerApp shares its process with the engine's in-memory LinkState;
+    # elsewhere (a SuperLink of a deployment) this changes nothing the run uses.
+    flower_linkstate.install()
     cfg = RunConfig.from_flwr(context.run_config)
     core = ServerCore(cfg)
     wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)

@@ -1,0 +1,85 @@
+"""The simulation's message lookup returns what Flower's own does, message for message."""
+
+import time
+
+import pytest
+from flwr.app import Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.proto.task_pb2 import Task
+from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState, RunRecord
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid import InMemoryGrid
+
+from strategies import flower_linkstate
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    # messages are created by the ServerApp, i.e. on the SuperLink node
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 11, SUPERLINK_NODE_ID
+    yield
+
+
+def _state_with_messages(num_nodes: int = 5):
+    """A state as the simulation builds it: nodes, a run, and requests pushed through the grid.
+
+    Nodes get 0, 1 or 2 requests; some requests expire before anyone asks."""
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    nodes = sorted(_register_nodes(num_nodes, factory))
+    state = factory.state()
+    run = Run.create_empty(run_id=7)
+    run.primary_task_id = 11
+    run.federation_id = NOOP_FEDERATION_ID
+    state.run_ids[run.run_id] = RunRecord(run=run)
+    state.task_store[11] = Task(task_id=11, run_id=run.run_id)
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(run)
+    messages = []
+    for i, node in enumerate(nodes):
+        for j in range(i % 3):
+            ttl = 0.05 if (i + j) % 4 == 1 else 3600
+            messages.append(Message(RecordDict(), node, "train", ttl=ttl, group_id=f"{i}-{j}"))
+    grid.push_messages(messages)
+    return state, nodes
+
+
+def _lookups(get_message_ins):
+    state, nodes = _state_with_messages()
+    time.sleep(0.1)  # the short-lived requests expire
+    asked = []
+    for limit in (1, None, 1):
+        for index, node in enumerate([*nodes, 999_999]):  # node ids are random: compare by position
+            found = get_message_ins(state, node, limit)
+            asked.append((index, limit, [m.metadata.group_id for m in found], [m.metadata.delivered_at != "" for m in found]))
+    return asked, len(state.message_ins_store)
+
+
+def test_same_messages_as_flowers_lookup_in_the_same_order():
+    ours, ours_left = _lookups(flower_linkstate.get_message_ins)
+    flowers, flowers_left = _lookups(flower_linkstate.ORIGINAL_GET_MESSAGE_INS)
+    assert ours == flowers
+    assert ours_left == flowers_left  # expired requests are purged once every node has asked
+    assert any(groups for _, _, groups, _ in ours), "the fixture must deliver something"
+    assert any(len(groups) == 0 for index, _, groups, _ in ours if index < 5)
+
+
+def test_bad_limit_is_refused_like_flowers():
+    state, nodes = _state_with_messages(2)
+    with pytest.raises(AssertionError):
+        flower_linkstate.get_message_ins(state, nodes[0], 0)
+
+
+def test_install_replaces_the_lookup_only_for_checked_versions(monkeypatch):
+    monkeypatch.setattr(InMemoryLinkState, "get_message_ins", flower_linkstate.ORIGINAL_GET_MESSAGE_INS)
+    monkeypatch.setattr(flower_linkstate.flwr, "__version__", "0.0.0")
+    assert not flower_linkstate.install()
+    assert InMemoryLinkState.get_message_ins is flower_linkstate.ORIGINAL_GET_MESSAGE_INS
+    monkeypatch.setattr(flower_linkstate.flwr, "__version__", flower_linkstate.CHECKED_FLWR_VERSIONS[0])
+    assert flower_linkstate.install()
+    assert InMemoryLinkState.get_message_ins is flower_linkstate.get_message_ins
