@@ -91,11 +91,16 @@ def shared_client_model(cfg: RunConfig) -> torch.nn.Module:
     A client overwrites the parameters from x before every use, so clients handled
     one after another can share it; a Ray actor serving 1000 partitions then holds
     one model, not 1000. Per thread, so that concurrent clients never share one.
+    A model with buffers (e.g. BatchNorm statistics) would carry one client's data
+    into the next, so such a model is never shared.
     """
     models = _client_models.__dict__.setdefault("models", {})
     key = (cfg.model, cfg.dataset, cfg.data_dir, cfg.seed)
     if key not in models:
-        models[key] = model_for(cfg)
+        model = model_for(cfg)
+        if any(True for _ in model.buffers()):
+            return model
+        models[key] = model
     return models[key]
 
 

@@ -140,3 +140,16 @@ def test_clients_sharing_a_model_compute_what_separate_models_compute(tiny_cfg):
     thread.start()
     thread.join()
     assert other_thread[0] is not shared_client_model(tiny_cfg)
+
+
+def test_a_model_with_buffers_is_not_shared(tiny_cfg, monkeypatch):
+    from fl_dp import federation
+
+    def with_buffer(cfg):
+        model = torch.nn.Linear(2, 1)
+        model.register_buffer("running_mean", torch.zeros(1))
+        return model
+
+    monkeypatch.setattr(federation, "model_for", with_buffer)
+    monkeypatch.setattr(federation, "_client_models", federation.threading.local())
+    assert federation.shared_client_model(tiny_cfg) is not federation.shared_client_model(tiny_cfg)
