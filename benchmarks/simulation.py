@@ -13,14 +13,14 @@ serialisation, and the Ray round trip of one client message (the request and Con
 reply and Context back) with and without the state, under Ray's default inline limit (100 KiB;
 larger replies go through the object store) and the 1 MiB that scripts/simulate.sh sets.
 
-    python -m benchmarks.simulation                 # about 12 minutes on 2 cores
+    python -m benchmarks.simulation                 # about 14 minutes on 2 cores
     FL_DP_CLIENT_GPUS=0.1 python -m benchmarks.simulation --clients 100   # GPU variant
 """
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import resource
 import subprocess
 import sys

@@ -17,6 +17,7 @@ against and leaves other versions alone.
 from __future__ import annotations
 
 import logging
+import os
 
 import flwr
 from flwr.app import Message
@@ -52,8 +53,18 @@ def get_message_ins(self: InMemoryLinkState, node_id: int, limit: int | None, *,
     return found
 
 
+KEEP_FLOWERS_ENV = "FL_DP_FLOWER_OWN_LOOKUP"
+
+
 def install() -> bool:
-    """Use :func:`get_message_ins` in this process's in-memory LinkStates; False if flwr is not a checked version."""
+    """Use :func:`get_message_ins` in this process's in-memory LinkStates.
+
+    False (nothing changed) if flwr is not a checked version, or if the environment sets
+    ``FL_DP_FLOWER_OWN_LOOKUP=1`` (to compare with Flower's own lookup).
+    """
+    if os.environ.get(KEEP_FLOWERS_ENV) == "1":
+        log.info("%s=1: keeping Flower's InMemoryLinkState.get_message_ins", KEEP_FLOWERS_ENV)
+        return False
     if flwr.__version__ not in CHECKED_FLWR_VERSIONS:
         log.info("flwr %s: keeping its own InMemoryLinkState.get_message_ins", flwr.__version__)
         return False

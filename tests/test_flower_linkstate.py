@@ -77,9 +77,17 @@ def test_bad_limit_is_refused_like_flowers():
 
 def test_install_replaces_the_lookup_only_for_checked_versions(monkeypatch):
     monkeypatch.setattr(InMemoryLinkState, "get_message_ins", flower_linkstate.ORIGINAL_GET_MESSAGE_INS)
+    monkeypatch.delenv(flower_linkstate.KEEP_FLOWERS_ENV, raising=False)
     monkeypatch.setattr(flower_linkstate.flwr, "__version__", "0.0.0")
     assert not flower_linkstate.install()
     assert InMemoryLinkState.get_message_ins is flower_linkstate.ORIGINAL_GET_MESSAGE_INS
     monkeypatch.setattr(flower_linkstate.flwr, "__version__", flower_linkstate.CHECKED_FLWR_VERSIONS[0])
     assert flower_linkstate.install()
     assert InMemoryLinkState.get_message_ins is flower_linkstate.get_message_ins
+
+
+def test_the_environment_can_keep_flowers_lookup(monkeypatch):
+    monkeypatch.setattr(InMemoryLinkState, "get_message_ins", flower_linkstate.ORIGINAL_GET_MESSAGE_INS)
+    monkeypatch.setenv(flower_linkstate.KEEP_FLOWERS_ENV, "1")
+    assert not flower_linkstate.install()
+    assert InMemoryLinkState.get_message_ins is flower_linkstate.ORIGINAL_GET_MESSAGE_INS
