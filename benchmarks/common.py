@@ -77,6 +77,13 @@ def accuracy_errorbar(ax, x, rows: pd.DataFrame, label: str) -> None:
     ax.errorbar(x, rows["test-accuracy-mean"], yerr=rows["test-accuracy-std"].fillna(0), marker="o", capsize=3, label=label)
 
 
+def save_figure(fig, legend_ax, path: Path, legend_fontsize: int = 8) -> None:
+    """The benchmarks' figure convention: one legend on ``legend_ax``, tight layout, 120 dpi PNG."""
+    legend_ax.legend(fontsize=legend_fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub markdown table (floats to 4 significant digits), without the tabulate dependency."""
 

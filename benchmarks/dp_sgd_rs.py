@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, run_grid, summarise, write_outputs
+from benchmarks.common import base_parser, markdown_table, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 PAPER = {(1.0, 0.0): 83.2, (3.0, 0.0): 86.6}  # DP-CNN/S without RS; with RS: 84.5 and 87.4
@@ -66,9 +66,7 @@ def plot(histories: pd.DataFrame):
             ax.set_xlabel("epoch")
             ax.set_ylabel("test accuracy")
             ax.grid(alpha=0.3)
-        axes[-1].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy.png", dpi=120)
+        save_figure(fig, axes[-1], out / "accuracy.png")
 
     return draw
 

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pandas as pd
 import torch
 
-from benchmarks.common import base_parser, markdown_table, write_outputs
+from benchmarks.common import base_parser, markdown_table, save_figure, write_outputs
 from fl_dp.config import RunConfig
 from fl_dp.federation import InProcessFederation
 from fl_dp.stepsizes import ef21_logistic_constants, ef21_stepsize
@@ -111,9 +111,7 @@ def plot(histories: pd.DataFrame):
                 ax.set_xlabel("bits sent up (all clients)" if xaxis != "round" else "round")
                 ax.set_ylabel("||grad f(x)||")
                 ax.grid(alpha=0.3)
-            axes[0][-1].legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(out / f"grad_norm_vs_{name}.png", dpi=120)
+            save_figure(fig, axes[0][-1], out / f"grad_norm_vs_{name}.png", legend_fontsize=7)
 
     return draw
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, run_grid, summarise, write_outputs
+from benchmarks.common import base_parser, markdown_table, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 METHODS = [
@@ -39,9 +39,7 @@ def plot(histories: pd.DataFrame):
         for ax in axes:
             ax.set_ylabel("test accuracy")
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy.png", dpi=120)
+        save_figure(fig, axes[1], out / "accuracy.png")
 
     return draw
 

@@ -25,7 +25,7 @@ import math
 
 import pandas as pd
 
-from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, run_grid, summarise, write_outputs
+from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 TASKS = {
@@ -94,9 +94,7 @@ def plot(histories: pd.DataFrame, table: pd.DataFrame):
                 ax.set_ylabel("test accuracy")
                 ax.set_title(f"{task}, {partitioner}")
                 ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_epsilon.png", dpi=120)
+        save_figure(fig, axes[0][-1], out / "accuracy_vs_epsilon.png")
 
     return draw
 

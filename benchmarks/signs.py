@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, run_grid, summarise, write_outputs
+from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 METHODS = {
@@ -73,9 +73,7 @@ def plot(table: pd.DataFrame):
             for ax in axes[:, j]:
                 ax.set_ylabel("test accuracy")
                 ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "robustness.png", dpi=120)
+        save_figure(fig, axes[0][-1], out / "robustness.png")
 
     return draw
 
