@@ -6,7 +6,8 @@ ServerCore code; the Flower path adds the SuperLink, Ray actors (one CPU each) a
 serialisation. Reported side by side in one run: total wall time, per-round time after start-up
 (median of rounds 2..R), their ratio, and peak RAM (the loop's process; the sum over the Flower/Ray
 processes). The plain loop runs before and after each Flower run and the ratio uses the mean of the
-two, so that a machine whose speed drifts (shared hosts) biases neither side.
+two, so that a machine whose speed drifts (shared hosts) biases neither side; ``--repeats N`` runs
+N such triples per client count and summarises the per-round ratio by its median, min and max.
 
 Also what keeping the client's state (g_i) in ``context.state`` costs per message: its
 serialisation, and the Ray round trip of one client message (the request and Context in, the
@@ -14,6 +15,7 @@ reply and Context back) with and without the state, under Ray's default inline l
 larger replies go through the object store) and the 1 MiB that scripts/simulate.sh sets.
 
     python -m benchmarks.simulation                 # about 14 minutes on 2 cores
+    python -m benchmarks.simulation --clients 100 --repeats 3   # three triples, about 6 minutes
     FL_DP_CLIENT_GPUS=0.1 python -m benchmarks.simulation --clients 100   # GPU variant
 """
 
@@ -36,6 +38,8 @@ from benchmarks.common import RESULTS, markdown_table
 
 ROOT = Path(__file__).parents[1]
 ROUNDS = 8
+# the issue's goal: the Flower path within 1.5x of the plain loop per round after start-up
+GOAL = 1.5
 
 
 def settings(num_clients: int) -> dict:
@@ -180,46 +184,74 @@ def ray_round_trips() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paired_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (clients, repeat): the Flower run against the mean of the plain loops run
+    just before and after it, so that drift of the host's speed biases neither side."""
+    rows = []
+    for (num_clients, repeat), group in table.groupby(["clients", "repeat"]):
+        plain = group[group["path"] == "plain loop"].mean(numeric_only=True)
+        flower = group[group["path"] != "plain loop"]
+        if len(flower) != 1 or (group["path"] == "plain loop").sum() != 2:
+            raise ValueError(f"clients={num_clients} repeat={repeat}: expected plain, flower, plain; got {group['path'].tolist()}")
+        flower = flower.iloc[0]
+        rows.append({"clients": num_clients, "repeat": repeat,
+                     "total ratio (flower / plain)": flower["total s"] / plain["total s"],
+                     "per-round ratio after start-up": flower["s/round after start-up"] / plain["s/round after start-up"],
+                     "Flower overhead per client message ms": (flower["s/round after start-up"] - plain["s/round after start-up"]) / num_clients * 1000})
+    return pd.DataFrame(rows)
+
+
+def ratio_summary(ratios: pd.DataFrame, goal: float = GOAL) -> pd.DataFrame:
+    """Per client count: median, min and max of the per-round ratio over the repeats."""
+    per_round = ratios.groupby("clients")["per-round ratio after start-up"]
+    return pd.DataFrame({
+        "repeats": per_round.size(),
+        "median per-round ratio": per_round.median(),
+        "min": per_round.min(),
+        "max": per_round.max(),
+        f"repeats within {goal}x": per_round.apply(lambda r: int((r <= goal).sum())),
+    }).reset_index()
+
+
 def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--repeats", type=int, default=1, help="plain / flower / plain triples per client count")
     parser.add_argument("--round-trip-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.round_trip_child:
         _round_trip_child()
         return
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     rows = []
     for num_clients in args.clients:
-        for path, run in (("plain loop", plain_loop), ("flwr run + Ray", flower_run), ("plain loop", plain_loop)):
-            measured = run(num_clients)
-            after_startup = float(np.median(measured["rounds"][1:]))
-            rows.append({"clients": num_clients, "path": path, "total s": measured["total"], "s/round after start-up": after_startup,
-                         "round-1 s": measured["rounds"][0], "peak RAM MiB": measured["peak_mib"], "final accuracy": measured["accuracy"]})
-            print(rows[-1], flush=True)
+        for repeat in range(1, args.repeats + 1):
+            for path, run in (("plain loop", plain_loop), ("flwr run + Ray", flower_run), ("plain loop", plain_loop)):
+                measured = run(num_clients)
+                after_startup = float(np.median(measured["rounds"][1:]))
+                rows.append({"clients": num_clients, "repeat": repeat, "path": path, "total s": measured["total"],
+                             "s/round after start-up": after_startup, "round-1 s": measured["rounds"][0],
+                             "peak RAM MiB": measured["peak_mib"], "final accuracy": measured["accuracy"]})
+                print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    ratios = []
-    for num_clients, group in table.groupby("clients"):
-        plain = group[group["path"] == "plain loop"].mean(numeric_only=True)
-        flower = group[group["path"] != "plain loop"].iloc[0]
-        ratios.append({"clients": num_clients, "total ratio (flower / plain)": flower["total s"] / plain["total s"],
-                       "per-round ratio after start-up": flower["s/round after start-up"] / plain["s/round after start-up"],
-                       "Flower overhead per client message ms": (flower["s/round after start-up"] - plain["s/round after start-up"]) / num_clients * 1000})
-    ratios = pd.DataFrame(ratios)
+    ratios = paired_ratios(table)
+    summary = ratio_summary(ratios)
     out = RESULTS / "simulation"
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "table.csv", index=False)
     ratios.to_csv(out / "ratios.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
     costs = state_cost()
     trips = ray_round_trips()
     trips.to_csv(out / "ray_round_trips.csv", index=False)
-    tables = [markdown_table(t) for t in (table, ratios, costs, trips)]
+    tables = [markdown_table(t) for t in (table, ratios, summary, costs, trips)]
     (out / "table.md").write_text("\n".join(tables))
     for text in tables:
         print(text)
     print(f"written to {out}")
-
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,36 @@
+"""The simulation benchmark's ratio arithmetic (its timings are never asserted on)."""
+
+import pandas as pd
+import pytest
+
+from benchmarks.simulation import paired_ratios, ratio_summary
+
+
+def _triple(clients: int, repeat: int, plain_before: float, flower: float, plain_after: float) -> list[dict]:
+    return [
+        {"clients": clients, "repeat": repeat, "path": path, "total s": 10 * s, "s/round after start-up": s}
+        for path, s in (("plain loop", plain_before), ("flwr run + Ray", flower), ("plain loop", plain_after))
+    ]
+
+
+def test_each_flower_run_is_compared_with_the_mean_of_its_own_two_plain_loops():
+    table = pd.DataFrame(_triple(100, 1, 1.0, 3.0, 3.0) + _triple(100, 2, 2.0, 2.8, 2.0))
+    ratios = paired_ratios(table).set_index("repeat")
+    assert ratios.loc[1, "per-round ratio after start-up"] == pytest.approx(1.5)
+    assert ratios.loc[2, "per-round ratio after start-up"] == pytest.approx(1.4)
+    assert ratios.loc[1, "Flower overhead per client message ms"] == pytest.approx(10.0)
+
+
+def test_summary_counts_the_repeats_within_the_goal():
+    table = pd.DataFrame(_triple(100, 1, 1.0, 1.6, 1.0) + _triple(100, 2, 1.0, 1.4, 1.0) + _triple(100, 3, 1.0, 1.45, 1.0))
+    summary = ratio_summary(paired_ratios(table), goal=1.5).iloc[0]
+    assert summary["repeats"] == 3
+    assert summary["median per-round ratio"] == pytest.approx(1.45)
+    assert (summary["min"], summary["max"]) == (pytest.approx(1.4), pytest.approx(1.6))
+    assert summary["repeats within 1.5x"] == 2
+
+
+def test_a_triple_missing_a_plain_loop_is_refused():
+    table = pd.DataFrame(_triple(10, 1, 1.0, 1.2, 1.0)[:2])
+    with pytest.raises(ValueError, match="expected plain, flower, plain"):
+        paired_ratios(table)
