@@ -253,5 +253,6 @@ def main() -> None:
         print(text)
     print(f"written to {out}")
 
+
 if __name__ == "__main__":
     main()
