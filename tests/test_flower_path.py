@@ -108,11 +108,9 @@ def test_client_refuses_a_node_config_that_does_not_match_the_run(tiny_cfg):
 
 def test_a_process_keeps_every_partition_of_a_run_and_shares_one_model(tiny_cfg):
     # a Ray actor serves all partitions in turn: none may be rebuilt on its next message
-    from dataclasses import replace
-
     from clients.client_app import _client
 
-    cfg = replace(tiny_cfg, num_clients=100, clients_per_round=100)
+    cfg = tiny_cfg.replace(num_clients=100, clients_per_round=100)
     first = [_client(cfg, i) for i in range(cfg.num_clients)]
     again = [_client(cfg, i) for i in range(cfg.num_clients)]
     assert all(a is b for a, b in zip(first, again))
