@@ -189,11 +189,11 @@ def paired_ratios(table: pd.DataFrame) -> pd.DataFrame:
     just before and after it, so that drift of the host's speed biases neither side."""
     rows = []
     for (num_clients, repeat), group in table.groupby(["clients", "repeat"]):
-        plain = group[group["path"] == "plain loop"].mean(numeric_only=True)
-        flower = group[group["path"] != "plain loop"]
-        if len(flower) != 1 or (group["path"] == "plain loop").sum() != 2:
+        is_plain = group["path"] == "plain loop"
+        if is_plain.sum() != 2 or (~is_plain).sum() != 1:
             raise ValueError(f"clients={num_clients} repeat={repeat}: expected plain, flower, plain; got {group['path'].tolist()}")
-        flower = flower.iloc[0]
+        plain = group[is_plain].mean(numeric_only=True)
+        flower = group[~is_plain].iloc[0]
         rows.append({"clients": num_clients, "repeat": repeat,
                      "total ratio (flower / plain)": flower["total s"] / plain["total s"],
                      "per-round ratio after start-up": flower["s/round after start-up"] / plain["s/round after start-up"],
