@@ -20,8 +20,8 @@ from fl_dp.config import ConfigError, RunConfig
 from fl_dp.dpsgd import client_noise_multiplier, cooling_rate, epoch_mask, masked_noisy_sum, poisson_batch
 from fl_dp.mechanisms import GaussianMechanism
 from fl_dp.operators import Clipping, SmoothedNormalization
-from fl_dp.privacy import Release, calibrate_noise_multiplier
-from fl_dp.training import Objective
+from fl_dp.privacy import NoiseBeyondUse, Release, calibrate_noise_multiplier
+from fl_dp.training import Objective, local_pseudo_gradient
 from fl_dp.signs import dp_sign, hard_sign, majority_vote, scaled_sign, stochastic_sign
 from fl_dp.wire import Payload, SignVector
 
@@ -71,6 +71,16 @@ class Algorithm(ABC):
     def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
         """Next global vector; may update ``state`` in place."""
 
+    def apply_sum(self, x: torch.Tensor, state: State, total: torch.Tensor, count: float) -> torch.Tensor:
+        """Next global vector from the (possibly noised) sum of the round's messages.
+
+        ``count`` is the denominator where the rule takes a mean: the number of messages,
+        or, under central DP with Poisson sampling, the expected cohort size (a data-independent
+        denominator keeps the sum's sensitivity). Only algorithms whose server rule is linear in
+        the messages have it; they are the ones the central privacy model supports.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no server rule on a sum of messages")
+
 
 def _dense(message: Payload) -> torch.Tensor:
     return message.to_dense() if isinstance(message, (SparseVector, SignVector)) else message
@@ -118,7 +128,10 @@ class LocalTraining(Algorithm):
         return ClientUpdate(delta, task.state, loss, len(task.objective.data), release)
 
     def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-        return x + self.server_lr * weighted_mean(messages, weights)
+        return self.apply_sum(x, state, weighted_mean(messages, weights), 1.0)
+
+    def apply_sum(self, x: torch.Tensor, state: State, total: torch.Tensor, count: float) -> torch.Tensor:
+        return x + self.server_lr * total / count
 
 
 @dataclass(frozen=True)
@@ -126,7 +139,8 @@ class ErrorFeedback(Algorithm):
     """The error-feedback family: alpha-NormEC, its baselines, Clip21, EF21, ||EF21||, ||EF21-SGDM||.
 
     Client i (state g_i, and momentum m_i if ``momentum_eta``):
-        v_i = gradient (or m_i = (1 - eta) m_i + eta * gradient)
+        v_i = gradient (or m_i = (1 - eta) m_i + eta * gradient; or, with ``local_steps`` K > 1,
+              the pseudo-gradient (x - y_K) / (client_lr K) of K local SGD steps: Fed-alpha-NormEC)
         D_i = operator(v_i - g_i)      [``error_feedback``; the first message is v_i - 0 dense if ``dense_first``]
         D_i = operator(v_i)            [no error feedback]
         g_i += beta * D_i              (noiseless: the state never sees the noise)
@@ -146,9 +160,16 @@ class ErrorFeedback(Algorithm):
     dense_first: bool = False
     momentum_eta: float | None = None
     operator_takes_generator: bool = False
+    local_steps: int = 1
+    client_lr: float = 0.0
 
     def client_update(self, task: ClientTask) -> ClientUpdate:
-        loss, grad = task.objective.stochastic_gradient(task.x, self.batch_size, task.generator)
+        if self.local_steps > 1:
+            loss, grad = local_pseudo_gradient(
+                task.objective, task.x, self.local_steps, self.client_lr, self.batch_size, task.generator
+            )
+        else:
+            loss, grad = task.objective.stochastic_gradient(task.x, self.batch_size, task.generator)
         state = dict(task.state)
         v = grad
         if self.momentum_eta is not None:
@@ -180,10 +201,14 @@ class ErrorFeedback(Algorithm):
         return {"G": torch.zeros(dim)}
 
     def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+        return self.apply_sum(x, state, torch.stack(messages).sum(0), len(messages))
+
+    def apply_sum(self, x: torch.Tensor, state: State, total: torch.Tensor, count: float) -> torch.Tensor:
+        # G tracks the mean of all num_clients states g_i: only the sampled ones moved this round
         if self.error_feedback:
-            state["G"] = state["G"] + (self.beta / self.num_clients) * torch.stack(messages).sum(0)
+            state["G"] = state["G"] + (self.beta / self.num_clients) * total
         else:
-            state["G"] = torch.stack(messages).mean(0)
+            state["G"] = total / count
         step = state["G"]
         if self.normalized_step:
             norm = torch.linalg.vector_norm(step)
@@ -326,26 +351,34 @@ def is_client_level_private(cfg: RunConfig) -> bool:
     return cfg.strategy in CLIENT_LEVEL_PRIVATE or (cfg.strategy == "sign-vote" and cfg.sign_compressor == "dp-sign")
 
 
-def sensitivity(cfg: RunConfig) -> float:
-    """L2 sensitivity of one release under the replace-one-client relation: twice the operator's bound.
-
-    Any two datasets of a client give noiseless messages inside the same ball of
-    radius ``bound``, whatever the client's state, so they differ by at most 2 * bound.
-    """
+def message_bound(cfg: RunConfig) -> float:
+    """The L2 radius of the ball that every noiseless client message of the strategy lies in."""
     if cfg.strategy in ("alpha-normec", "dp-normalized-sgd"):
-        return 2 * SmoothedNormalization(cfg.alpha).bound
+        return SmoothedNormalization(cfg.alpha).bound
     if cfg.strategy in ("clip21", "dp-fedavg", "sign-vote"):
-        return 2 * Clipping(cfg.clip).bound
+        return Clipping(cfg.clip).bound
     raise ValueError(f"{cfg.strategy} has no bounded-sensitivity release")
 
 
-def resolve_noise_multiplier(cfg: RunConfig) -> float:
-    """The noise multiplier of each release: set directly, calibrated from the target, or 0.
+def sensitivity(cfg: RunConfig) -> float:
+    """L2 sensitivity of one release under the run's neighbouring relation.
 
-    Calibration is for the worst case of a client taking part in every planned
-    round (client-level release: sample rate 1, one step per round). dp-sign's
-    ``round-epsilon`` uses the classical per-round Gaussian mechanism instead:
-    sigma = Delta2 sqrt(2 ln(1.25 / delta)) / eps.
+    ``local`` (replace one client's data): any two datasets of a client give noiseless messages
+    in the same ball of radius ``bound``, whatever its state, so they differ by at most 2 * bound.
+    ``central`` (add or remove one client): the sum changes by one message, at most ``bound``.
+    """
+    bound = message_bound(cfg)
+    return bound if cfg.privacy_model == "central" else 2 * bound
+
+
+def resolve_noise_multiplier(cfg: RunConfig) -> float:
+    """The noise multiplier of the run's mechanism: set directly, calibrated from the target, or 0.
+
+    ``local``: each client's release is charged at sample rate 1 (worst case: a client in every
+    planned round). ``central``: one release per round of the noised sum, every client charged at
+    its Poisson rate q = clients-per-round / num-clients. dp-sign's ``round-epsilon`` uses the
+    classical per-round Gaussian mechanism instead: sigma = Delta2 sqrt(2 ln(1.25 / delta)) / eps.
+    A target that needs a noise multiplier beyond use is a :class:`ConfigError` on ``target-epsilon``.
     """
     if cfg.noise_multiplier > 0:
         return cfg.noise_multiplier
@@ -354,16 +387,29 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
     if cfg.round_epsilon > 0:
         return math.sqrt(2 * math.log(1.25 / cfg.delta)) / cfg.round_epsilon
     if cfg.target_epsilon > 0:
-        return calibrate_noise_multiplier(cfg.target_epsilon, cfg.delta, sample_rate=1.0, steps=cfg.num_server_rounds)
+        rate = cfg.client_sample_rate if cfg.privacy_model == "central" else 1.0
+        try:
+            return calibrate_noise_multiplier(cfg.target_epsilon, cfg.delta, sample_rate=rate, steps=cfg.num_server_rounds)
+        except NoiseBeyondUse as err:
+            raise ConfigError(f"target-epsilon {cfg.target_epsilon} cannot be reached with useful noise: {err}") from None
     return 0.0
 
 
+def client_noise_multiplier_of(cfg: RunConfig) -> float:
+    """The noise multiplier a client adds itself: the run's under ``local``, none under ``central``."""
+    return 0.0 if cfg.privacy_model == "central" else resolve_noise_multiplier(cfg)
+
+
 def build_algorithm(cfg: RunConfig, dim: int, noise_multiplier: float | None = None) -> Algorithm:
-    """The algorithm of ``cfg.strategy`` for a model of ``dim`` parameters."""
+    """The algorithm of ``cfg.strategy`` for a model of ``dim`` parameters.
+
+    ``noise_multiplier`` is the noise the client adds itself (under ``central`` it adds none:
+    the server's :class:`fl_dp.central.CentralGaussianSum` does, once per round).
+    """
     if noise_multiplier is None:
-        noise_multiplier = resolve_noise_multiplier(cfg)
+        noise_multiplier = client_noise_multiplier_of(cfg)
     mechanism = None
-    if is_client_level_private(cfg):
+    if is_client_level_private(cfg) and cfg.privacy_model == "local":
         mechanism = GaussianMechanism.from_noise_multiplier(noise_multiplier, sensitivity(cfg))
     if cfg.strategy == "fedavg":
         return LocalTraining(cfg.client_lr, cfg.local_epochs, cfg.batch_size, cfg.momentum, cfg.server_lr or 1.0)
@@ -396,7 +442,15 @@ def build_algorithm(cfg: RunConfig, dim: int, noise_multiplier: float | None = N
     if cfg.strategy == "mean-sgd":
         return ErrorFeedback(_identity, error_feedback=False, **common)
     if cfg.strategy == "alpha-normec":
-        return ErrorFeedback(SmoothedNormalization(cfg.alpha), beta=cfg.beta, mechanism=mechanism, **common)
+        return ErrorFeedback(
+            SmoothedNormalization(cfg.alpha),
+            beta=cfg.beta,
+            mechanism=mechanism,
+            normalized_step=cfg.server_normalize,
+            local_steps=cfg.local_steps,
+            client_lr=cfg.client_lr,
+            **common,
+        )
     if cfg.strategy == "dp-normalized-sgd":
         return ErrorFeedback(SmoothedNormalization(cfg.alpha), error_feedback=False, mechanism=mechanism, **common)
     if cfg.strategy == "clip21":

@@ -27,6 +27,9 @@ STRATEGIES = (
     "dp-sgd-rs",
 )
 SIGN_COMPRESSORS = ("sign", "sto-sign", "dp-sign")
+PRIVACY_MODELS = ("local", "central", "distributed")
+#: strategies whose client message is a norm-bounded vector that the server may sum and noise once
+CENTRAL_DP_STRATEGIES = ("alpha-normec", "dp-normalized-sgd", "clip21", "dp-fedavg")
 COMPRESSORS = ("identity", "top-k", "rand-k", "rand-k-unbiased")
 
 
@@ -66,7 +69,8 @@ class RunConfig:
     alpha: float = 0.1
     beta: float = 1.0
     clip: float = 1.0
-    # privacy
+    # privacy: who adds the noise (local: every client; central: the trusted server, once per round)
+    privacy_model: str = "local"
     target_epsilon: float = 0.0
     delta: float = 1e-5
     noise_multiplier: float = 0.0
@@ -75,6 +79,9 @@ class RunConfig:
     compress_k: int = 0
     compress_ratio: float = 0.01
     sgdm_eta: float = 0.1
+    # alpha-NormEC variants: K local steps of client-lr (Fed-alpha-NormEC), normalized server step
+    local_steps: int = 1
+    server_normalize: bool = False
     regularizer_lambda: float = 0.0
     # sign methods
     sign_compressor: str = "sign"
@@ -91,6 +98,8 @@ class RunConfig:
     results_dir: str = "results"
     run_name: str = ""
     node_wait_timeout: float = 120.0
+    # evaluate the global model every k rounds (and after the last)
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
         self._validate()
@@ -122,6 +131,11 @@ class RunConfig:
     @property
     def is_private(self) -> bool:
         return self.target_epsilon > 0 or self.noise_multiplier > 0 or self.round_epsilon > 0
+
+    @property
+    def client_sample_rate(self) -> float:
+        """q = clients-per-round / num-clients: each client's Poisson rate under ``central``."""
+        return self.clients_per_round / self.num_clients
 
     @property
     def label(self) -> str:
@@ -158,7 +172,7 @@ class RunConfig:
             fail(f"byzantine-fraction must be in [0, 0.5), got {self.byzantine_fraction}")
         if self.compressor not in COMPRESSORS:
             fail(f"unknown compressor {self.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
-        for name in ("num_server_rounds", "num_clients", "clients_per_round", "local_epochs"):
+        for name in ("num_server_rounds", "num_clients", "clients_per_round", "local_epochs", "local_steps", "eval_every"):
             if getattr(self, name) < 1:
                 fail(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
         if self.clients_per_round > self.num_clients:
@@ -195,6 +209,25 @@ class RunConfig:
             fail("dp-sign needs round-epsilon, target-epsilon or noise-multiplier > 0")
         if self.round_epsilon > 0 and not private_sign:
             fail("round-epsilon is the per-round epsilon of dp-sign only")
+        self._validate_privacy_model()
+        if (self.local_steps > 1 or self.server_normalize) and self.strategy != "alpha-normec":
+            fail("local-steps > 1 and server-normalize are variants of alpha-normec only")
+
+    def _validate_privacy_model(self) -> None:
+        if self.privacy_model not in PRIVACY_MODELS:
+            raise ConfigError(f"unknown privacy-model {self.privacy_model!r}; choose one of {', '.join(PRIVACY_MODELS)}")
+        if self.privacy_model == "local":
+            return
+        if self.privacy_model == "distributed":
+            raise ConfigError(
+                "privacy-model 'distributed' (secure aggregation with noise shares) is not available yet: "
+                "use 'central' (trusted server adds the noise) or 'local'"
+            )
+        if self.strategy not in CENTRAL_DP_STRATEGIES:
+            raise ConfigError(
+                f"privacy-model {self.privacy_model!r} needs a strategy with a norm-bounded client message "
+                f"({', '.join(CENTRAL_DP_STRATEGIES)}); {self.strategy!r} is not one"
+            )
 
 
 def _key(name: str) -> str:
@@ -214,6 +247,10 @@ def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
                 out[name] = int(value)
             elif wanted in ("float", float):
                 out[name] = float(value)
+            elif wanted in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise ValueError
+                out[name] = value
             elif wanted in ("str", str):
                 if not isinstance(value, str):
                     raise ValueError

@@ -18,13 +18,23 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from fl_dp.algorithms import Algorithm, ClientTask, State, build_algorithm, resolve_noise_multiplier
+from fl_dp.algorithms import (
+    Algorithm,
+    ClientTask,
+    State,
+    build_algorithm,
+    client_noise_multiplier_of,
+    message_bound,
+    resolve_noise_multiplier,
+)
+from fl_dp.central import CentralGaussianSum, poisson_cohort
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset, load_dataset, partition
 from fl_dp.models import build_model, get_flat_params, num_params
@@ -129,7 +139,7 @@ class ClientCore:
             self.oracle = NoisyGradients(self.objective, HeavyTailedNoise(cfg.grad_noise, cfg.grad_noise_kappa, cfg.grad_noise_scale))
         self.byzantine = is_byzantine(partition_id, cfg.num_clients, cfg.byzantine_fraction)
         # the client's noise comes from its own run config, never from the server's say-so
-        self.noise_multiplier = resolve_noise_multiplier(cfg)
+        self.noise_multiplier = client_noise_multiplier_of(cfg)
         self.algorithm = build_algorithm(cfg, self.objective.dim, self.noise_multiplier)
 
     def train(
@@ -150,10 +160,10 @@ class ClientCore:
         task = ClientTask(x, state, self.oracle, make_generator(self.cfg, self.partition_id, server_round), server_round)
         update = self.algorithm.client_update(task)
         message = flip(update.message) if self.byzantine else update.message
-        # the dataset size is treated as public; loss and other statistics only leave a
-        # non-private client, since they would be unaccounted releases of its data
+        # the dataset size is treated as public; loss and other statistics only leave the client
+        # of a non-private run, since they would be unaccounted releases of its data
         metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples}
-        if update.release is None or update.release.noise_multiplier == 0:
+        if not self.cfg.is_private:
             metrics.update({TRAIN_LOSS: update.train_loss, **update.metrics})
         state = update.state
         if update.release is not None:
@@ -187,8 +197,13 @@ class ServerCore:
         self.dim = num_params(model)
         self.x = get_flat_params(model)
         self.noise_multiplier = resolve_noise_multiplier(cfg)
-        self.algorithm: Algorithm = build_algorithm(cfg, self.dim, self.noise_multiplier)
+        self.client_noise_multiplier = client_noise_multiplier_of(cfg)
+        self.algorithm: Algorithm = build_algorithm(cfg, self.dim, self.client_noise_multiplier)
         self.state = self.algorithm.init_server_state(self.dim)
+        self.central: CentralGaussianSum | None = None
+        if cfg.privacy_model == "central":
+            self.central = CentralGaussianSum(bound=message_bound(cfg), noise_multiplier=self.noise_multiplier)
+        self._population: list[Any] = []
         self.ledger = PrivacyLedger(cfg.delta)
         self.rows: list[dict[str, Any]] = []
         self._rng = random.Random(cfg.seed)
@@ -207,7 +222,15 @@ class ServerCore:
     # -- round: sample, broadcast
 
     def sample(self, client_ids: list[Any]) -> list[Any]:
-        """``clients-per-round`` of the connected clients, seeded; error if too few are connected."""
+        """This round's cohort from the connected clients, seeded.
+
+        ``central``: Poisson sampling at rate q (possibly empty; every connected client is
+        charged at q this round). Otherwise ``clients-per-round`` of them without replacement;
+        an error if too few are connected.
+        """
+        if self.central is not None:
+            self._population = sorted(client_ids)
+            return poisson_cohort(self._population, self.cfg.client_sample_rate, self._rng)
         if len(client_ids) < self.cfg.clients_per_round:
             raise ConfigError(
                 f"clients-per-round is {self.cfg.clients_per_round} but only {len(client_ids)} clients are connected"
@@ -217,7 +240,7 @@ class ServerCore:
     def broadcast(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and config of this round's training request."""
         self._round_started = time.perf_counter()
-        return {"x": self.x.numpy().copy()}, {"server-round": server_round, DP_NOISE: self.noise_multiplier}
+        return {"x": self.x.numpy().copy()}, {"server-round": server_round, DP_NOISE: self.client_noise_multiplier}
 
     # -- round: aggregate
 
@@ -233,17 +256,27 @@ class ServerCore:
                 rejected.append(f"{reply.client_id}: {err}")
                 continue
             accepted.append((reply, vector))
-            self._account(reply)
+            if self.central is None:
+                self._account(reply)
         for reason in rejected:
             log.warning("round %d: rejected reply from %s", server_round, reason)
+        if self.central is not None:
+            self.ledger.record_many(self._population, self.central.release(self.cfg.client_sample_rate))
 
-        if accepted:
+        # under central DP the noised sum is released every round, even from an empty cohort:
+        # skipping a round would reveal that nobody was sampled
+        if accepted or self.central is not None:
             messages = [vector for _, vector in accepted]
-            weights = [
-                float(r.metrics[NUM_EXAMPLES]) if self.algorithm.weighted_by_examples else 1.0 for r, _ in accepted
-            ]
             candidate_state = {k: v.clone() for k, v in self.state.items()}
-            candidate = self.algorithm.server_update(self.x, candidate_state, messages, weights)
+            if self.central is not None:
+                noisy_sum = self.central(messages, self.dim, make_generator(self.cfg, -1, server_round))
+                # the expected cohort q * num-clients, not the realised one, divides where a rule averages
+                candidate = self.algorithm.apply_sum(self.x, candidate_state, noisy_sum, float(self.cfg.clients_per_round))
+            else:
+                weights = [
+                    float(r.metrics[NUM_EXAMPLES]) if self.algorithm.weighted_by_examples else 1.0 for r, _ in accepted
+                ]
+                candidate = self.algorithm.server_update(self.x, candidate_state, messages, weights)
             if torch.isfinite(candidate).all() and all(torch.isfinite(v).all() for v in candidate_state.values()):
                 self.x, self.state = candidate, candidate_state
             else:
@@ -255,6 +288,7 @@ class ServerCore:
         row: dict[str, Any] = {
             "round": server_round,
             "strategy": self.cfg.strategy,
+            "privacy-model": self.cfg.privacy_model,
             "sampled": num_sent,
             "accepted": len(accepted),
             "rejected": len(rejected),
@@ -267,7 +301,8 @@ class ServerCore:
             "bytes-up-dense": len(accepted) * self.dim * 4,
             "bytes-down": num_sent * self.dim * 4,
         }
-        row.update(self.evaluate_fn(self.x))
+        if server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_server_rounds:
+            row.update(self.evaluate_fn(self.x))
         row["round-seconds"] = time.perf_counter() - self._round_started
         row["rejections"] = "; ".join(rejected)
         self.rows.append(row)
@@ -275,7 +310,7 @@ class ServerCore:
             "round %d/%d: %s",
             server_round,
             self.cfg.num_server_rounds,
-            ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("strategy", "rejections")),
+            ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("strategy", "privacy-model", "rejections")),
         )
         return row
 
@@ -334,6 +369,32 @@ def _fmt(value: Any) -> str:
 # ---------------------------------------------------------------- in-process loop
 
 
+class LazyClients(Mapping[str, ClientCore]):
+    """``client-i`` -> its ClientCore, built on first use: a population of 10,000 holds only
+    the clients that were ever sampled (their data subsets and algorithms), not all of them."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self._ids = [f"client-{i}" for i in range(cfg.num_clients)]
+        self._index = {cid: i for i, cid in enumerate(self._ids)}
+        self._built: dict[str, ClientCore] = {}
+
+    def __getitem__(self, cid: str) -> ClientCore:
+        if cid not in self._built:
+            self._built[cid] = ClientCore(self.cfg, self._index[cid])
+        return self._built[cid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def num_built(self) -> int:
+        return len(self._built)
+
+
 @dataclass
 class InProcessFederation:
     """Clients and server in one process, exchanging the same wire arrays as Flower does."""
@@ -341,12 +402,12 @@ class InProcessFederation:
     cfg: RunConfig
     evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None
     server: ServerCore = field(init=False)
-    clients: dict[str, ClientCore] = field(init=False)
+    clients: LazyClients = field(init=False)
     states: dict[str, State] = field(init=False)
 
     def __post_init__(self) -> None:
         self.server = ServerCore(self.cfg, self.evaluate_fn)
-        self.clients = {f"client-{i}": ClientCore(self.cfg, i) for i in range(self.cfg.num_clients)}
+        self.clients = LazyClients(self.cfg)
         self.states = {cid: {} for cid in self.clients}
 
     def run_round(self, server_round: int) -> dict[str, Any]:

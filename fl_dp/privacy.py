@@ -9,6 +9,7 @@ is the RDP composition of every release it made, converted at ``delta``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -57,6 +58,15 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
     return float(accountant.get_epsilon(delta=delta))
 
 
+#: above this noise multiplier the noise drowns any signal the strategies send (their messages have
+#: norm <= the sensitivity): a target that needs more is refused rather than run as noise
+MAX_NOISE_MULTIPLIER = 1000.0
+
+
+class NoiseBeyondUse(ValueError):
+    """A privacy target that would need a noise multiplier above :data:`MAX_NOISE_MULTIPLIER`."""
+
+
 @lru_cache(maxsize=256)
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float = 1.0, steps: int = 1) -> float:
     """Smallest noise multiplier (to Opacus' tolerance) whose RDP composition over
@@ -67,6 +77,18 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample rate must be in (0, 1], got {sample_rate}")
+    # Opacus doubles sigma until the target holds: check first that a useful sigma can reach it
+    with warnings.catch_warnings():
+        # at this much noise the best RDP order is the largest Opacus tries: a loose bound is enough here
+        warnings.simplefilter("ignore", UserWarning)
+        reachable = epsilon_of([Release(MAX_NOISE_MULTIPLIER, sample_rate, steps)], delta)
+    if reachable > target_epsilon:
+        raise NoiseBeyondUse(
+            f"epsilon {target_epsilon} at delta {delta} over {steps} steps at sample rate {sample_rate:.4g} needs a noise "
+            f"multiplier above {MAX_NOISE_MULTIPLIER:g} (that noise gives epsilon {reachable:.3g})"
+        )
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,
@@ -99,6 +121,11 @@ class PrivacyLedger:
         else:
             history.append(release)
         self._epsilon_cache.pop(client, None)
+
+    def record_many(self, clients: list[str], release: Release) -> None:
+        """Charge every client in ``clients`` the same ``release`` (a population-wide round)."""
+        for client in clients:
+            self.record(client, release)
 
     def releases(self, client: str) -> list[Release]:
         return list(self._releases.get(client, []))

@@ -159,3 +159,22 @@ class Objective:
 
     def initial_point(self) -> torch.Tensor:
         return get_flat_params(self.model)
+
+
+def local_pseudo_gradient(
+    oracle: Objective, x: torch.Tensor, steps: int, lr: float, batch_size: int, generator: torch.Generator | None
+) -> tuple[float, torch.Tensor]:
+    """K local SGD steps y_{k+1} = y_k - lr * g(y_k) from y_0 = x: (mean minibatch loss, (x - y_K) / (lr K)).
+
+    The pseudo-gradient a client of Fed-alpha-NormEC feeds to its error compensation; with K = 1
+    it is the stochastic gradient at x.
+    """
+    if steps < 1 or lr <= 0:
+        raise ValueError(f"local steps need steps >= 1 and lr > 0, got {steps}, {lr}")
+    y = x.clone()
+    losses = []
+    for _ in range(steps):
+        loss, grad = oracle.stochastic_gradient(y, batch_size, generator)
+        y = y - lr * grad
+        losses.append(loss)
+    return sum(losses) / steps, (x - y) / (lr * steps)

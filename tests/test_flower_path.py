@@ -116,3 +116,21 @@ def test_a_process_keeps_every_partition_of_a_run_and_shares_one_model(tiny_cfg)
     assert all(a is b for a, b in zip(first, again))
     assert len({id(c.objective.model) for c in first}) == 1
     assert len({id(c.objective.data) for c in first}) == cfg.num_clients
+
+
+@pytest.mark.parametrize("strategy, extra", [
+    ("alpha-normec", dict(server_lr=0.3, noise_multiplier=0.7)),
+    ("dp-fedavg", dict(noise_multiplier=0.3)),
+    ("alpha-normec", dict(server_lr=0.3, target_epsilon=4.0, local_steps=2, server_normalize=True)),
+])
+def test_flower_path_and_in_process_loop_agree_under_central_dp(tiny_cfg, strategy, extra):
+    cfg = tiny_cfg.replace(strategy=strategy, privacy_model="central", num_clients=6, clients_per_round=3, num_server_rounds=4, **extra)
+    trajectory, flower_strategy, _, metrics = _run_flower(cfg, 4)
+    fed = InProcessFederation(cfg)
+    for server_round, x in enumerate(trajectory, start=1):
+        row = fed.run_round(server_round)
+        assert torch.allclose(fed.server.x, x, atol=1e-6)
+        assert flower_strategy.core.rows[server_round - 1]["sampled"] == row["sampled"]
+    # both ledgers charge all six clients at q = 1/2 every round
+    assert sorted(flower_strategy.core.ledger.epsilons().values()) == sorted(fed.server.ledger.epsilons().values())
+    assert len(fed.server.ledger.epsilons()) == 6
