@@ -248,3 +248,17 @@ def test_fed_alpha_normec_and_server_normalization_run_under_central(tiny_cfg):
         if "server_normalize" in variant:
             assert step == pytest.approx(base.server_lr, rel=1e-5)
         assert math.isfinite(step) and step > 0
+
+
+def test_ten_thousand_fashion_mnist_clients_in_process():
+    cfg = RunConfig(
+        strategy="alpha-normec", privacy_model="central", target_epsilon=4.0, dataset="fashion-mnist", model="logreg",
+        num_clients=10_000, clients_per_round=100, num_server_rounds=2, batch_size=0, eval_samples=500, server_lr=0.5,
+        results_dir="unused",
+    )
+    fed = InProcessFederation(cfg)
+    history = fed.run()
+    assert len(fed.server.ledger.epsilons()) == 10_000
+    assert fed.clients.num_built <= history["sampled"].sum()
+    assert all(len(fed.clients[c].objective.data) == 6 for c in ("client-0", "client-9999"))
+    assert history["test-accuracy"].notna().all()

@@ -53,3 +53,21 @@ def test_a_failed_run_fails_the_script_with_the_reason(tmp_path):
     result = _run_simulation(tmp_path, 2, "strategy='fedprox' dataset='synthetic' model='logreg' clients-per-round=2")
     assert result.returncode != 0
     assert "finished:failed" in result.stderr and "unknown strategy 'fedprox'" in result.stderr
+
+
+@pytest.mark.slow
+def test_flwr_run_with_central_dp_samples_poisson_cohorts_and_charges_everyone(tmp_path):
+    run_config = (
+        "strategy='alpha-normec' privacy-model='central' dataset='synthetic' model='logreg' num-server-rounds=4 "
+        f"clients-per-round=5 batch-size=0 server-lr=0.5 target-epsilon=4.0 run-name='central' results-dir='{tmp_path}'"
+    )
+    result = _run_simulation(tmp_path, 20, run_config)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    history = pd.read_csv(tmp_path / "central.csv")
+    assert list(history["round"]) == [1, 2, 3, 4]
+    assert (history["privacy-model"] == "central").all()
+    assert history["epsilon-max"].iloc[-1] <= 4.0
+    # every client charged at q = 5/20 every round: the mean equals the max
+    assert history["epsilon-mean"].iloc[-1] == pytest.approx(history["epsilon-max"].iloc[-1])
+    assert history["train-loss"].isna().all()  # nothing computed from private data leaves a client

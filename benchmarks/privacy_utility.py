@@ -1,0 +1,176 @@
+"""Accuracy against epsilon for the client-level private strategies, per privacy model.
+
+Fashion-MNIST, the small CNN, 1,000 IID clients (60 examples each), about 100 a round,
+user-level (eps, delta = 1e-5). ``local``: every client noises its own message, charged at
+sample rate 1; ``central``: Poisson cohorts at q = 0.1, the server noises the bounded sum once.
+eps = inf is the same run without noise.
+
+Tuning budget, equal for every method: the server step over the two values of ``TUNING``
+(chosen before any run, by the scale of each method's update), at every (privacy model, eps);
+the table keeps the better one per cell, chosen on the reported metric (optimistic for every
+method alike). Everything else is the method's default (alpha 0.1, beta 1, clip 1, DP-FedAvg:
+one local epoch at client-lr 0.05, batch 32).
+
+    python -m benchmarks.privacy_utility --full     # the issue's regime: 300 rounds (hours on 2 cores)
+    python -m benchmarks.privacy_utility            # 100 rounds, eps {2, 8, inf}, central + local at eps 8
+    python -m benchmarks.privacy_utility --quick    # a smoke test: 100 clients, 5 rounds
+
+Writes ``results/privacy_utility.csv`` (one row per run: strategy, privacy_model, num_clients,
+clients_per_round, epsilon, delta, noise_multiplier, rounds, test_accuracy, seed, server_lr,
+seconds), ``results/privacy_utility_best.csv`` (the tuned table) and ``results/privacy_utility.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks.common import base_parser, markdown_table, run_grid, save_figure
+from fl_dp.algorithms import resolve_noise_multiplier
+from fl_dp.config import RunConfig
+
+RESULTS = Path(__file__).parents[1] / "results"
+STRATEGIES = {
+    "alpha-normec": dict(strategy="alpha-normec", alpha=0.1, beta=1.0),
+    "dp-normalized-sgd": dict(strategy="dp-normalized-sgd", alpha=0.1),
+    "clip21": dict(strategy="clip21", clip=1.0),
+    "dp-fedavg": dict(strategy="dp-fedavg", clip=1.0, client_lr=0.05, local_epochs=1, batch_size=32),
+}
+#: server step sizes tried per method (two each: the same budget for every method)
+TUNING = {
+    "alpha-normec": (0.5, 1.0),
+    "dp-normalized-sgd": (0.5, 1.0),
+    "clip21": (0.5, 1.0),
+    "dp-fedavg": (1.0, 3.0),
+}
+TASK = dict(dataset="fashion-mnist", model="cnn", batch_size=64, eval_samples=2000, delta=1e-5)
+FULL_EPSILONS = (1.0, 2.0, 4.0, 8.0, math.inf)
+COLUMNS = [
+    "strategy", "privacy_model", "num_clients", "clients_per_round", "epsilon", "delta",
+    "noise_multiplier", "rounds", "test_accuracy", "seed", "server_lr", "seconds",
+]
+
+
+def config(strategy: str, privacy_model: str, eps: float, server_lr: float, seed: int, scale: dict[str, int]) -> RunConfig:
+    settings = {**TASK, **STRATEGIES[strategy]}
+    return RunConfig(
+        privacy_model=privacy_model,
+        target_epsilon=0.0 if math.isinf(eps) else eps,
+        server_lr=server_lr,
+        seed=seed,
+        eval_every=max(1, scale["rounds"] // 10),
+        num_clients=scale["clients"],
+        clients_per_round=scale["per_round"],
+        num_server_rounds=scale["rounds"],
+        **settings,
+    )
+
+
+def jobs(cells: list[tuple[str, str, float]], seeds: int, scale: dict[str, int]) -> list[tuple[RunConfig, dict[str, Any]]]:
+    """(config, labels) for every (strategy, privacy model, eps) cell, step size and seed."""
+    grid = []
+    for strategy, privacy_model, eps in cells:
+        for server_lr in TUNING[strategy]:
+            for seed in range(seeds):
+                cfg = config(strategy, privacy_model, eps, server_lr, seed, scale)
+                grid.append((cfg, {"epsilon": eps, "server_lr": server_lr}))
+    return grid
+
+
+def rows_of(histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]]) -> pd.DataFrame:
+    """One row per run in the issue's columns (accuracy of the final model)."""
+    rows = []
+    for cfg, labels in grid:
+        run = histories[
+            (histories["strategy"] == cfg.strategy)
+            & (histories["privacy-model"] == cfg.privacy_model)
+            & (histories["epsilon"] == labels["epsilon"])
+            & (histories["server_lr"] == labels["server_lr"])
+            & (histories["seed"] == cfg.seed)
+        ].sort_values("round")
+        last = run.iloc[-1]
+        rows.append({
+            "strategy": cfg.strategy,
+            "privacy_model": cfg.privacy_model,
+            "num_clients": cfg.num_clients,
+            "clients_per_round": cfg.clients_per_round,
+            "epsilon": labels["epsilon"],
+            "delta": cfg.delta,
+            "noise_multiplier": resolve_noise_multiplier(cfg),
+            "rounds": cfg.num_server_rounds,
+            "test_accuracy": float(last["test-accuracy"]),
+            "seed": cfg.seed,
+            "server_lr": labels["server_lr"],
+            "seconds": float(last["run-seconds"]),
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def best_per_cell(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per step size, then the better step size per (strategy, model, eps)."""
+    by = ["strategy", "privacy_model", "epsilon", "server_lr"]
+    mean = runs.groupby(by, dropna=False).agg(
+        test_accuracy=("test_accuracy", "mean"), seeds=("seed", "count"), noise_multiplier=("noise_multiplier", "first")
+    ).reset_index()
+    best = mean.sort_values("test_accuracy").groupby(["strategy", "privacy_model", "epsilon"]).tail(1)
+    return best.sort_values(["privacy_model", "epsilon", "strategy"]).reset_index(drop=True)
+
+
+def plot(best: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epsilons = sorted(best["epsilon"].unique())
+    labels = ["inf" if math.isinf(e) else f"{e:g}" for e in epsilons]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (strategy, model), rows in best.groupby(["strategy", "privacy_model"]):
+        rows = rows.set_index("epsilon").reindex(epsilons)
+        ax.plot(range(len(epsilons)), rows["test_accuracy"], marker="o", linestyle="-" if model == "central" else ":",
+                label=f"{strategy} ({model})")
+    ax.set_xticks(range(len(epsilons)), labels)
+    ax.set_xlabel("epsilon (user level, delta = 1e-5)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    save_figure(fig, ax, path, legend_fontsize=7)
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--full", action="store_true", help="the issue's regime: 300 rounds, eps {1, 2, 4, 8, inf}, both models")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
+    args = parser.parse_args()
+    if args.quick:
+        scale = dict(clients=100, per_round=10, rounds=args.rounds or 5)
+        cells = [(s, m, e) for s in args.strategies for m in ("local", "central") for e in (8.0, math.inf)]
+    elif args.full:
+        scale = dict(clients=1000, per_round=100, rounds=args.rounds or 300)
+        cells = [(s, m, e) for s in args.strategies for m in ("local", "central") for e in FULL_EPSILONS]
+    else:
+        scale = dict(clients=1000, per_round=100, rounds=args.rounds or 100)
+        cells = [(s, "central", e) for s in args.strategies for e in (2.0, 8.0, math.inf)]
+        cells += [(s, "local", 8.0) for s in args.strategies]
+    seeds = 1 if args.quick else args.seeds
+    grid = jobs(cells, seeds, scale)
+    print(f"{len(grid)} runs on {args.workers} workers", flush=True)
+    started = time.perf_counter()
+    histories = run_grid(grid, args.workers)
+    runs = rows_of(histories, grid)
+    best = best_per_cell(runs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(args.out, index=False)
+    best.to_csv(args.out.with_name(args.out.stem + "_best.csv"), index=False)
+    plot(best, args.out.with_suffix(".png"))
+    print(markdown_table(best))
+    print(f"{len(grid)} runs in {time.perf_counter() - started:.0f} s; written to {args.out} and beside it")
+
+
+if __name__ == "__main__":
+    main()
