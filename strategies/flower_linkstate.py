@@ -1,8 +1,8 @@
 """A cheaper message lookup for Flower's in-memory LinkState (the simulation engine's).
 
-In flwr 1.41, ``InMemoryLinkState.get_message_ins(node_id)`` validates every stored
-message (expiry, federation membership) before it checks whether the message is addressed
-to ``node_id``. The simulation engine asks once per virtual node every 0.1 s, so with N
+In flwr 1.41 and 1.42 (byte-identical there), ``InMemoryLinkState.get_message_ins(node_id)``
+validates every stored message (expiry, federation membership) before it checks whether the
+message is addressed to ``node_id``. The simulation engine asks once per virtual node every 0.1 s, so with N
 nodes and N requests in flight one sweep makes N*N validations, under the state's lock and
 the GIL that the threads dispatching messages to Ray also need. Measured with
 ``benchmarks/simulation.py`` at 100 clients, this costs ~0.5 s of a ~3 s round.
@@ -12,6 +12,10 @@ that the message is undelivered) first and validates only those candidates. Inva
 messages addressed to other nodes are purged when those nodes ask, as before, rather than
 when any node asks. :func:`install` applies it to the flwr versions it was checked
 against and leaves other versions alone.
+
+Upstream change that would remove this module: in ``InMemoryLinkState.get_message_ins``, test
+``dst_node_id`` / ``delivered_at`` / ``run_id`` before ``_check_stored_messages`` (or index the
+undelivered messages by destination node).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from flwr.supercore.date import now
 
 log = logging.getLogger("fl_dp")
 
-CHECKED_FLWR_VERSIONS = ("1.41.0",)
+CHECKED_FLWR_VERSIONS = ("1.41.0", "1.42.0")
 ORIGINAL_GET_MESSAGE_INS = InMemoryLinkState.get_message_ins
 
 
