@@ -31,12 +31,24 @@ def _run_one(job: tuple[RunConfig, dict[str, Any]]) -> pd.DataFrame:
     return history
 
 
-def run_grid(jobs: list[tuple[RunConfig, dict[str, Any]]], workers: int, progress: bool = True) -> pd.DataFrame:
-    """Every (config, labels) job's per-round history, labelled, in one DataFrame."""
+def run_grid(
+    jobs: list[tuple[RunConfig, dict[str, Any]]],
+    workers: int,
+    progress: bool = True,
+    partial_csv: Path | None = None,
+) -> pd.DataFrame:
+    """Every (config, labels) job's per-round history, labelled, in one DataFrame.
+
+    With ``partial_csv``, the histories finished so far are rewritten there after each run,
+    so that a long grid stopped early keeps what it measured.
+    """
     histories = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for done, history in enumerate(pool.map(_run_one, jobs), start=1):
             histories.append(history)
+            if partial_csv is not None:
+                partial_csv.parent.mkdir(parents=True, exist_ok=True)
+                pd.concat(histories, ignore_index=True).to_csv(partial_csv, index=False)
             if progress:
                 last = history.iloc[-1]
                 print(

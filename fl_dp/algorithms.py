@@ -55,11 +55,34 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+DENSE = frozenset({"dense"})
+SPARSE = frozenset({"values", "indices"})
+SIGNS = frozenset({"signs"})
+SCALED_SIGNS = frozenset({"signs", "scale"})
+
+#: the noise of a message of dimension d stays below std * (sqrt(d) + NOISE_TAIL) except with
+#: probability exp(-NOISE_TAIL^2 / 2) < 1e-9 (Gaussian concentration of the norm, a 1-Lipschitz map)
+NOISE_TAIL = 6.5
+
+
 class Algorithm(ABC):
     """A federated algorithm: client and server hooks plus how messages are weighted."""
 
     #: weight each message by the client's number of examples (else uniformly)
     weighted_by_examples: bool = False
+    #: the key sets of the wire layouts its honest clients send (see :mod:`fl_dp.wire`)
+    wire_layouts: frozenset[frozenset[str]] = frozenset({DENSE})
+
+    def message_norm_limit(self, dim: int) -> float | None:
+        """An L2 norm no honest message exceeds (with probability 1 - 1e-9), or None if unbounded."""
+        return None
+
+    def expected_release(self, num_examples: int) -> Release | None:
+        """What an honest client of this run releases in one round (None: nothing private).
+
+        The server charges this, never what a client claims.
+        """
+        return None
 
     @abstractmethod
     def client_update(self, task: ClientTask) -> ClientUpdate: ...
@@ -114,6 +137,12 @@ class LocalTraining(Algorithm):
     def weighted_by_examples(self) -> bool:  # type: ignore[override]
         return self.clipping is None
 
+    def message_norm_limit(self, dim: int) -> float | None:
+        return _bounded_message_limit(self.clipping, self.mechanism, dim)
+
+    def expected_release(self, num_examples: int) -> Release | None:
+        return self.mechanism.release() if self.mechanism is not None else None
+
     def client_update(self, task: ClientTask) -> ClientUpdate:
         x_local, loss, _ = task.objective.sgd(
             task.x, self.local_epochs, self.client_lr, self.batch_size, task.generator, self.momentum
@@ -162,6 +191,16 @@ class ErrorFeedback(Algorithm):
     operator_takes_generator: bool = False
     local_steps: int = 1
     client_lr: float = 0.0
+
+    @property
+    def wire_layouts(self) -> frozenset[frozenset[str]]:  # type: ignore[override]
+        return frozenset({DENSE, SPARSE}) if self.operator_takes_generator else frozenset({DENSE})
+
+    def message_norm_limit(self, dim: int) -> float | None:
+        return _bounded_message_limit(self.operator, self.mechanism, dim)
+
+    def expected_release(self, num_examples: int) -> Release | None:
+        return self.mechanism.release() if self.mechanism is not None else None
 
     def client_update(self, task: ClientTask) -> ClientUpdate:
         if self.local_steps > 1:
@@ -232,6 +271,10 @@ class SignVote(Algorithm):
     sto_sign_bound: float = 1.0
     clipping: Clipping | None = None
     mechanism: GaussianMechanism | None = None
+    wire_layouts = frozenset({SIGNS})
+
+    def expected_release(self, num_examples: int) -> Release | None:
+        return self.mechanism.release() if self.mechanism is not None else None
 
     def client_update(self, task: ClientTask) -> ClientUpdate:
         loss, grad = task.objective.stochastic_gradient(task.x, self.batch_size, task.generator)
@@ -262,6 +305,8 @@ class ErrorFeedbackSign(Algorithm):
 
     server_lr: float
     batch_size: int
+    # the scale is one float beside the bits; it is left out when it is exactly 1
+    wire_layouts = frozenset({SIGNS, SCALED_SIGNS})
 
     def client_update(self, task: ClientTask) -> ClientUpdate:
         loss, grad = task.objective.stochastic_gradient(task.x, self.batch_size, task.generator)
@@ -299,16 +344,25 @@ class DPSGD(Algorithm):
     target_epsilon: float = 0.0
     noise_multiplier: float = 0.0
     mask_seed: int = 0
+    wire_layouts = frozenset({DENSE, SPARSE})
+
+    def schedule(self, num_examples: int) -> tuple[float, float, int]:
+        """(sigma, Poisson sample rate B / N, steps per local epoch) of a client with N examples."""
+        sample_rate = min(1.0, self.batch_size / num_examples)
+        steps_per_epoch = max(1, round(1 / sample_rate))
+        total_steps = steps_per_epoch * self.num_rounds * self.local_epochs
+        sigma = self.noise_multiplier or client_noise_multiplier(self.target_epsilon, self.delta, sample_rate, total_steps)
+        return sigma, sample_rate, steps_per_epoch
+
+    def expected_release(self, num_examples: int) -> Release | None:
+        sigma, sample_rate, steps_per_epoch = self.schedule(num_examples)
+        return Release(sigma, sample_rate, steps_per_epoch * self.local_epochs)
 
     def client_update(self, task: ClientTask) -> ClientUpdate:
         objective = task.objective
         n = len(objective.data)
-        sample_rate = min(1.0, self.batch_size / n)
-        steps_per_epoch = max(1, round(1 / sample_rate))
+        sigma, sample_rate, steps_per_epoch = self.schedule(n)
         total_epochs = self.num_rounds * self.local_epochs
-        sigma = self.noise_multiplier or client_noise_multiplier(
-            self.target_epsilon, self.delta, sample_rate, steps_per_epoch * total_epochs
-        )
         expected_batch = sample_rate * n
         x = task.x.clone()
         velocity = torch.zeros_like(x)
@@ -337,6 +391,15 @@ class DPSGD(Algorithm):
 
 def _identity(v: torch.Tensor) -> torch.Tensor:
     return v
+
+
+def _bounded_message_limit(operator: object, mechanism: GaussianMechanism | None, dim: int) -> float | None:
+    """The operator's bound (with float32 slack) plus the noise's high-probability norm."""
+    bound = getattr(operator, "bound", None)
+    if bound is None:
+        return None
+    noise = mechanism.std * (math.sqrt(dim) + NOISE_TAIL) if mechanism is not None else 0.0
+    return bound * (1 + 1e-5) + noise
 
 
 # ---------------------------------------------------------------- construction from a run config

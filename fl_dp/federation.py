@@ -204,6 +204,8 @@ class ServerCore:
         if cfg.privacy_model == "central":
             self.central = CentralGaussianSum(bound=message_bound(cfg), noise_multiplier=self.noise_multiplier)
         self._population: list[Any] = []
+        self._cohort: frozenset[str] = frozenset()
+        self._norm_limit = self.algorithm.message_norm_limit(self.dim)
         self.ledger = PrivacyLedger(cfg.delta)
         self.rows: list[dict[str, Any]] = []
         self._rng = random.Random(cfg.seed)
@@ -230,12 +232,15 @@ class ServerCore:
         """
         if self.central is not None:
             self._population = sorted(client_ids)
-            return poisson_cohort(self._population, self.cfg.client_sample_rate, self._rng)
-        if len(client_ids) < self.cfg.clients_per_round:
-            raise ConfigError(
-                f"clients-per-round is {self.cfg.clients_per_round} but only {len(client_ids)} clients are connected"
-            )
-        return self._rng.sample(sorted(client_ids), self.cfg.clients_per_round)
+            cohort = poisson_cohort(self._population, self.cfg.client_sample_rate, self._rng)
+        else:
+            if len(client_ids) < self.cfg.clients_per_round:
+                raise ConfigError(
+                    f"clients-per-round is {self.cfg.clients_per_round} but only {len(client_ids)} clients are connected"
+                )
+            cohort = self._rng.sample(sorted(client_ids), self.cfg.clients_per_round)
+        self._cohort = frozenset(str(client) for client in cohort)
+        return cohort
 
     def broadcast(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and config of this round's training request."""
@@ -245,23 +250,44 @@ class ServerCore:
     # -- round: aggregate
 
     def aggregate(self, server_round: int, replies: list[Reply], failures: list[tuple[str, str]] = ()) -> dict[str, Any]:
-        """Validate replies, update x from the accepted ones, account privacy, record metrics."""
+        """Validate replies, update x from the accepted ones, account privacy, record metrics.
+
+        A reply is accepted only from a client addressed this round, once, with exactly the
+        layout, dtypes and metric types this strategy's clients send, a privacy record equal to
+        the run's mechanism, and a message inside the algorithm's norm bound. Anything else is
+        rejected with its reason; no reply can raise out of here. The ledger charges what the
+        server knows the mechanism to be, for every addressed client that replied, rejected or not.
+        """
         accepted: list[tuple[Reply, torch.Tensor]] = []
         rejected = [f"{client}: {reason}" for client, reason in failures]
+        seen: set[str] = set()
         for reply in replies:
-            try:
-                vector = decode(reply.arrays, self.dim)
-                _check_metrics(reply.metrics)
-            except MalformedMessage as err:
-                rejected.append(f"{reply.client_id}: {err}")
+            client = str(reply.client_id)
+            if client not in self._cohort:
+                rejected.append(f"{client}: not addressed this round")
                 continue
-            accepted.append((reply, vector))
+            if client in seen:
+                rejected.append(f"{client}: a second reply this round")
+                continue
+            seen.add(client)
             if self.central is None:
-                self._account(reply)
+                expected = self._charge(client, reply.metrics)
+            try:
+                metrics = _checked_metrics(reply.metrics, self.cfg.is_private)
+                if self.central is None:
+                    _check_privacy_record(metrics, expected)
+                vector = decode(reply.arrays, self.dim, self.algorithm.wire_layouts)
+                if self._norm_limit is not None and float(torch.linalg.vector_norm(vector)) > self._norm_limit:
+                    raise MalformedMessage(f"message norm above the algorithm's bound {self._norm_limit:.4g}")
+            except (MalformedMessage, ValueError, TypeError, OverflowError) as err:
+                rejected.append(f"{client}: {err}")
+                continue
+            accepted.append((Reply(client, reply.arrays, metrics), vector))
         for reason in rejected:
             log.warning("round %d: rejected reply from %s", server_round, reason)
         if self.central is not None:
             self.ledger.record_many(self._population, self.central.release(self.cfg.client_sample_rate))
+        self._cohort = frozenset()  # a late reply of this round is not addressed by the next one
 
         # under central DP the noised sum is released every round, even from an empty cohort:
         # skipping a round would reveal that nobody was sampled
@@ -273,15 +299,14 @@ class ServerCore:
                 # the expected cohort q * num-clients, not the realised one, divides where a rule averages
                 candidate = self.algorithm.apply_sum(self.x, candidate_state, noisy_sum, float(self.cfg.clients_per_round))
             else:
-                weights = [
-                    float(r.metrics[NUM_EXAMPLES]) if self.algorithm.weighted_by_examples else 1.0 for r, _ in accepted
-                ]
+                weights = capped_weights([r.metrics[NUM_EXAMPLES] for r, _ in accepted]) if self.algorithm.weighted_by_examples else [1.0] * len(accepted)
                 candidate = self.algorithm.server_update(self.x, candidate_state, messages, weights)
             if torch.isfinite(candidate).all() and all(torch.isfinite(v).all() for v in candidate_state.values()):
                 self.x, self.state = candidate, candidate_state
             else:
                 rejected.append("aggregate: update not finite, global model kept")
                 log.error("round %d: aggregated update is not finite; global model kept", server_round)
+        self._warn_on_ledger_disagreement(server_round, [r for r, _ in accepted])
 
         eps_max, eps_mean = self.ledger.summary()
         num_sent = len(replies) + len(failures)
@@ -314,12 +339,32 @@ class ServerCore:
         )
         return row
 
-    def _account(self, reply: Reply) -> None:
-        if DP_NOISE in reply.metrics:
-            release = Release(float(reply.metrics[DP_NOISE]), float(reply.metrics[DP_RATE]), int(reply.metrics[DP_STEPS]))
-        else:
-            release = Release(0.0)  # released without any noise: no privacy
-        self.ledger.record(reply.client_id, release)
+    def _charge(self, client: str, metrics: Any) -> Release | None:
+        """Charge ``client`` the run's release under ``local``, whatever its reply says or lacks.
+
+        Charged before any check: a reply rejected afterwards has still been released. Only
+        DP-SGD's release depends on the client (its sample rate B / N); a count that cannot be
+        read is taken as N = batch size (sample rate 1, the largest charge).
+        """
+        try:
+            num_examples = int(min(max(float(metrics[NUM_EXAMPLES]), 1.0), MAX_NUM_EXAMPLES))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            num_examples = max(1, self.cfg.batch_size)
+        expected = self.algorithm.expected_release(num_examples)
+        self.ledger.record(client, expected if expected is not None else Release(0.0))
+        return expected
+
+    def _warn_on_ledger_disagreement(self, server_round: int, replies: list[Reply]) -> None:
+        for reply in replies:
+            claimed = reply.metrics.get(CLIENT_EPSILON)
+            if claimed is None:
+                continue
+            booked = self.ledger.epsilon(reply.client_id)
+            if not math.isclose(claimed, booked, rel_tol=1e-6) and not (math.isinf(claimed) and math.isinf(booked)):
+                log.warning(
+                    "round %d: client %s reports epsilon %.6g, the server's ledger has %.6g for it",
+                    server_round, reply.client_id, claimed, booked,
+                )
 
     def history(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -332,19 +377,63 @@ class ServerCore:
         return path
 
 
-def _check_metrics(metrics: dict[str, float]) -> None:
+#: what an honest client reports: always, under ``local`` privacy, and only without privacy
+ALWAYS_REPORTED = frozenset({NUM_EXAMPLES})
+PRIVACY_RECORD = frozenset({DP_NOISE, DP_RATE, DP_STEPS, CLIENT_EPSILON})
+NON_PRIVATE_STATISTICS = frozenset({TRAIN_LOSS, "grad-norm"})
+MAX_NUM_EXAMPLES = 10**9
+
+
+def _checked_metrics(metrics: Any, private_run: bool) -> dict[str, float]:
+    """The reply's metrics as plain floats, or :class:`MalformedMessage` for anything an honest
+    client of this run would not send (unknown keys, wrong types, non-finite values)."""
+    if not isinstance(metrics, Mapping):
+        raise MalformedMessage("reply metrics are not a mapping")
+    allowed = ALWAYS_REPORTED | PRIVACY_RECORD | (frozenset() if private_run else NON_PRIVATE_STATISTICS)
+    unknown = set(metrics) - allowed
+    if unknown:
+        raise MalformedMessage(f"unexpected metrics {sorted(map(str, unknown))}")
     if NUM_EXAMPLES not in metrics:
         raise MalformedMessage(f"reply metrics lack {NUM_EXAMPLES!r}")
+    checked: dict[str, float] = {}
     for key, value in metrics.items():
-        if isinstance(value, (int, float)) and not math.isfinite(value) and not (key == CLIENT_EPSILON and value == math.inf):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise MalformedMessage(f"metric {key!r} must be a number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value) and not (key == CLIENT_EPSILON and value == math.inf):
             raise MalformedMessage(f"metric {key!r} is {value}")
-    if metrics[NUM_EXAMPLES] <= 0:
-        raise MalformedMessage("num-examples must be positive")
-    if DP_NOISE in metrics:
-        try:
-            Release(float(metrics[DP_NOISE]), float(metrics.get(DP_RATE, -1)), int(metrics.get(DP_STEPS, 0)))
-        except ValueError as err:
-            raise MalformedMessage(f"bad privacy record: {err}") from err
+        checked[key] = value
+    num_examples = checked[NUM_EXAMPLES]
+    if not (1 <= num_examples <= MAX_NUM_EXAMPLES and num_examples.is_integer()):
+        raise MalformedMessage(f"num-examples must be an integer in [1, {MAX_NUM_EXAMPLES}], got {num_examples}")
+    if DP_STEPS in checked and not checked[DP_STEPS].is_integer():
+        raise MalformedMessage(f"dp-steps must be an integer, got {checked[DP_STEPS]}")
+    return checked
+
+
+def _check_privacy_record(metrics: dict[str, float], expected: Release | None) -> None:
+    """A client's own record of its release must be the run's mechanism, exactly."""
+    claimed = [metrics.get(key) for key in (DP_NOISE, DP_RATE, DP_STEPS)]
+    if expected is None:
+        if any(value is not None for value in claimed):
+            raise MalformedMessage("a privacy record in a run whose clients release nothing private")
+        return
+    wanted = (expected.noise_multiplier, expected.sample_rate, float(expected.steps))
+    if any(value is None for value in claimed):
+        raise MalformedMessage("reply lacks its privacy record")
+    if not all(math.isclose(c, w, rel_tol=1e-9) for c, w in zip(claimed, wanted)):  # type: ignore[arg-type]
+        raise MalformedMessage(f"privacy record {tuple(claimed)} is not the run's mechanism {wanted}")
+
+
+#: FedAvg weights are capped at this multiple of the round's median reported example count
+WEIGHT_CAP_OVER_MEDIAN = 2.0
+
+
+def capped_weights(num_examples: list[float]) -> list[float]:
+    """Example counts as FedAvg weights, each capped at twice the round's median, so that a client
+    claiming a huge count gets at most about 2 / (n + 1) of the weight of n replies."""
+    cap = WEIGHT_CAP_OVER_MEDIAN * float(np.median(num_examples))
+    return [min(float(n), cap) for n in num_examples]
 
 
 def _reported(replies: list[Reply], key: str) -> list[float]:

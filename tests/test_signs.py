@@ -71,6 +71,8 @@ def test_the_vote_ignores_malformed_replies(tiny_cfg):
         Reply("wrong-dtype", {"signs": replies[0].arrays["signs"].astype(np.float32)}, replies[0].metrics),
     ]
     clean = InProcessFederation(_sign_cfg(tiny_cfg))
+    for federation in (clean, fed):
+        federation.server.sample(list(federation.clients))
     clean.server.aggregate(1, replies)
     row = fed.server.aggregate(1, replies + bad)
     assert row["rejected"] == 2 and torch.equal(fed.server.x, clean.server.x)
