@@ -72,6 +72,8 @@ class Algorithm(ABC):
     weighted_by_examples: bool = False
     #: the key sets of the wire layouts its honest clients send (see :mod:`fl_dp.wire`)
     wire_layouts: frozenset[frozenset[str]] = frozenset({DENSE})
+    #: whether :meth:`expected_release` depends on the client's number of examples
+    release_depends_on_data_size: bool = False
 
     def message_norm_limit(self, dim: int) -> float | None:
         """An L2 norm no honest message exceeds (with probability 1 - 1e-9), or None if unbounded."""
@@ -345,6 +347,7 @@ class DPSGD(Algorithm):
     noise_multiplier: float = 0.0
     mask_seed: int = 0
     wire_layouts = frozenset({DENSE, SPARSE})
+    release_depends_on_data_size = True
 
     def schedule(self, num_examples: int) -> tuple[float, float, int]:
         """(sigma, Poisson sample rate B / N, steps per local epoch) of a client with N examples."""

@@ -57,11 +57,13 @@ LEDGER_STATE = "privacy-ledger"
 
 @dataclass(frozen=True)
 class Reply:
-    """One client's answer: who, the wire arrays, and scalar metrics."""
+    """One client's answer: who, the wire arrays, and scalar metrics (``error``: why the transport
+    could not read them)."""
 
     client_id: str
     arrays: dict[str, np.ndarray]
     metrics: dict[str, float]
+    error: str = ""
 
 
 # ---------------------------------------------------------------- data and models shared by both sides
@@ -273,6 +275,8 @@ class ServerCore:
             if self.central is None:
                 expected = self._charge(client, reply.metrics)
             try:
+                if reply.error:
+                    raise MalformedMessage(reply.error)
                 metrics = _checked_metrics(reply.metrics, self.cfg.is_private)
                 if self.central is None:
                     _check_privacy_record(metrics, expected)
@@ -343,15 +347,19 @@ class ServerCore:
         """Charge ``client`` the run's release under ``local``, whatever its reply says or lacks.
 
         Charged before any check: a reply rejected afterwards has still been released. Only
-        DP-SGD's release depends on the client (its sample rate B / N); a count that cannot be
-        read is taken as N = batch size (sample rate 1, the largest charge).
+        DP-SGD's release depends on the client (its sample rate B / N); where the count cannot
+        be read, the charge is epsilon = inf, the one charge that is never below the truth.
         """
         try:
-            num_examples = int(min(max(float(metrics[NUM_EXAMPLES]), 1.0), MAX_NUM_EXAMPLES))
+            num_examples: int | None = int(min(max(float(metrics[NUM_EXAMPLES]), 1.0), MAX_NUM_EXAMPLES))
         except (KeyError, TypeError, ValueError, OverflowError):
-            num_examples = max(1, self.cfg.batch_size)
-        expected = self.algorithm.expected_release(num_examples)
-        self.ledger.record(client, expected if expected is not None else Release(0.0))
+            num_examples = None
+        if num_examples is None and self.algorithm.release_depends_on_data_size:
+            self.ledger.record(client, Release(0.0))
+            return None
+        expected = self.algorithm.expected_release(num_examples or 1)
+        charge = expected if expected is not None else Release(0.0)
+        self.ledger.record(client, charge)
         return expected
 
     def _warn_on_ledger_disagreement(self, server_round: int, replies: list[Reply]) -> None:

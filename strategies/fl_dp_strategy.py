@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fl_dp.config import ConfigError
 from fl_dp.federation import Reply, ServerCore
+from fl_dp.wire import MalformedMessage
 
 log = logging.getLogger("fl_dp")
 
@@ -28,6 +29,25 @@ def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
+
+
+def parse_reply(message: Message) -> Reply:
+    """The client's wire arrays and metrics, or :class:`MalformedMessage` with the reason.
+
+    Any record, array or metric a client can put in a message is handled here: a truncated or
+    non-numpy array, a missing record, a list where a number belongs. Whether the values are
+    what the strategy expects is :meth:`ServerCore.aggregate`'s to judge.
+    """
+    content = message.content
+    if set(content.array_records) != {ARRAYS_KEY} or set(content.metric_records) != {METRICS_KEY}:
+        raise MalformedMessage(f"a reply holds exactly one '{ARRAYS_KEY}' and one '{METRICS_KEY}' record")
+    if content.config_records:
+        raise MalformedMessage("a reply holds no config record")
+    try:
+        arrays = from_array_record(content.array_records[ARRAYS_KEY])
+    except Exception as err:  # noqa: BLE001 - whatever the bytes make numpy raise, the reply is malformed
+        raise MalformedMessage(f"arrays do not decode: {type(err).__name__}: {err}"[:300]) from None
+    return Reply(str(message.metadata.src_node_id), arrays, dict(content.metric_records[METRICS_KEY]))
 
 
 class FlDpStrategy(Strategy):
@@ -74,12 +94,11 @@ class FlDpStrategy(Strategy):
             if message.has_error():
                 failures.append((client, f"client error: {message.error.reason}"))
                 continue
-            content = message.content
-            if ARRAYS_KEY not in content.array_records or METRICS_KEY not in content.metric_records:
-                failures.append((client, f"reply lacks '{ARRAYS_KEY}' or '{METRICS_KEY}'"))
-                continue
-            metrics = {k: v for k, v in content.metric_records[METRICS_KEY].items() if isinstance(v, (int, float))}
-            parsed.append(Reply(client, from_array_record(content.array_records[ARRAYS_KEY]), metrics))
+            try:
+                parsed.append(parse_reply(message))
+            except MalformedMessage as err:
+                # passed on with its reason, so that the ledger charges an addressed client
+                parsed.append(Reply(client, {}, {}, error=str(err)))
         row = self.core.aggregate(server_round, parsed, failures)
         numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         # MetricRecord holds what Flower can serialise: NaN stays out rather than travelling silently.
