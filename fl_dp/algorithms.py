@@ -20,7 +20,7 @@ from fl_dp.config import ConfigError, RunConfig
 from fl_dp.dpsgd import client_noise_multiplier, cooling_rate, epoch_mask, masked_noisy_sum, poisson_batch
 from fl_dp.mechanisms import GaussianMechanism
 from fl_dp.operators import Clipping, SmoothedNormalization
-from fl_dp.privacy import NoiseBeyondUse, Release, calibrate_noise_multiplier
+from fl_dp.privacy import NoiseBeyondUse, Release, analytic_gaussian_noise_multiplier, calibrate_noise_multiplier
 from fl_dp.training import Objective, local_pseudo_gradient
 from fl_dp.signs import dp_sign, hard_sign, majority_vote, scaled_sign, stochastic_sign
 from fl_dp.wire import Payload, SignVector
@@ -442,8 +442,9 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
 
     ``local``: each client's release is charged at sample rate 1 (worst case: a client in every
     planned round). ``central``: one release per round of the noised sum, every client charged at
-    its Poisson rate q = clients-per-round / num-clients. dp-sign's ``round-epsilon`` uses the
-    classical per-round Gaussian mechanism instead: sigma = Delta2 sqrt(2 ln(1.25 / delta)) / eps.
+    its Poisson rate q = clients-per-round / num-clients. dp-sign's ``round-epsilon`` calibrates
+    each round's release alone with the analytic Gaussian mechanism (Balle and Wang 2018), exact
+    for every epsilon (the classical sqrt(2 ln(1.25 / delta)) / eps fails above eps = 1).
     A target that needs a noise multiplier beyond use is a :class:`ConfigError` on ``target-epsilon``.
     """
     if cfg.noise_multiplier > 0:
@@ -451,7 +452,7 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
     if cfg.strategy in SAMPLE_LEVEL_PRIVATE:
         return 0.0  # each client calibrates from its own sample rate
     if cfg.round_epsilon > 0:
-        return math.sqrt(2 * math.log(1.25 / cfg.delta)) / cfg.round_epsilon
+        return analytic_gaussian_noise_multiplier(cfg.round_epsilon, cfg.delta)
     if cfg.target_epsilon > 0:
         rate = cfg.client_sample_rate if cfg.privacy_model == "central" else 1.0
         try:

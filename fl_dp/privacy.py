@@ -144,3 +144,32 @@ class PrivacyLedger:
         if not values:
             return 0.0, 0.0
         return max(values), sum(values) / len(values)
+
+
+def analytic_gaussian_delta(noise_multiplier: float, epsilon: float) -> float:
+    """delta(eps) of one Gaussian mechanism of noise multiplier sigma (std / L2 sensitivity),
+    exactly (Balle and Wang 2018, Theorem 8): Phi(1/(2s) - eps s) - e^eps Phi(-1/(2s) - eps s)."""
+    from scipy.special import log_ndtr, ndtr
+
+    s = noise_multiplier
+    return float(ndtr(1 / (2 * s) - epsilon * s) - math.exp(epsilon + log_ndtr(-1 / (2 * s) - epsilon * s)))
+
+
+def analytic_gaussian_noise_multiplier(epsilon: float, delta: float) -> float:
+    """The smallest noise multiplier (to 1e-9 relative) for which one Gaussian release is
+    (epsilon, delta)-DP, by the analytic Gaussian mechanism: valid for every epsilon > 0, where
+    the classical sqrt(2 ln(1.25 / delta)) / epsilon holds only for epsilon < 1."""
+    if epsilon <= 0 or not math.isfinite(epsilon):
+        raise ValueError(f"epsilon must be positive and finite, got {epsilon}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    low, high = 1e-6, 1.0
+    while analytic_gaussian_delta(high, epsilon) > delta:
+        low, high = high, 2 * high
+    while high - low > 1e-9 * high:
+        middle = (low + high) / 2
+        if analytic_gaussian_delta(middle, epsilon) > delta:
+            low = middle
+        else:
+            high = middle
+    return high

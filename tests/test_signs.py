@@ -8,6 +8,7 @@ from fl_dp.algorithms import build_algorithm
 from fl_dp.config import RunConfig
 from fl_dp.federation import InProcessFederation, Reply
 from fl_dp.privacy import Release, epsilon_of
+from fl_dp.privacy import analytic_gaussian_delta, analytic_gaussian_noise_multiplier
 from fl_dp.signs import dp_sign, hard_sign, majority_vote, scaled_sign, stochastic_sign
 from fl_dp.wire import SignVector, decode, encode
 
@@ -81,11 +82,34 @@ def test_the_vote_ignores_malformed_replies(tiny_cfg):
 def test_dp_sign_composes_per_round_epsilon_in_the_ledger(tiny_cfg):
     cfg = _sign_cfg(tiny_cfg, sign_compressor="dp-sign", round_epsilon=0.5, clip=1.0, num_server_rounds=4)
     history = InProcessFederation(cfg).run()
-    sigma_over_delta2 = math.sqrt(2 * math.log(1.25 / cfg.delta)) / 0.5
+    sigma_over_delta2 = analytic_gaussian_noise_multiplier(0.5, cfg.delta)
     for t, eps in enumerate(history["epsilon-max"], start=1):
         assert eps == pytest.approx(epsilon_of([Release(sigma_over_delta2, 1.0, t)], cfg.delta))
     algorithm = build_algorithm(cfg, 10)
     assert algorithm.mechanism.std == pytest.approx(sigma_over_delta2 * 2.0)  # Delta2 = 2 * clip
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.5, 1.0, 5.0, 10.0, 30.0])
+def test_dp_sign_round_epsilon_holds_for_every_epsilon(eps):
+    """The analytic Gaussian mechanism's delta at the calibrated sigma is delta, and just below
+    sigma it exceeds it; checked against the privacy profile integrated numerically."""
+    from scipy import integrate, stats
+
+    delta = 1e-5
+    sigma = analytic_gaussian_noise_multiplier(eps, delta)
+    assert analytic_gaussian_delta(sigma, eps) <= delta < analytic_gaussian_delta(sigma * 0.999, eps)
+
+    def profile(s):  # delta(eps) = int max(0, p(x) - e^eps q(x)) dx, p = N(0, s^2), q = N(1, s^2)
+        f = lambda x: max(0.0, stats.norm.pdf(x, 0, s) - math.exp(eps) * stats.norm.pdf(x, 1, s))
+        crossing = 0.5 - eps * s * s  # p > e^eps q exactly left of this point
+        return integrate.quad(f, crossing - 40 * s, crossing, limit=200)[0]
+
+    assert profile(sigma) == pytest.approx(delta, rel=1e-3)
+    classical = math.sqrt(2 * math.log(1.25 / delta)) / eps
+    if eps >= 10:
+        assert profile(classical) > 1.1 * delta  # the classical formula is not (eps, delta)-DP there
+    if eps <= 0.5:
+        assert sigma < classical  # and is loose where it holds
 
 
 def test_ef_sign_keeps_the_compression_error(tiny_cfg):
