@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from fl_dp.data import DATASETS, PARTITIONERS
 from fl_dp.models import MODELS
+from fl_dp.privacy import MAX_NOISE_MULTIPLIER
 from fl_dp.robustness import NOISE_KINDS
 
 STRATEGIES = (
@@ -102,6 +103,9 @@ class RunConfig:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
+        # from Python as strictly as from a Flower run config: each value to its field's type
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce_value(f.name, f.type, getattr(self, f.name)))
         self._validate()
 
     @classmethod
@@ -119,7 +123,7 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown run-config keys: {', '.join(sorted(unknown))}")
         values.update(overrides)
-        return cls(**_coerce(cls, values))
+        return cls(**values)
 
     def to_flwr(self) -> dict[str, Any]:
         """The kebab-case mapping that :meth:`from_flwr` reads back."""
@@ -196,6 +200,13 @@ class RunConfig:
             fail(f"delta must be in (0, 1), got {self.delta}")
         if not 0 <= self.compress_ratio <= 1:
             fail(f"compress-ratio must be in [0, 1], got {self.compress_ratio}")
+        if self.strategy.startswith("ef21") and self.compressor == "rand-k-unbiased":
+            fail(
+                "compressor 'rand-k-unbiased' scales by d/k and is not contractive (E||C(v) - v||^2 = (d/k - 1) ||v||^2): "
+                "EF21 strategies need top-k, rand-k or identity"
+            )
+        if self.noise_multiplier > MAX_NOISE_MULTIPLIER:
+            fail(f"noise-multiplier {self.noise_multiplier:g} is above {MAX_NOISE_MULTIPLIER:g}: that noise drowns every message")
         if self.compressor != "identity" and self.compress_k == 0 and self.compress_ratio == 0:
             fail("set compress-k >= 1 or compress-ratio > 0 for a sparsifying compressor")
         if self.strategy == "fedavg" and self.is_private:
@@ -234,29 +245,27 @@ def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Flower passes TOML numbers as int or float: cast each to the field's type, with a clear error."""
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
-    out = {}
-    for name, value in values.items():
-        wanted = types[name]
-        try:
-            if wanted in ("int", int):
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                out[name] = int(value)
-            elif wanted in ("float", float):
-                out[name] = float(value)
-            elif wanted in ("bool", bool):
-                if not isinstance(value, bool):
-                    raise ValueError
-                out[name] = value
-            elif wanted in ("str", str):
-                if not isinstance(value, str):
-                    raise ValueError
-                out[name] = value
-            else:
-                out[name] = value
-        except (TypeError, ValueError):
-            raise ConfigError(f"{_key(name)} must be of type {wanted}, got {value!r}") from None
-    return out
+def _coerce_value(name: str, wanted: Any, value: Any) -> Any:
+    """``value`` as the field's type, or a :class:`ConfigError` naming the key.
+
+    Flower passes TOML numbers as int or float: an integer-valued float is an int, an int is a
+    float; booleans are never numbers, and float fields are finite.
+    """
+    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(wanted, wanted)
+    ok = True
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif isinstance(value, bool):
+        ok = False
+    elif kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif kind is str:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{_key(name)} must be of type {getattr(kind, '__name__', kind)}" + (" and finite" if kind is float else "") + f", got {value!r}")
+    return value

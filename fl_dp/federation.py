@@ -190,10 +190,28 @@ def record_own_release(state: State, release: Release, delta: float) -> tuple[St
 # ---------------------------------------------------------------- server
 
 
+def preflight(cfg: RunConfig) -> None:
+    """Refuse, before any client trains, a config that validates but cannot run: data that
+    cannot be loaded or split, a model that does not fit the data, an unreachable privacy target."""
+    try:
+        data = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"dataset {cfg.dataset!r} cannot be loaded: {err}") from None
+    num_train = len(data.train) if cfg.max_train_samples == 0 else min(cfg.max_train_samples, len(data.train))
+    if cfg.num_clients > num_train:
+        raise ConfigError(f"num-clients {cfg.num_clients} is more than the {num_train} training samples of {cfg.dataset!r}")
+    try:
+        build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
+    except ValueError as err:
+        raise ConfigError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}: {err}") from None
+    resolve_noise_multiplier(cfg)
+
+
 class ServerCore:
     """The server side of a run: global vector, algorithm state, ledger, metrics."""
 
     def __init__(self, cfg: RunConfig, evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None) -> None:
+        preflight(cfg)
         self.cfg = cfg
         model = model_for(cfg)
         self.dim = num_params(model)

@@ -11,21 +11,40 @@ from dataclasses import dataclass
 import torch
 
 
+#: a result that rounding in its own dtype would put within this relative margin of the bound
+#: is shrunk to it, so the bound the noise is calibrated for holds exactly in float32
+ROUNDING_MARGIN = 1e-6
+
+
+def _within(out: torch.Tensor, bound: float) -> torch.Tensor:
+    """``out`` unchanged if its norm (of its own entries, computed in float64) is at most
+    bound (1 - ROUNDING_MARGIN), else rescaled to that norm."""
+    limit = bound * (1 - ROUNDING_MARGIN)
+    norm = float(torch.linalg.vector_norm(out.double()))
+    if norm <= limit:
+        return out
+    return (out.double() * (limit / norm)).to(out.dtype)
+
+
 def smoothed_normalize(v: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Norm_alpha(v) = v / (alpha + ||v||); its norm is strictly below 1."""
+    """Norm_alpha(v) = v / (alpha + ||v||); its norm is strictly below 1 in the returned dtype.
+
+    Computed in float64: in float32, alpha / ||v|| below the rounding unit gives norm 1 + 1e-6.
+    """
     if alpha <= 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
-    return v / (alpha + torch.linalg.vector_norm(v))
+    v64 = v.double()
+    return _within((v64 / (alpha + torch.linalg.vector_norm(v64))).to(v.dtype), 1.0)
 
 
 def clip(v: torch.Tensor, tau: float) -> torch.Tensor:
-    """clip_tau(v) = min(1, tau / ||v||) v; its norm is at most tau."""
+    """clip_tau(v) = min(1, tau / ||v||) v; its norm is at most tau in the returned dtype."""
     if tau <= 0:
         raise ValueError(f"clipping threshold must be positive, got {tau}")
-    norm = torch.linalg.vector_norm(v)
-    if norm <= tau:
+    norm = float(torch.linalg.vector_norm(v.double()))
+    if norm <= tau:  # the entries themselves are inside the ball: nothing to round
         return v.clone()
-    return v * (tau / norm)
+    return _within((v.double() * (tau / norm)).to(v.dtype), tau)
 
 
 def clip_rows(per_sample: torch.Tensor, tau: float) -> torch.Tensor:

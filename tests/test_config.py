@@ -58,3 +58,50 @@ def test_flower_values_are_type_checked_and_unknown_keys_refused():
         RunConfig.from_flwr({"num-server-rounds": 2.5})
     with pytest.raises(ConfigError, match="unknown run-config keys: lerning-rate"):
         RunConfig.from_flwr({"lerning-rate": 0.1})
+
+
+def test_wrong_types_from_python_raise_config_errors_naming_the_key():
+    import dataclasses
+    import math
+
+    for field in dataclasses.fields(RunConfig):
+        key = field.name.replace("_", "-")
+        for value in ("ten", None, [1], {"a": 1}, True, math.nan, math.inf, b"x"):
+            if field.type == "bool" and isinstance(value, bool):
+                continue
+            if field.type == "str" and isinstance(value, str):
+                continue
+            with pytest.raises(ConfigError, match=key):
+                RunConfig(**{field.name: value})
+    assert RunConfig(alpha=1).alpha == 1.0 and isinstance(RunConfig(alpha=1).alpha, float)
+    assert RunConfig(num_clients=10.0).num_clients == 10
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(strategy="ef21", server_lr=0.1, compressor="rand-k-unbiased"), "not contractive"),
+        (dict(strategy="ef21-norm", server_lr=0.1, compressor="rand-k-unbiased"), "not contractive"),
+        (dict(strategy="dp-fedavg", noise_multiplier=1e39), "noise-multiplier"),
+    ],
+)
+def test_configs_the_theory_rules_out_are_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(dataset="breast-cancer", model="cnn"), "model 'cnn' does not fit"),
+        (dict(dataset="synthetic", num_clients=5000, clients_per_round=10), "num-clients 5000"),
+        (dict(dataset="synthetic", max_train_samples=20, num_clients=30, clients_per_round=3), "num-clients 30"),
+        (dict(dataset="synthetic", model="logreg", strategy="dp-fedavg", target_epsilon=1e-6), "target-epsilon"),
+    ],
+)
+def test_preflight_refuses_configs_that_cannot_run_before_any_client_trains(changes, message):
+    from fl_dp.federation import ServerCore
+
+    cfg = RunConfig(eval_samples=0, **{"model": "logreg", **changes})
+    with pytest.raises(ConfigError, match=message):
+        ServerCore(cfg)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,3 +44,20 @@ def test_operator_bounds_and_bad_parameters():
             except ValueError:
                 continue
             raise AssertionError(f"{make.__name__}({bad}) accepted")
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-8, 1.0, 1e6, 1e12, 1e30])
+@pytest.mark.parametrize("dim", [1, 7, 18_474])
+def test_bounds_hold_exactly_in_float32_at_extreme_alpha_over_norm(scale, dim):
+    from fl_dp.operators import clip, smoothed_normalize
+
+    generator = torch.Generator().manual_seed(dim)
+    v = (torch.randn(dim, generator=generator) * scale).float()
+    for alpha in (1e-12, 1e-6, 0.1):
+        out = smoothed_normalize(v, alpha)
+        assert out.dtype == torch.float32
+        assert float(torch.linalg.vector_norm(out.double())) < 1.0
+    for tau in (1e-3, 1.0, 7.0):
+        out = clip(v, tau)
+        assert out.dtype == torch.float32
+        assert float(torch.linalg.vector_norm(out.double())) <= tau
