@@ -22,9 +22,25 @@ if [ "${FL_DP_CLIENT_GPUS:-0}" != "0" ]; then
   federation="$federation client-resources-num-gpus=$FL_DP_CLIENT_GPUS"
 fi
 
+# `flwr run` starts a detached simulation SuperLink that keeps running. Stop only the one this
+# script's run started: it logs to $FLWR_HOME/local-superlink/superlink.log, and was not running
+# before. Another user's SuperLink (another FLWR_HOME) or an earlier one is left alone.
+superlink_pids() {
+  local pid
+  for pid in $(pgrep -f "flower-superlink" 2>/dev/null); do
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--log-file $FLWR_HOME/local-superlink/superlink.log"; then
+      echo "$pid"
+    fi
+  done
+}
+already_running=" $(superlink_pids | tr '\n' ' ') "
 stop_superlink() {
-  # `flwr run` leaves a detached simulation SuperLink behind; stop the one it started for us
-  pkill -f "flower-superlink.*--simulation" 2>/dev/null || true
+  local pid i
+  for pid in $(superlink_pids); do
+    case "$already_running" in *" $pid "*) continue ;; esac
+    kill "$pid" 2>/dev/null || continue
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  done
 }
 trap stop_superlink EXIT
 

@@ -30,8 +30,22 @@ def _run_simulation(tmp_path, num_clients, run_config):
     )
 
 
+def _superlinks_of(flwr_home):
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "flower-superlink" in cmdline and f"{flwr_home}/local-superlink" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
 @pytest.mark.slow
 def test_flwr_run_with_ray_writes_per_round_metrics(tmp_path):
+    # someone else's simulation SuperLink on this machine: simulate.sh must leave it running
+    decoy = subprocess.Popen(["bash", "-c", "sleep 600", "flower-superlink", "--simulation", "--log-file", "/elsewhere"])
     run_config = (
         "strategy='alpha-normec' dataset='synthetic' model='logreg' num-server-rounds=3 "
         f"clients-per-round=2 batch-size=0 server-lr=0.5 target-epsilon=5.0 run-name='ray-smoke' results-dir='{tmp_path}'"
@@ -46,6 +60,9 @@ def test_flwr_run_with_ray_writes_per_round_metrics(tmp_path):
     assert history["epsilon-max"].iloc[-1] <= 5.0 and history["epsilon-max"].is_monotonic_increasing
     assert history["test-accuracy"].notna().all()
     assert "round 3/3" in output
+    assert decoy.poll() is None, "simulate.sh stopped a SuperLink it did not start"
+    decoy.kill()
+    assert _superlinks_of(tmp_path / "flwr-home") == [], "simulate.sh left its own SuperLink running"
 
 
 @pytest.mark.slow
