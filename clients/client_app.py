@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.federation import ClientCore
+from fl_dp.privacy_floor import PrivacyFloor
 from strategies.fl_dp_strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, from_array_record, to_array_record
 
 STATE_KEY = "fl-dp-state"
@@ -23,21 +24,29 @@ app = ClientApp()
 
 
 @lru_cache(maxsize=4)
-def _clients_of_run(cfg: RunConfig) -> dict[int, ClientCore]:
+def _clients_of_run(cfg: RunConfig, floor: PrivacyFloor | None) -> dict[int, ClientCore]:
     return {}
 
 
-def _client(cfg: RunConfig, partition_id: int) -> ClientCore:
+def _client(cfg: RunConfig, partition_id: int, floor: PrivacyFloor | None = None) -> ClientCore:
     """The process's ClientCore of this partition, built on its first message.
 
     A Ray actor serves every partition in turn, so a cache bounded below num-clients
     would miss on every message; all partitions of a run are kept (each holds its
     samples and the algorithm, the model is shared).
     """
-    clients = _clients_of_run(cfg)
+    clients = _clients_of_run(cfg, floor)
     if partition_id not in clients:
-        clients[partition_id] = ClientCore(cfg, partition_id)
+        clients[partition_id] = ClientCore(cfg, partition_id, floor)
     return clients[partition_id]
+
+
+def privacy_floor_of(context: Context) -> PrivacyFloor | None:
+    """The node operator's privacy floor (``max-epsilon``, ``privacy-delta``, ``min-noise-multiplier``)."""
+    try:
+        return PrivacyFloor.from_node_config(context.node_config)
+    except ValueError as err:
+        raise ConfigError(f"node config: {err}") from None
 
 
 def partition_of(context: Context, cfg: RunConfig) -> int:
@@ -65,7 +74,7 @@ def save_state(context: Context, state: dict[str, torch.Tensor]) -> None:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_flwr(context.run_config)
-    client = _client(cfg, partition_of(context, cfg))
+    client = _client(cfg, partition_of(context, cfg), privacy_floor_of(context))
     arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
     config = dict(msg.content.config_records[CONFIG_KEY])
     out_arrays, metrics, state = client.train(arrays, config, load_state(context))

@@ -39,6 +39,7 @@ from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset, load_dataset, partition
 from fl_dp.models import build_model, get_flat_params, num_params
 from fl_dp.privacy import PrivacyLedger, Release
+from fl_dp.privacy_floor import PrivacyFloor
 from fl_dp.robustness import HeavyTailedNoise, NoisyGradients, flip, is_byzantine
 from fl_dp.training import Objective
 from fl_dp.wire import MalformedMessage, decode, encode, payload_bytes
@@ -132,9 +133,10 @@ def make_generator(cfg: RunConfig, *stream: int) -> torch.Generator:
 class ClientCore:
     """One client: its data, its model and the algorithm's client hook."""
 
-    def __init__(self, cfg: RunConfig, partition_id: int) -> None:
+    def __init__(self, cfg: RunConfig, partition_id: int, floor: PrivacyFloor | None = None) -> None:
         self.cfg = cfg
         self.partition_id = partition_id
+        self.floor = floor
         self.objective = Objective(shared_client_model(cfg), client_dataset(cfg, partition_id), cfg.regularizer_lambda)
         self.oracle = self.objective
         if cfg.grad_noise != "none":
@@ -159,6 +161,9 @@ class ClientCore:
                 f"the server asks for noise multiplier {config[DP_NOISE]}, this client's run config gives "
                 f"{self.noise_multiplier}: refusing to train"
             )
+        if self.floor is not None:
+            history = [Release(n, r, int(k)) for n, r, k in state.get(LEDGER_STATE, torch.zeros(0, 3)).tolist()]
+            self.floor.admit(self.cfg.privacy_model, self.algorithm.expected_release(len(self.objective.data)), history)
         task = ClientTask(x, state, self.oracle, make_generator(self.cfg, self.partition_id, server_round), server_round)
         update = self.algorithm.client_update(task)
         message = flip(update.message) if self.byzantine else update.message
