@@ -96,6 +96,9 @@ class RunConfig:
     # DP-SGD with random sparsification: final rate r* of gradual cooling
     rs_final_rate: float = 0.7
     # output
+    # draw noise, minibatches and cohorts from the OS instead of the seed (deployments: an
+    # adversary who knows the seed would know the noise, and whom sampling hid)
+    os_randomness: bool = False
     results_dir: str = "results"
     run_name: str = ""
     node_wait_timeout: float = 120.0
@@ -174,6 +177,8 @@ class RunConfig:
                 fail(f"{self.strategy} needs batch-size >= 1 (the expected Poisson batch)")
         if not 0 <= self.byzantine_fraction < 0.5:
             fail(f"byzantine-fraction must be in [0, 0.5), got {self.byzantine_fraction}")
+        if self.seed < 0:
+            fail(f"seed must be >= 0, got {self.seed}: set os-randomness = true to draw noise from the OS")
         if self.compressor not in COMPRESSORS:
             fail(f"unknown compressor {self.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
         for name in ("num_server_rounds", "num_clients", "clients_per_round", "local_epochs", "local_steps", "eval_every"):

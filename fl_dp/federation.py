@@ -118,9 +118,9 @@ def shared_client_model(cfg: RunConfig) -> torch.nn.Module:
 
 
 def make_generator(cfg: RunConfig, *stream: int) -> torch.Generator:
-    """A torch generator for (seed, *stream); a negative seed draws from the OS (deployments)."""
+    """A torch generator for (seed, *stream), or from the OS with ``os-randomness`` (deployments)."""
     generator = torch.Generator()
-    if cfg.seed < 0:
+    if cfg.os_randomness:
         generator.manual_seed(secrets.randbits(63))
     else:
         generator.manual_seed(hash((cfg.seed, *stream)) & ((1 << 63) - 1))
@@ -233,7 +233,7 @@ class ServerCore:
         self._norm_limit = self.algorithm.message_norm_limit(self.dim)
         self.ledger = PrivacyLedger(cfg.delta)
         self.rows: list[dict[str, Any]] = []
-        self._rng = random.Random(cfg.seed)
+        self._rng = random.SystemRandom() if cfg.os_randomness else random.Random(cfg.seed)
         if evaluate_fn is None:
             test = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed).test
             if 0 < cfg.eval_samples < len(test):

@@ -4,7 +4,13 @@
 #   scripts/deploy.sh [NUM_NODES] [extra `flwr run` options, e.g. --run-config "strategy='clip21' num-server-rounds=3"]
 # Each SuperNode gets node config partition-id=i num-partitions=NUM_NODES; client state
 # (error feedback, momentum) lives in the SuperNode across rounds. Everything is stopped on exit.
+# SuperNode authentication is on: each SuperNode gets an ECDSA key pair whose public key is
+# registered with the SuperLink (`flwr supernode register`) before it connects; an unregistered
+# process cannot join. Noise, minibatches and cohorts come from the OS (os-randomness=true)
+# unless the run config sets os-randomness=false (the tests do, to compare trajectories).
 # FL_DP_DEPLOY_PORT (default 19093) is the SuperLink's port; SuperNodes use the next ones.
+# FL_DP_NODE_PRIVACY (e.g. "max-epsilon=8.0 min-noise-multiplier=0.5") is added to every
+# SuperNode's node config: the client operator's own privacy floor (README, "Privacy").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 num_nodes="${1:-2}"
@@ -27,17 +33,9 @@ trap cleanup EXIT
 
 flower-superlink \
   --ssl-ca-certfile "$work/certs/ca.crt" --ssl-certfile "$work/certs/server.pem" --ssl-keyfile "$work/certs/server.key" \
-  --host 127.0.0.1 --port "$port" --database "$work/superlink.db" \
+  --host 127.0.0.1 --port "$port" --database "$work/superlink.db" --enable-supernode-auth \
   --disable-runtime-dependency-installation >"$work/superlink.log" 2>&1 &
 pids+=($!)
-
-for i in $(seq 0 $((num_nodes - 1))); do
-  flower-supernode \
-    --superlink "127.0.0.1:$port" --root-certificates "$work/certs/ca.crt" \
-    --node-config "partition-id=$i num-partitions=$num_nodes" \
-    --host 127.0.0.1 --port $((port + 1 + i)) >"$work/supernode-$i.log" 2>&1 &
-  pids+=($!)
-done
 
 cat >"$FLWR_HOME/config.toml" <<TOML
 [superlink]
@@ -49,6 +47,22 @@ root-certificates = "$work/certs/ca.crt"
 TOML
 
 export FL_DP_SUPERLINK=tls-local
+
+for i in $(seq 0 $((num_nodes - 1))); do
+  ssh-keygen -q -t ecdsa -b 384 -N "" -f "$work/node-$i" -C "fl-dp-node-$i"
+  # the SuperLink may still be starting: registration is retried for up to 30 s
+  for attempt in $(seq 30); do
+    flwr supernode register "$work/node-$i.pub" tls-local >"$work/register-$i.log" 2>&1 && break
+    sleep 1
+  done
+  flower-supernode \
+    --superlink "127.0.0.1:$port" --root-certificates "$work/certs/ca.crt" \
+    --auth-supernode-private-key "$work/node-$i" \
+    --node-config "partition-id=$i num-partitions=$num_nodes ${FL_DP_NODE_PRIVACY:-}" \
+    --host 127.0.0.1 --port $((port + 1 + i)) >"$work/supernode-$i.log" 2>&1 &
+  pids+=($!)
+done
+
 flwr_run_checked . tls-local \
-  --run-config "num-clients=$num_nodes clients-per-round=$num_nodes results-dir='$PWD/results'" \
+  --run-config "num-clients=$num_nodes clients-per-round=$num_nodes os-randomness=true results-dir='$PWD/results'" \
   "$@"

@@ -22,7 +22,7 @@ def test_tls_deployment_two_supernodes_two_rounds_of_alpha_normec(tmp_path):
         server_lr=0.5, target_epsilon=4.0, num_clients=2, clients_per_round=2,
     )
     run_config = " ".join(f"{k.replace('_', '-')}={v!r}" if isinstance(v, str) else f"{k.replace('_', '-')}={v}" for k, v in settings.items())
-    run_config += f" run-name='deploy' results-dir='{tmp_path}'"
+    run_config += f" os-randomness=false run-name='deploy' results-dir='{tmp_path}'"
     env = {**os.environ, "FL_DP_VENV": str(Path(sys.executable).parent.parent), "FL_DP_DEPLOY_PORT": str(20000 + os.getpid() % 2000 * 5)}
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "deploy.sh"), "2", "--run-config", run_config.replace('"', "'")],
