@@ -389,7 +389,10 @@ class DPSGD(Algorithm):
         return ClientUpdate(message, task.state, math.nan, n, release)
 
     def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-        return x + self.server_lr * weighted_mean(messages, weights)
+        return self.apply_sum(x, state, weighted_mean(messages, weights), 1.0)
+
+    def apply_sum(self, x: torch.Tensor, state: State, total: torch.Tensor, count: float) -> torch.Tensor:
+        return x + self.server_lr * total / count
 
 
 def _identity(v: torch.Tensor) -> torch.Tensor:

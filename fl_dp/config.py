@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from fl_dp.data import DATASETS, PARTITIONERS
 from fl_dp.models import MODELS
 from fl_dp.privacy import MAX_NOISE_MULTIPLIER
-from fl_dp.robustness import NOISE_KINDS
+from fl_dp.robustness import AGGREGATORS, BYZANTINE_ATTACKS, NOISE_KINDS
 
 STRATEGIES = (
     "fedavg",
@@ -93,6 +93,10 @@ class RunConfig:
     grad_noise_kappa: float = 1.5
     grad_noise_scale: float = 1.0
     byzantine_fraction: float = 0.0
+    byzantine_attack: str = "sign-flip"
+    # server aggregation of local-model rounds: mean (the algorithm's own), or a robust one
+    aggregator: str = "mean"
+    trim_fraction: float = 0.1
     # DP-SGD with random sparsification: final rate r* of gradual cooling
     rs_final_rate: float = 0.7
     # output
@@ -175,6 +179,17 @@ class RunConfig:
                 fail(f"{self.strategy} needs regularizer-lambda = 0 (per-sample gradients exclude it)")
             if self.batch_size < 1:
                 fail(f"{self.strategy} needs batch-size >= 1 (the expected Poisson batch)")
+        if self.byzantine_attack not in BYZANTINE_ATTACKS:
+            fail(f"unknown byzantine-attack {self.byzantine_attack!r}; choose one of {', '.join(BYZANTINE_ATTACKS)}")
+        if self.aggregator not in AGGREGATORS:
+            fail(f"unknown aggregator {self.aggregator!r}; choose one of {', '.join(AGGREGATORS)}")
+        if not 0 <= self.trim_fraction < 0.5:
+            fail(f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if self.aggregator != "mean" and (self.strategy in ("sign-vote", "ef-sign") or self.privacy_model != "local"):
+            fail(
+                f"aggregator {self.aggregator!r} replaces a mean of the clients' messages: not for sign-vote "
+                "(the vote is robust itself), ef-sign, or a privacy model whose noise is calibrated to a sum"
+            )
         if not 0 <= self.byzantine_fraction < 0.5:
             fail(f"byzantine-fraction must be in [0, 0.5), got {self.byzantine_fraction}")
         if self.seed < 0:

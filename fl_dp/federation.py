@@ -40,7 +40,7 @@ from fl_dp.data import ArrayDataset, load_dataset, partition
 from fl_dp.models import build_model, get_flat_params, num_params
 from fl_dp.privacy import PrivacyLedger, Release
 from fl_dp.privacy_floor import PrivacyFloor
-from fl_dp.robustness import HeavyTailedNoise, NoisyGradients, flip, is_byzantine
+from fl_dp.robustness import BYZANTINE_ATTACKS, HeavyTailedNoise, NoisyGradients, flip, is_byzantine, robust_mean
 from fl_dp.training import Objective
 from fl_dp.wire import MalformedMessage, decode, encode, payload_bytes
 
@@ -166,7 +166,7 @@ class ClientCore:
             self.floor.admit(self.cfg.privacy_model, self.algorithm.expected_release(len(self.objective.data)), history)
         task = ClientTask(x, state, self.oracle, make_generator(self.cfg, self.partition_id, server_round), server_round)
         update = self.algorithm.client_update(task)
-        message = flip(update.message) if self.byzantine else update.message
+        message = flip(update.message, BYZANTINE_ATTACKS[self.cfg.byzantine_attack]) if self.byzantine else update.message
         # the dataset size is treated as public; loss and other statistics only leave the client
         # of a non-private run, since they would be unaccounted releases of its data
         metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples}
@@ -325,6 +325,10 @@ class ServerCore:
                 noisy_sum = self.central(messages, self.dim, make_generator(self.cfg, -1, server_round))
                 # the expected cohort q * num-clients, not the realised one, divides where a rule averages
                 candidate = self.algorithm.apply_sum(self.x, candidate_state, noisy_sum, float(self.cfg.clients_per_round))
+            elif self.cfg.aggregator != "mean":
+                # a robust mean stands in for the mean the rule takes (example counts are not used)
+                combined = robust_mean(messages, self.cfg.aggregator, self.cfg.trim_fraction) * len(messages)
+                candidate = self.algorithm.apply_sum(self.x, candidate_state, combined, float(len(messages)))
             else:
                 weights = capped_weights([r.metrics[NUM_EXAMPLES] for r, _ in accepted]) if self.algorithm.weighted_by_examples else [1.0] * len(accepted)
                 candidate = self.algorithm.server_update(self.x, candidate_state, messages, weights)

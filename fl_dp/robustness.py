@@ -58,13 +58,47 @@ class NoisyGradients:
         return loss, grad + self._noise.sample(grad.shape, generator)
 
 
-def flip(message: Payload) -> Payload:
-    """What a sign-flipping (Byzantine) client sends instead of ``message``."""
+def flip(message: Payload, factor: float = -1.0) -> Payload:
+    """What a Byzantine client sends instead of ``message``: ``factor`` times it (-1: sign flipping;
+    -1000: the large-value attack). Sign messages can only be negated: their bits carry no size."""
     if isinstance(message, SignVector):
         return SignVector(-message.signs, message.scale)
     if isinstance(message, SparseVector):
-        return SparseVector(-message.values, message.indices, message.dim)
-    return -message
+        return SparseVector(factor * message.values, message.indices, message.dim)
+    return factor * message
+
+
+#: the factor each attack multiplies a Byzantine client's message by
+BYZANTINE_ATTACKS = {"sign-flip": -1.0, "large": -1000.0}
+
+
+def trimmed_mean(messages: list[torch.Tensor], trim_fraction: float) -> torch.Tensor:
+    """Coordinate-wise mean after dropping the floor(trim_fraction * n) largest and smallest values."""
+    stacked = torch.stack(messages)
+    trim = int(trim_fraction * len(messages))
+    if trim == 0:
+        return stacked.mean(0)
+    ordered = stacked.sort(dim=0).values
+    return ordered[trim : len(messages) - trim].mean(0)
+
+
+def coordinate_median(messages: list[torch.Tensor]) -> torch.Tensor:
+    """Coordinate-wise median (the mean of the two middle values for an even count)."""
+    return torch.stack(messages).quantile(0.5, dim=0) if messages[0].numel() else messages[0]
+
+
+AGGREGATORS = ("mean", "trimmed-mean", "median")
+
+
+def robust_mean(messages: list[torch.Tensor], aggregator: str, trim_fraction: float) -> torch.Tensor:
+    """The round's messages combined by ``aggregator`` (Yin et al. 2018's coordinate-wise rules)."""
+    if aggregator == "trimmed-mean":
+        return trimmed_mean(messages, trim_fraction)
+    if aggregator == "median":
+        return coordinate_median(messages)
+    if aggregator == "mean":
+        return torch.stack(messages).mean(0)
+    raise ValueError(f"unknown aggregator {aggregator!r}; choose one of {', '.join(AGGREGATORS)}")
 
 
 def is_byzantine(partition_id: int, num_clients: int, fraction: float) -> bool:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from fl_dp.compressors import TopK
+from fl_dp.config import ConfigError
 from fl_dp.federation import InProcessFederation
 from fl_dp.robustness import HeavyTailedNoise, flip, is_byzantine
 from fl_dp.wire import SignVector
@@ -56,3 +57,42 @@ def test_gradient_noise_reaches_the_oracle_but_not_the_clean_objective(tiny_cfg)
     _, clean = client.objective.stochastic_gradient(x, 0, None)
     _, noisy = client.oracle.stochastic_gradient(x, 0, torch.Generator().manual_seed(0))
     assert not torch.allclose(clean, noisy)
+
+
+def test_trimmed_mean_and_median_per_coordinate():
+    from fl_dp.robustness import coordinate_median, robust_mean, trimmed_mean
+
+    messages = [torch.tensor([1.0, -5.0]), torch.tensor([2.0, 0.0]), torch.tensor([3.0, 1.0]), torch.tensor([1e6, 2.0]), torch.tensor([4.0, 3.0])]
+    assert torch.equal(trimmed_mean(messages, 0.2), torch.tensor([3.0, 1.0]))  # drops 1 high and 1 low per coordinate
+    assert torch.equal(trimmed_mean(messages, 0.0), torch.stack(messages).mean(0))
+    assert torch.equal(coordinate_median(messages), torch.tensor([3.0, 1.0]))
+    assert torch.equal(robust_mean(messages[:4], "median", 0.1), torch.tensor([2.5, 0.5]))
+
+
+@pytest.mark.parametrize("aggregator", ["trimmed-mean", "median"])
+@pytest.mark.parametrize("attack", ["sign-flip", "large"])
+def test_a_robust_aggregator_bounds_the_pull_of_a_byzantine_minority(tiny_cfg, aggregator, attack):
+    cfg = tiny_cfg.replace(strategy="mean-sgd", server_lr=0.5, num_clients=10, clients_per_round=10, trim_fraction=0.2)
+    honest = InProcessFederation(cfg)
+    x0 = honest.server.x.clone()
+    honest.run_round(1)
+    honest_step = float(torch.linalg.vector_norm(honest.server.x - x0))
+    pulls = {}
+    for name in ("mean", aggregator):
+        attacked = InProcessFederation(cfg.replace(byzantine_fraction=0.2, byzantine_attack=attack, aggregator=name))
+        attacked.run_round(1)
+        pulls[name] = float(torch.linalg.vector_norm(attacked.server.x - honest.server.x))
+    assert pulls[aggregator] < honest_step  # the robust step stays near the honest one
+    if attack == "large":
+        assert pulls["mean"] > 100 * honest_step  # the plain mean is dragged 1000x the attacker's message
+
+
+def test_robust_aggregators_are_refused_where_they_do_not_apply(tiny_cfg):
+    with pytest.raises(ConfigError, match="aggregator"):
+        tiny_cfg.replace(strategy="sign-vote", server_lr=0.1, aggregator="median")
+    with pytest.raises(ConfigError, match="aggregator"):
+        tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1, privacy_model="central", aggregator="median")
+    with pytest.raises(ConfigError, match="unknown aggregator"):
+        tiny_cfg.replace(aggregator="krum")
+    with pytest.raises(ConfigError, match="trim-fraction"):
+        tiny_cfg.replace(aggregator="trimmed-mean", trim_fraction=0.5)
