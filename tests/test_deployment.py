@@ -38,3 +38,59 @@ def test_tls_deployment_two_supernodes_two_rounds_of_alpha_normec(tmp_path):
     # error-feedback state persisted in the SuperNodes: same trajectory as the in-process loop
     reference = run_inprocess(RunConfig(**settings, eval_samples=2000, results_dir=str(tmp_path)))
     assert np.allclose(history["test-loss"], reference["test-loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_supernode_authentication_keeps_an_unregistered_node_out(tmp_path):
+    """What deploy.sh sets up: a SuperLink with --enable-supernode-auth admits only SuperNodes whose
+    public key was registered; a process with any other key never joins."""
+    import json
+    import shutil
+    import time
+
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "home"), "FLWR_TELEMETRY_ENABLED": "0", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    (tmp_path / "home").mkdir()
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_certs.py"), str(tmp_path / "certs")], check=True, capture_output=True)
+    port = 22000 + os.getpid() % 2000 * 4
+    certs = tmp_path / "certs"
+    (tmp_path / "home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "t"\n[superlink.t]\naddress = "127.0.0.1:{port}"\nroot-certificates = "{certs}/ca.crt"\n'
+    )
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            ["flower-superlink", "--ssl-ca-certfile", f"{certs}/ca.crt", "--ssl-certfile", f"{certs}/server.pem",
+             "--ssl-keyfile", f"{certs}/server.key", "--host", "127.0.0.1", "--port", str(port),
+             "--database", str(tmp_path / "sl.db"), "--enable-supernode-auth", "--disable-runtime-dependency-installation"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        for name in ("registered", "intruder"):
+            subprocess.run([shutil.which("ssh-keygen"), "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(tmp_path / name)], check=True)
+        for _ in range(30):
+            registered = subprocess.run(["flwr", "supernode", "register", str(tmp_path / "registered.pub"), "t", "--format", "json"],
+                                        env=env, capture_output=True, text=True)
+            if registered.returncode == 0 and '"success": true' in registered.stdout:
+                break
+            time.sleep(1)
+        node_id = json.loads(registered.stdout)["node-id"]
+        for i, name in enumerate(("registered", "intruder")):
+            procs.append(subprocess.Popen(
+                ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates", f"{certs}/ca.crt",
+                 "--auth-supernode-private-key", str(tmp_path / name), "--node-config", f"partition-id={i} num-partitions=2",
+                 "--host", "127.0.0.1", "--port", str(port + 1 + i)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listing = subprocess.run(["flwr", "supernode", "ls", "t", "--format", "json"], env=env, capture_output=True, text=True)
+            nodes = json.loads(listing.stdout).get("nodes", []) if listing.returncode == 0 else []
+            if any(n["status"] == "online" for n in nodes):
+                break
+            time.sleep(1)
+        time.sleep(5)  # give the intruder time to try
+        nodes = json.loads(subprocess.run(["flwr", "supernode", "ls", "t", "--format", "json"], env=env, capture_output=True, text=True).stdout)["nodes"]
+        assert [(str(n["node-id"]), n["status"]) for n in nodes] == [(str(node_id), "online")]
+    finally:
+        for proc in procs:
+            proc.kill()
