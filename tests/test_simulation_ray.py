@@ -30,6 +30,15 @@ def _run_simulation(tmp_path, num_clients, run_config):
     )
 
 
+def _completed_run(tmp_path, num_clients, run_config, run_name):
+    """Run the simulation, check that it succeeded and return (its per-round CSV, its output)."""
+    result = _run_simulation(tmp_path, num_clients, f"{run_config} run-name='{run_name}' results-dir='{tmp_path}'")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert (tmp_path / f"{run_name}.csv").exists(), output[-6000:]
+    return pd.read_csv(tmp_path / f"{run_name}.csv"), output
+
+
 def _superlinks_of(flwr_home):
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
@@ -48,13 +57,9 @@ def test_flwr_run_with_ray_writes_per_round_metrics(tmp_path):
     decoy = subprocess.Popen(["bash", "-c", "sleep 600", "flower-superlink", "--simulation", "--log-file", "/elsewhere"])
     run_config = (
         "strategy='alpha-normec' dataset='synthetic' model='logreg' num-server-rounds=3 "
-        f"clients-per-round=2 batch-size=0 server-lr=0.5 target-epsilon=5.0 run-name='ray-smoke' results-dir='{tmp_path}'"
+        "clients-per-round=2 batch-size=0 server-lr=0.5 target-epsilon=5.0"
     )
-    result = _run_simulation(tmp_path, 3, run_config)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    assert (tmp_path / "ray-smoke.csv").exists(), output[-6000:]
-    history = pd.read_csv(tmp_path / "ray-smoke.csv")
+    history, output = _completed_run(tmp_path, 3, run_config, "ray-smoke")
     assert list(history["round"]) == [1, 2, 3]
     assert (history["sampled"] == 2).all() and (history["accepted"] == 2).all()
     assert history["epsilon-max"].iloc[-1] <= 5.0 and history["epsilon-max"].is_monotonic_increasing
@@ -76,12 +81,9 @@ def test_a_failed_run_fails_the_script_with_the_reason(tmp_path):
 def test_flwr_run_with_central_dp_samples_poisson_cohorts_and_charges_everyone(tmp_path):
     run_config = (
         "strategy='alpha-normec' privacy-model='central' dataset='synthetic' model='logreg' num-server-rounds=4 "
-        f"clients-per-round=5 batch-size=0 server-lr=0.5 target-epsilon=4.0 run-name='central' results-dir='{tmp_path}'"
+        "clients-per-round=5 batch-size=0 server-lr=0.5 target-epsilon=4.0"
     )
-    result = _run_simulation(tmp_path, 20, run_config)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    history = pd.read_csv(tmp_path / "central.csv")
+    history, _ = _completed_run(tmp_path, 20, run_config, "central")
     assert list(history["round"]) == [1, 2, 3, 4]
     assert (history["privacy-model"] == "central").all()
     assert history["epsilon-max"].iloc[-1] <= 4.0
