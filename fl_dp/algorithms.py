@@ -319,7 +319,10 @@ class ErrorFeedbackSign(Algorithm):
         return ClientUpdate(message, state, loss, len(task.objective.data))
 
     def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-        return x - torch.stack(messages).mean(0)
+        return self.apply_sum(x, state, torch.stack(messages).sum(0), len(messages))
+
+    def apply_sum(self, x: torch.Tensor, state: State, total: torch.Tensor, count: float) -> torch.Tensor:
+        return x - total / count
 
 
 @dataclass(frozen=True)

@@ -185,10 +185,10 @@ class RunConfig:
             fail(f"unknown aggregator {self.aggregator!r}; choose one of {', '.join(AGGREGATORS)}")
         if not 0 <= self.trim_fraction < 0.5:
             fail(f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
-        if self.aggregator != "mean" and (self.strategy in ("sign-vote", "ef-sign") or self.privacy_model != "local"):
+        if self.aggregator != "mean" and (self.strategy == "sign-vote" or self.privacy_model != "local"):
             fail(
                 f"aggregator {self.aggregator!r} replaces a mean of the clients' messages: not for sign-vote "
-                "(the vote is robust itself), ef-sign, or a privacy model whose noise is calibrated to a sum"
+                "(the vote is robust itself) or a privacy model whose noise is calibrated to a sum"
             )
         if not 0 <= self.byzantine_fraction < 0.5:
             fail(f"byzantine-fraction must be in [0, 0.5), got {self.byzantine_fraction}")

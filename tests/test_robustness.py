@@ -96,3 +96,18 @@ def test_robust_aggregators_are_refused_where_they_do_not_apply(tiny_cfg):
         tiny_cfg.replace(aggregator="krum")
     with pytest.raises(ConfigError, match="trim-fraction"):
         tiny_cfg.replace(aggregator="trimmed-mean", trim_fraction=0.5)
+
+
+def test_ef_sign_with_a_median_ignores_one_huge_scale(tiny_cfg):
+    from fl_dp.federation import Reply
+
+    cfg = tiny_cfg.replace(strategy="ef-sign", server_lr=0.01, num_clients=5, clients_per_round=5, aggregator="median")
+    fed = InProcessFederation(cfg)
+    cohort = fed.server.sample(list(fed.clients))
+    arrays, config = fed.server.broadcast(1)
+    replies = [Reply(c, *fed.clients[c].train(arrays, config, {})[:2]) for c in cohort]
+    honest_scales = [float(r.arrays["scale"][0]) for r in replies]
+    replies[0] = Reply(replies[0].client_id, {**replies[0].arrays, "scale": np.array([1e6], np.float32)}, replies[0].metrics)
+    x0 = fed.server.x.clone()
+    fed.server.aggregate(1, replies)
+    assert float((fed.server.x - x0).abs().max()) <= max(honest_scales)
