@@ -36,13 +36,15 @@ def run_grid(
     workers: int,
     progress: bool = True,
     partial_csv: Path | None = None,
+    prior: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every (config, labels) job's per-round history, labelled, in one DataFrame.
 
-    With ``partial_csv``, the histories finished so far are rewritten there after each run,
-    so that a long grid stopped early keeps what it measured.
+    With ``partial_csv``, the histories finished so far (after ``prior``, histories of an
+    earlier grid kept beside them) are rewritten there after each run, so that a long grid
+    stopped early keeps what it measured.
     """
-    histories = []
+    histories = [] if prior is None else [prior]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for done, history in enumerate(pool.map(_run_one, jobs), start=1):
             histories.append(history)

@@ -14,6 +14,7 @@ one local epoch at client-lr 0.05, batch 32).
     python -m benchmarks.privacy_utility --full     # the issue's regime: 300 rounds (hours on 2 cores)
     python -m benchmarks.privacy_utility            # 100 rounds, eps {2, 8, inf}, central only
     python -m benchmarks.privacy_utility --quick    # a smoke test: 100 clients, 5 rounds
+    python -m benchmarks.privacy_utility --merge --epsilons 1 4 --models central   # add cells to the table
 
 Writes ``results/privacy_utility.csv`` (one row per run: strategy, privacy_model, num_clients,
 clients_per_round, epsilon, delta, noise_multiplier, rounds, test_accuracy, seed, server_lr,
@@ -111,6 +112,13 @@ def rows_of(histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def merged(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
+    """Rows of both grids; where a run (strategy, model, eps, step, seed) is in both, the latest."""
+    key = ["strategy", "privacy_model", "epsilon", "server_lr", "seed"]
+    both = pd.concat([earlier, latest], ignore_index=True)
+    return both.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+
+
 def best_per_cell(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per step size, then the better step size per (strategy, model, eps)."""
     by = ["strategy", "privacy_model", "epsilon", "server_lr"]
@@ -146,6 +154,10 @@ def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--full", action="store_true", help="the issue's regime: 300 rounds, eps {1, 2, 4, 8, inf}, both models")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--epsilons", nargs="+", type=float, default=None, help="override the epsilons (inf for no noise)")
+    parser.add_argument("--models", nargs="+", default=None, choices=["local", "central"], help="override the privacy models")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the runs already in --out (and its histories) and add or replace this grid's")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
     args = parser.parse_args()
     if args.quick:
@@ -157,12 +169,25 @@ def main() -> None:
     else:
         scale = dict(clients=1000, per_round=100, rounds=args.rounds or 100)
         cells = [(s, "central", e) for s in args.strategies for e in (8.0, 2.0, math.inf)]
+    if args.epsilons or args.models:
+        epsilons = args.epsilons or sorted({e for _, _, e in cells})
+        models = args.models or sorted({m for _, m, _ in cells})
+        cells = [(s, m, e) for s in args.strategies for m in models for e in epsilons]
     seeds = 1 if args.quick else args.seeds
     grid = jobs(cells, seeds, scale)
     print(f"{len(grid)} runs on {args.workers} workers", flush=True)
     started = time.perf_counter()
-    histories = run_grid(grid, args.workers, partial_csv=args.out.with_name(args.out.stem + "_histories.csv"))
+    histories_csv = args.out.with_name(args.out.stem + "_histories.csv")
+    earlier_runs, earlier_histories = None, None
+    if args.merge and args.out.exists() and histories_csv.exists():
+        earlier_runs, earlier_histories = pd.read_csv(args.out), pd.read_csv(histories_csv)
+        rerun = {(c.strategy, c.privacy_model, labels["epsilon"], labels["server_lr"], c.seed) for c, labels in grid}
+        key = earlier_histories[["strategy", "privacy-model", "epsilon", "server_lr", "seed"]].itertuples(index=False)
+        earlier_histories = earlier_histories[[tuple(k) not in rerun for k in key]]
+    histories = run_grid(grid, args.workers, partial_csv=histories_csv, prior=earlier_histories)
     runs = rows_of(histories, grid)
+    if earlier_runs is not None:
+        runs = merged(earlier_runs, runs)
     best = best_per_cell(runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     runs.to_csv(args.out, index=False)
