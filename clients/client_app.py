@@ -49,15 +49,16 @@ def privacy_floor_of(context: Context) -> PrivacyFloor | None:
         raise ConfigError(f"node config: {err}") from None
 
 
-def partition_of(context: Context, cfg: RunConfig) -> int:
+def partition_of(context: Context, cfg: RunConfig) -> tuple[int, RunConfig]:
+    """This node's partition id, and the run config with ``num-clients = 0`` as its ``num-partitions``."""
     try:
         partition_id = int(context.node_config["partition-id"])
         num_partitions = int(context.node_config["num-partitions"])
     except KeyError as err:
         raise ConfigError(f"node config lacks {err}: start the SuperNode with --node-config 'partition-id=.. num-partitions=..'") from None
-    if num_partitions != cfg.num_clients:
+    if cfg.num_clients and num_partitions != cfg.num_clients:
         raise ConfigError(f"node has num-partitions={num_partitions} but the run has num-clients={cfg.num_clients}")
-    return partition_id
+    return partition_id, cfg.for_federation(num_partitions)
 
 
 def load_state(context: Context) -> dict[str, torch.Tensor]:
@@ -73,8 +74,8 @@ def save_state(context: Context, state: dict[str, torch.Tensor]) -> None:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg = RunConfig.from_flwr(context.run_config)
-    client = _client(cfg, partition_of(context, cfg), privacy_floor_of(context))
+    partition_id, cfg = partition_of(context, RunConfig.from_flwr(context.run_config))
+    client = _client(cfg, partition_id, privacy_floor_of(context))
     arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
     config = dict(msg.content.config_records[CONFIG_KEY])
     out_arrays, metrics, state = client.train(arrays, config, load_state(context))

@@ -43,7 +43,9 @@ class RunConfig:
     """One run. Field ``foo_bar`` is the run-config key ``foo-bar``.
 
     ``target-epsilon = 0`` means non-private (no noise) unless ``noise-multiplier``
-    is set; ``noise-multiplier > 0`` overrides calibration.
+    is set; ``noise-multiplier > 0`` overrides calibration. ``num-clients = 0`` (the Flower
+    app's default) is every SuperNode of the federation and ``clients-per-round = 0`` every
+    client: :meth:`for_federation` resolves both; the in-process loop needs them set.
     """
 
     strategy: str = "alpha-normec"
@@ -139,6 +141,19 @@ class RunConfig:
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
 
+    def for_federation(self, num_nodes: int) -> "RunConfig":
+        """``num-clients = 0`` as ``num_nodes``, then ``clients-per-round = 0`` as num-clients."""
+        num_clients = self.num_clients or num_nodes
+        return self.replace(num_clients=num_clients, clients_per_round=self.clients_per_round or num_clients)
+
+    def require_population(self) -> None:
+        """Refuse a config whose population is still 'the federation's size' (no federation here)."""
+        if self.num_clients == 0 or self.clients_per_round == 0:
+            raise ConfigError(
+                "num-clients = 0 / clients-per-round = 0 mean every SuperNode of a Flower federation; "
+                "outside one, set num-clients and clients-per-round >= 1"
+            )
+
     @property
     def is_private(self) -> bool:
         return self.target_epsilon > 0 or self.noise_multiplier > 0 or self.round_epsilon > 0
@@ -146,6 +161,7 @@ class RunConfig:
     @property
     def client_sample_rate(self) -> float:
         """q = clients-per-round / num-clients: each client's Poisson rate under ``central``."""
+        self.require_population()
         return self.clients_per_round / self.num_clients
 
     @property
@@ -196,10 +212,13 @@ class RunConfig:
             fail(f"seed must be >= 0, got {self.seed}: set os-randomness = true to draw noise from the OS")
         if self.compressor not in COMPRESSORS:
             fail(f"unknown compressor {self.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
-        for name in ("num_server_rounds", "num_clients", "clients_per_round", "local_epochs", "local_steps", "eval_every"):
+        for name in ("num_server_rounds", "local_epochs", "local_steps", "eval_every"):
             if getattr(self, name) < 1:
                 fail(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
-        if self.clients_per_round > self.num_clients:
+        for name in ("num_clients", "clients_per_round"):
+            if getattr(self, name) < 0:
+                fail(f"{_key(name)} must be >= 1 (or 0: every SuperNode of the federation), got {getattr(self, name)}")
+        if self.num_clients and self.clients_per_round > self.num_clients:
             fail(f"clients-per-round ({self.clients_per_round}) > num-clients ({self.num_clients})")
         for name in ("client_lr", "alpha", "beta", "clip", "dirichlet_alpha", "node_wait_timeout", "sto_sign_bound"):
             value = getattr(self, name)

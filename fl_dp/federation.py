@@ -134,6 +134,7 @@ class ClientCore:
     """One client: its data, its model and the algorithm's client hook."""
 
     def __init__(self, cfg: RunConfig, partition_id: int, floor: PrivacyFloor | None = None) -> None:
+        cfg.require_population()
         self.cfg = cfg
         self.partition_id = partition_id
         self.floor = floor
@@ -216,6 +217,7 @@ class ServerCore:
     """The server side of a run: global vector, algorithm state, ledger, metrics."""
 
     def __init__(self, cfg: RunConfig, evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None) -> None:
+        cfg.require_population()
         preflight(cfg)
         self.cfg = cfg
         model = model_for(cfg)

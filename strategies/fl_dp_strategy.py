@@ -126,3 +126,23 @@ def wait_for_nodes(grid: Grid, num_nodes: int, timeout: float, poll: float = 1.0
             )
         log.info("waiting for nodes: %d of %d connected", len(nodes), num_nodes)
         time.sleep(poll)
+
+
+def wait_for_federation(grid: Grid, timeout: float, settle: float = 3.0, poll: float = 1.0) -> list[int]:
+    """The connected SuperNodes once their number has not changed for ``settle`` seconds.
+
+    A simulation registers all its virtual SuperNodes before the ServerApp starts; a deployment's
+    nodes connect over time, so the population is what is there once arrivals stop.
+    """
+    deadline = time.monotonic() + timeout
+    nodes = list(grid.get_node_ids())
+    stable_since = time.monotonic()
+    while True:
+        if nodes and time.monotonic() - stable_since >= settle:
+            return nodes
+        if time.monotonic() > deadline:
+            raise ConfigError(f"no SuperNode connected after {timeout:.0f} s (num-clients = 0: every SuperNode of the federation)")
+        time.sleep(poll)
+        now = list(grid.get_node_ids())
+        if len(now) != len(nodes):
+            nodes, stable_since = now, time.monotonic()

@@ -10,7 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 from fl_dp.config import RunConfig
 from fl_dp.federation import ServerCore
 from strategies import flower_linkstate
-from strategies.fl_dp_strategy import FlDpStrategy, wait_for_nodes
+from strategies.fl_dp_strategy import FlDpStrategy, wait_for_federation, wait_for_nodes
 
 log = logging.getLogger("fl_dp")
 
@@ -34,8 +34,15 @@ def main(grid: Grid, context: Context) -> None:
     # elsewhere (a SuperLink of a deployment) this changes nothing the run uses.
     flower_linkstate.install()
     cfg = RunConfig.from_flwr(context.run_config)
-    core = ServerCore(cfg)
-    wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
+    if cfg.num_clients:
+        cfg = cfg.for_federation(cfg.num_clients)
+        core = ServerCore(cfg)  # a bad config fails here, before any wait
+        wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
+    else:
+        nodes = wait_for_federation(grid, cfg.node_wait_timeout)
+        cfg = cfg.for_federation(len(nodes))
+        log.info("num-clients = 0: the federation's %d SuperNodes, %d a round", cfg.num_clients, cfg.clients_per_round)
+        core = ServerCore(cfg)
     strategy = FlDpStrategy(core)
     strategy.start(grid=grid, initial_arrays=strategy.initial_arrays(), num_rounds=cfg.num_server_rounds)
     path = core.save()

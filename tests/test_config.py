@@ -1,6 +1,7 @@
 import pytest
 
 from fl_dp.config import ConfigError, RunConfig
+from fl_dp.federation import ServerCore
 
 
 def test_round_trip_through_flower_keys():
@@ -17,7 +18,19 @@ def test_pyproject_defaults_are_a_valid_config():
     app_config = pyproject["tool"]["flwr"]["app"]["config"]
     # flwr run --run-config can only override keys that pyproject.toml declares: all of them must be there
     assert set(app_config) == set(RunConfig().to_flwr())
-    assert RunConfig.from_flwr(app_config) == RunConfig()
+    # the app's population is its federation's: plain `flwr run .` runs on Flower's default federation
+    assert RunConfig.from_flwr(app_config) == RunConfig(num_clients=0, clients_per_round=0)
+
+
+def test_a_population_of_zero_is_the_federations_size():
+    app_default = RunConfig(num_clients=0, clients_per_round=0)
+    assert app_default.for_federation(7) == RunConfig(num_clients=7, clients_per_round=7)
+    assert RunConfig(num_clients=0, clients_per_round=3).for_federation(7).clients_per_round == 3
+    assert RunConfig(num_clients=20, clients_per_round=0).for_federation(7) == RunConfig(num_clients=20, clients_per_round=20)
+    with pytest.raises(ConfigError, match="num-clients = 0"):
+        app_default.client_sample_rate
+    with pytest.raises(ConfigError, match="outside one, set num-clients"):
+        ServerCore(app_default.replace(dataset="synthetic", model="logreg"))
 
 
 @pytest.mark.parametrize(
