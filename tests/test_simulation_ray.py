@@ -12,7 +12,6 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.mark.slow
 def _run_simulation(tmp_path, num_clients, run_config):
     env = {
         **os.environ,
