@@ -13,8 +13,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fl_dp.client_state import ClientStateStore
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.federation import ClientCore
+from fl_dp.federation import RESUMED_FROM, ClientCore
 from fl_dp.privacy_floor import PrivacyFloor
 from strategies.fl_dp_strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, from_array_record, to_array_record
 
@@ -72,13 +73,26 @@ def save_state(context: Context, state: dict[str, torch.Tensor]) -> None:
     context.state[STATE_KEY] = to_array_record({k: v.detach().numpy() for k, v in state.items()})
 
 
+def state_store_of(context: Context, cfg: RunConfig, partition_id: int) -> ClientStateStore | None:
+    """The client's state file under the node config's ``state-dir``, else the run's
+    ``client-state-dir``; None where neither is set (state kept in memory only)."""
+    directory = str(context.node_config.get("state-dir", "") or cfg.client_state_dir)
+    return ClientStateStore(directory, cfg, partition_id) if directory else None
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     partition_id, cfg = partition_of(context, RunConfig.from_flwr(context.run_config))
     client = _client(cfg, partition_id, privacy_floor_of(context))
     arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
     config = dict(msg.content.config_records[CONFIG_KEY])
-    out_arrays, metrics, state = client.train(arrays, config, load_state(context))
-    save_state(context, state)
+    store = state_store_of(context, cfg, partition_id)
+    state = load_state(context)
+    if not state and store is not None:
+        state = store.restore(context.run_id, int(config.get(RESUMED_FROM, 0)))
+    out_arrays, metrics, new_state = client.train(arrays, config, state)
+    save_state(context, new_state)
+    if store is not None:
+        store.save(context.run_id, int(config["server-round"]), state, new_state)
     content = RecordDict({ARRAYS_KEY: to_array_record(out_arrays), METRICS_KEY: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

@@ -110,6 +110,16 @@ class RunConfig:
     node_wait_timeout: float = 120.0
     # evaluate the global model every k rounds (and after the last)
     eval_every: int = 1
+    # faults: a round needs this many connected clients (and, without central DP, accepted
+    # replies) within round-timeout seconds, else it is skipped with its reason
+    min_clients_per_round: int = 1
+    round_timeout: float = 600.0
+    # write results-dir/run-name/checkpoint every k rounds (0: never); resume continues from it
+    checkpoint_every: int = 0
+    resume: bool = False
+    # clients keep their state (g_i, m_i, own ledger) in a file per run under this directory
+    # ("" : only in memory); a SuperNode's node config key state-dir overrides it
+    client_state_dir: str = ""
 
     def __post_init__(self) -> None:
         # from Python as strictly as from a Flower run config: each value to its field's type
@@ -212,7 +222,7 @@ class RunConfig:
             fail(f"seed must be >= 0, got {self.seed}: set os-randomness = true to draw noise from the OS")
         if self.compressor not in COMPRESSORS:
             fail(f"unknown compressor {self.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
-        for name in ("num_server_rounds", "local_epochs", "local_steps", "eval_every"):
+        for name in ("num_server_rounds", "local_epochs", "local_steps", "eval_every", "min_clients_per_round"):
             if getattr(self, name) < 1:
                 fail(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("num_clients", "clients_per_round"):
@@ -220,7 +230,11 @@ class RunConfig:
                 fail(f"{_key(name)} must be >= 1 (or 0: every SuperNode of the federation), got {getattr(self, name)}")
         if self.num_clients and self.clients_per_round > self.num_clients:
             fail(f"clients-per-round ({self.clients_per_round}) > num-clients ({self.num_clients})")
-        for name in ("client_lr", "alpha", "beta", "clip", "dirichlet_alpha", "node_wait_timeout", "sto_sign_bound"):
+        if self.clients_per_round and self.min_clients_per_round > self.clients_per_round:
+            fail(f"min-clients-per-round ({self.min_clients_per_round}) > clients-per-round ({self.clients_per_round})")
+        if self.checkpoint_every < 0:
+            fail(f"checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        for name in ("client_lr", "alpha", "beta", "clip", "dirichlet_alpha", "node_wait_timeout", "sto_sign_bound", "round_timeout"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 fail(f"{_key(name)} must be positive and finite, got {value}")

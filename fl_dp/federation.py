@@ -35,6 +35,7 @@ from fl_dp.algorithms import (
     resolve_noise_multiplier,
 )
 from fl_dp.central import CentralGaussianSum, poisson_cohort
+from fl_dp.checkpoint import checkpoint_path, config_fingerprint, ledger_journal_path, read_checkpoint, write_checkpoint
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset, load_dataset, partition
 from fl_dp.models import build_model, get_flat_params, num_params
@@ -232,6 +233,9 @@ class ServerCore:
             self.central = CentralGaussianSum(bound=message_bound(cfg), noise_multiplier=self.noise_multiplier)
         self._population: list[Any] = []
         self._cohort: frozenset[str] = frozenset()
+        self._skip = ""
+        self.completed_rounds = 0
+        self.resumed_from = 0  # the round a resumed run's checkpoint was written after (0: a fresh run)
         self._norm_limit = self.algorithm.message_norm_limit(self.dim)
         self.ledger = PrivacyLedger(cfg.delta)
         self.rows: list[dict[str, Any]] = []
@@ -251,28 +255,32 @@ class ServerCore:
     # -- round: sample, broadcast
 
     def sample(self, client_ids: list[Any]) -> list[Any]:
-        """This round's cohort from the connected clients, seeded.
+        """This round's cohort from the clients connected now, seeded.
 
-        ``central``: Poisson sampling at rate q (possibly empty; every connected client is
-        charged at q this round). Otherwise ``clients-per-round`` of them without replacement;
-        an error if too few are connected.
+        ``central``: Poisson sampling at rate q from the connected clients (possibly empty; each
+        of them is charged at q this round). Otherwise ``clients-per-round`` of them without
+        replacement, or all if fewer are connected. With fewer than ``min-clients-per-round``
+        connected the round is skipped: no one is addressed, nothing is released or charged.
         """
+        self._skip = ""
+        self._population = []
+        if len(client_ids) < self.cfg.min_clients_per_round:
+            self._skip = f"{len(client_ids)} clients connected, min-clients-per-round is {self.cfg.min_clients_per_round}"
+            self._cohort = frozenset()
+            return []
         if self.central is not None:
             self._population = sorted(client_ids)
             cohort = poisson_cohort(self._population, self.cfg.client_sample_rate, self._rng)
         else:
-            if len(client_ids) < self.cfg.clients_per_round:
-                raise ConfigError(
-                    f"clients-per-round is {self.cfg.clients_per_round} but only {len(client_ids)} clients are connected"
-                )
-            cohort = self._rng.sample(sorted(client_ids), self.cfg.clients_per_round)
+            cohort = self._rng.sample(sorted(client_ids), min(self.cfg.clients_per_round, len(client_ids)))
         self._cohort = frozenset(str(client) for client in cohort)
         return cohort
 
     def broadcast(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and config of this round's training request."""
         self._round_started = time.perf_counter()
-        return {"x": self.x.numpy().copy()}, {"server-round": server_round, DP_NOISE: self.client_noise_multiplier}
+        config = {"server-round": server_round, DP_NOISE: self.client_noise_multiplier, RESUMED_FROM: self.resumed_from}
+        return {"x": self.x.numpy().copy()}, config
 
     # -- round: aggregate
 
@@ -318,9 +326,14 @@ class ServerCore:
             self.ledger.record_many(self._population, self.central.release(self.cfg.client_sample_rate))
         self._cohort = frozenset()  # a late reply of this round is not addressed by the next one
 
-        # under central DP the noised sum is released every round, even from an empty cohort:
-        # skipping a round would reveal that nobody was sampled
-        if accepted or self.central is not None:
+        skipped = self._skip
+        if not skipped and self.central is None and len(accepted) < self.cfg.min_clients_per_round:
+            skipped = f"{len(accepted)} replies accepted, min-clients-per-round is {self.cfg.min_clients_per_round}"
+        # under central DP the noised sum is released every round a cohort was drawn, even an empty
+        # one, whoever replied: skipping on the replies would reveal who was sampled
+        if skipped:
+            log.warning("round %d skipped: %s", server_round, skipped)
+        elif accepted or self.central is not None:
             messages = [vector for _, vector in accepted]
             candidate_state = {k: v.clone() for k, v in self.state.items()}
             if self.central is not None:
@@ -362,13 +375,21 @@ class ServerCore:
         if server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_server_rounds:
             row.update(self.evaluate_fn(self.x))
         row["round-seconds"] = time.perf_counter() - self._round_started
+        row["skipped"] = skipped
         row["rejections"] = "; ".join(rejected)
         self.rows.append(row)
+        self.completed_rounds = server_round
+        if self.cfg.checkpoint_every > 0:
+            # every round, not only at checkpoints: a resumed run must not forget what was released since
+            write_checkpoint(
+                ledger_journal_path(self.cfg),
+                {"config": config_fingerprint(self.cfg), "round": server_round, "ledger": self.ledger.state_dict()},
+            )
         log.info(
             "round %d/%d: %s",
             server_round,
             self.cfg.num_server_rounds,
-            ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("strategy", "privacy-model", "rejections")),
+            ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("strategy", "privacy-model", "rejections", "skipped")),
         )
         return row
 
@@ -403,6 +424,95 @@ class ServerCore:
                     server_round, reply.client_id, claimed, booked,
                 )
 
+    # -- checkpoints
+
+    def checkpoint_due(self, server_round: int) -> bool:
+        every = self.cfg.checkpoint_every
+        return every > 0 and (server_round % every == 0 or server_round == self.cfg.num_server_rounds)
+
+    def write_checkpoint(self, clients: Mapping[str, State] | None = None) -> Path:
+        """Everything the rounds so far determined, to ``results-dir/<run>/checkpoint`` (atomic)."""
+        path = checkpoint_path(self.cfg)
+        write_checkpoint(
+            path,
+            {
+                "config": config_fingerprint(self.cfg),
+                "round": self.completed_rounds,
+                "x": self.x.clone(),
+                "state": {k: v.clone() for k, v in self.state.items()},
+                "ledger": self.ledger.state_dict(),
+                "rng": None if isinstance(self._rng, random.SystemRandom) else _rng_to_list(self._rng.getstate()),
+                "rows": [dict(row) for row in self.rows],
+                "clients": {cid: dict(state) for cid, state in (clients or {}).items() if state},
+            },
+        )
+        log.info("round %d: checkpoint written to %s", self.completed_rounds, path)
+        return path
+
+    def resume(self) -> dict[str, State]:
+        """With ``resume``, restore the run's checkpoint (if there is one); returns the in-process
+        clients' states it holds. Every field is checked before any is used."""
+        path = checkpoint_path(self.cfg)
+        if not self.cfg.resume:
+            if self.cfg.checkpoint_every > 0:  # a fresh run: an earlier run's files are not its own
+                path.unlink(missing_ok=True)
+                ledger_journal_path(self.cfg).unlink(missing_ok=True)
+            return {}
+        if not path.exists():
+            log.info("resume: no checkpoint at %s, starting at round 1", path)
+            return {}
+        payload = read_checkpoint(path, self.cfg)
+
+        def fail(reason: str) -> ConfigError:
+            return ConfigError(f"resume: checkpoint {path}: {reason}")
+
+        x, state, rows, clients = payload.get("x"), payload.get("state"), payload.get("rows"), payload.get("clients")
+        if not (isinstance(x, torch.Tensor) and x.shape == self.x.shape and x.dtype == self.x.dtype and torch.isfinite(x).all()):
+            raise fail(f"x is not a finite float32 vector of {self.dim} entries")
+        if not (isinstance(state, dict) and set(state) == set(self.state)
+                and all(isinstance(state[k], torch.Tensor) and state[k].shape == v.shape and torch.isfinite(state[k]).all()
+                        for k, v in self.state.items())):
+            raise fail("the algorithm's server state does not match this strategy's")
+        if not (isinstance(rows, list) and len(rows) == payload["round"] and all(isinstance(r, dict) for r in rows)):
+            raise fail("metrics rows do not match its round")
+        if not (isinstance(clients, dict) and all(isinstance(c, dict) and all(isinstance(v, torch.Tensor) for v in c.values()) for c in clients.values())):
+            raise fail("client states are not tensors")
+        ledger = PrivacyLedger(self.cfg.delta)
+        journal = ledger_journal_path(self.cfg)
+        if journal.exists():
+            # releases after the checkpoint happened too: a replayed round is charged again (with
+            # os-randomness it is a new release; seeded, the same one, and the charge is conservative)
+            later = read_checkpoint(journal, self.cfg)
+            if later["round"] >= payload["round"]:
+                payload = {**payload, "ledger": later.get("ledger")}
+        try:
+            ledger.load_state_dict(payload.get("ledger"))  # type: ignore[arg-type]
+            self._check_ledger_mechanisms(ledger)
+            rng_state = None if payload.get("rng") is None else _rng_from_list(payload["rng"])
+            if rng_state is not None and not isinstance(self._rng, random.SystemRandom):
+                self._rng.setstate(rng_state)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise fail(str(err)) from None
+        self.x, self.state, self.ledger, self.rows = x, state, ledger, rows
+        self.completed_rounds = self.resumed_from = payload["round"]
+        log.info("resume: continuing after round %d from %s", self.completed_rounds, path)
+        return clients
+
+    def _check_ledger_mechanisms(self, ledger: PrivacyLedger) -> None:
+        """Every booked release must be this run's mechanism (or the epsilon = inf charge): a
+        checkpoint cannot book a client at a noise multiplier the run never used. (DP-SGD's
+        mechanism depends on each client's data size, which the server learns only from replies.)"""
+        if self.algorithm.release_depends_on_data_size:
+            return
+        release = self.algorithm.expected_release(1)
+        allowed = {0.0, self.noise_multiplier, self.client_noise_multiplier}
+        if release is not None:
+            allowed.add(release.noise_multiplier)
+        for client, history in ledger.state_dict().items():
+            for noise, _, _ in history:
+                if not any(math.isclose(noise, a, rel_tol=1e-9) for a in allowed):
+                    raise ValueError(f"ledger: {client} is booked at noise multiplier {noise:.6g}, not this run's mechanism")
+
     def history(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 
@@ -413,6 +523,23 @@ class ServerCore:
         self.history().to_csv(path, index=False)
         return path
 
+
+def _rng_to_list(state: tuple[Any, ...]) -> list[Any]:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_list(saved: Any) -> tuple[Any, ...]:
+    if not (isinstance(saved, list) and len(saved) == 3 and isinstance(saved[1], list) and all(isinstance(v, int) for v in saved[1])):
+        raise ValueError("the cohort RNG state is malformed")
+    probe = random.Random()
+    probe.setstate((saved[0], tuple(saved[1]), saved[2]))  # raises on a state Random does not accept
+    return probe.getstate()
+
+
+#: training-request config key: the checkpoint round a resumed run started after (clients restore
+#: their state as of that round, see fl_dp.client_state)
+RESUMED_FROM = "resumed-from"
 
 #: what an honest client reports: always, under ``local`` privacy, and only without privacy
 ALWAYS_REPORTED = frozenset({NUM_EXAMPLES})
@@ -535,6 +662,11 @@ class InProcessFederation:
         self.server = ServerCore(self.cfg, self.evaluate_fn)
         self.clients = LazyClients(self.cfg)
         self.states = {cid: {} for cid in self.clients}
+        restored = self.server.resume()
+        unknown = set(restored) - set(self.states)
+        if unknown:
+            raise ConfigError(f"resume: checkpoint holds states of clients this run does not have: {sorted(unknown)[:3]}")
+        self.states.update(restored)
 
     def run_round(self, server_round: int) -> dict[str, Any]:
         arrays, config = self.server.broadcast(server_round)
@@ -542,10 +674,15 @@ class InProcessFederation:
         for cid in self.server.sample(list(self.clients)):
             out_arrays, metrics, self.states[cid] = self.clients[cid].train(arrays, config, self.states[cid])
             replies.append(Reply(cid, out_arrays, metrics))
-        return self.server.aggregate(server_round, replies)
+        row = self.server.aggregate(server_round, replies)
+        if self.server.checkpoint_due(server_round):
+            self.server.write_checkpoint(self.states)
+        return row
 
-    def run(self) -> pd.DataFrame:
-        for server_round in range(1, self.cfg.num_server_rounds + 1):
+    def run(self, stop_after: int | None = None) -> pd.DataFrame:
+        """Rounds after the last completed one (all of them, or up to ``stop_after``)."""
+        last = self.cfg.num_server_rounds if stop_after is None else min(stop_after, self.cfg.num_server_rounds)
+        for server_round in range(self.server.completed_rounds + 1, last + 1):
             self.run_round(server_round)
         return self.server.history()
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -137,6 +139,28 @@ class PrivacyLedger:
 
     def epsilons(self) -> dict[str, float]:
         return {client: self.epsilon(client) for client in self._releases}
+
+    def state_dict(self) -> dict[str, list[list[float]]]:
+        """Every client's releases as rows (noise multiplier, sample rate, steps), for a checkpoint."""
+        return {client: [[r.noise_multiplier, r.sample_rate, float(r.steps)] for r in history] for client, history in self._releases.items()}
+
+    def load_state_dict(self, rows: Mapping[str, Any]) -> None:
+        """Replace the ledger by checkpointed rows; ValueError on anything that is not a release."""
+        releases: dict[str, list[Release]] = {}
+        for client, history in rows.items():
+            if not isinstance(client, str) or not isinstance(history, list):
+                raise ValueError("ledger: client ids map to lists of releases")
+            checked = []
+            for row in history:
+                if not (isinstance(row, list) and len(row) == 3 and all(isinstance(v, float) for v in row)):
+                    raise ValueError(f"ledger: a release of {client} is not (noise, rate, steps)")
+                noise, rate, steps = row
+                if not (noise >= 0 and 0 < rate <= 1 and steps >= 1 and steps.is_integer()):
+                    raise ValueError(f"ledger: release {row} of {client} is not a valid mechanism")
+                checked.append(Release(noise, rate, int(steps)))
+            releases[client] = checked
+        self._releases = releases
+        self._epsilon_cache = {}
 
     def summary(self) -> tuple[float, float]:
         """(max, mean) epsilon over the clients that released anything; (0, 0) if none."""

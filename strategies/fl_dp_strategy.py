@@ -58,8 +58,10 @@ class FlDpStrategy(Strategy):
     (the server's test split), so no evaluation messages are sent.
     """
 
-    def __init__(self, core: ServerCore) -> None:
+    def __init__(self, core: ServerCore, first_round: int = 1) -> None:
         self.core = core
+        # Flower counts the rounds of this start() from 1; a resumed run continues the run's count
+        self.round_offset = first_round - 1
 
     def summary(self) -> None:
         cfg = self.core.cfg
@@ -76,7 +78,9 @@ class FlDpStrategy(Strategy):
         return to_array_record({"x": self.core.x.numpy()})
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        node_ids = self.core.sample(list(grid.get_node_ids()))
+        server_round += self.round_offset
+        connected = wait_for_nodes_or_give_up(grid, self.core.cfg.min_clients_per_round, self.core.cfg.round_timeout)
+        node_ids = self.core.sample(connected)
         broadcast_arrays, broadcast_config = self.core.broadcast(server_round)
         record = RecordDict(
             {
@@ -87,6 +91,7 @@ class FlDpStrategy(Strategy):
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node_id) for node_id in node_ids]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         parsed: list[Reply] = []
         failures: list[tuple[str, str]] = []
         for message in replies:
@@ -100,6 +105,8 @@ class FlDpStrategy(Strategy):
                 # passed on with its reason, so that the ledger charges an addressed client
                 parsed.append(Reply(client, {}, {}, error=str(err)))
         row = self.core.aggregate(server_round, parsed, failures)
+        if self.core.checkpoint_due(server_round):
+            self.core.write_checkpoint()
         numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         # MetricRecord holds what Flower can serialise: NaN stays out rather than travelling silently.
         metrics = MetricRecord({k: v for k, v in numeric.items() if math.isfinite(v) or math.isinf(v)})
@@ -112,20 +119,36 @@ class FlDpStrategy(Strategy):
         return None
 
 
-def wait_for_nodes(grid: Grid, num_nodes: int, timeout: float, poll: float = 1.0) -> list[int]:
-    """Block until ``num_nodes`` SuperNodes are connected, so that round 1 samples from all of them."""
+def wait_for_nodes(grid: Grid, num_nodes: int, timeout: float, at_least: int = 1, poll: float = 1.0) -> list[int]:
+    """Block until ``num_nodes`` SuperNodes are connected, so that round 1 samples from all of them;
+    after ``timeout`` seconds, go on with those connected if they are ``at_least`` (logged)."""
     deadline = time.monotonic() + timeout
     while True:
         nodes = list(grid.get_node_ids())
         if len(nodes) >= num_nodes:
             return nodes
         if time.monotonic() > deadline:
+            if len(nodes) >= at_least:
+                log.warning("only %d of num-clients=%d nodes connected after %.0f s: starting with them", len(nodes), num_nodes, timeout)
+                return nodes
             raise ConfigError(
-                f"only {len(nodes)} of num-clients={num_nodes} nodes connected after {timeout:.0f} s; "
-                "start more SuperNodes or lower num-clients"
+                f"only {len(nodes)} of num-clients={num_nodes} nodes connected after {timeout:.0f} s "
+                f"(min-clients-per-round={at_least}); start more SuperNodes or lower num-clients"
             )
         log.info("waiting for nodes: %d of %d connected", len(nodes), num_nodes)
         time.sleep(poll)
+
+
+def wait_for_nodes_or_give_up(grid: Grid, num_nodes: int, timeout: float, poll: float = 1.0) -> list[int]:
+    """The connected SuperNodes once ``num_nodes`` are, or those connected after ``timeout`` seconds
+    (a round with too few is skipped by :meth:`ServerCore.sample`, with its reason)."""
+    deadline = time.monotonic() + timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < num_nodes and time.monotonic() < deadline:
+        log.info("waiting for clients: %d connected, min-clients-per-round is %d", len(nodes), num_nodes)
+        time.sleep(poll)
+        nodes = list(grid.get_node_ids())
+    return nodes
 
 
 def wait_for_federation(grid: Grid, timeout: float, settle: float = 3.0, poll: float = 1.0) -> list[int]:

@@ -37,14 +37,20 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.num_clients:
         cfg = cfg.for_federation(cfg.num_clients)
         core = ServerCore(cfg)  # a bad config fails here, before any wait
-        wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
+        wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout, at_least=cfg.min_clients_per_round)
     else:
         nodes = wait_for_federation(grid, cfg.node_wait_timeout)
         cfg = cfg.for_federation(len(nodes))
         log.info("num-clients = 0: the federation's %d SuperNodes, %d a round", cfg.num_clients, cfg.clients_per_round)
         core = ServerCore(cfg)
-    strategy = FlDpStrategy(core)
-    strategy.start(grid=grid, initial_arrays=strategy.initial_arrays(), num_rounds=cfg.num_server_rounds)
+    core.resume()
+    strategy = FlDpStrategy(core, first_round=core.completed_rounds + 1)
+    strategy.start(
+        grid=grid,
+        initial_arrays=strategy.initial_arrays(),
+        num_rounds=cfg.num_server_rounds - core.completed_rounds,
+        timeout=cfg.round_timeout,
+    )
     path = core.save()
     log.info("per-round metrics written to %s", path.resolve())
     final = core.rows[-1] if core.rows else {}

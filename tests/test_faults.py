@@ -1,0 +1,273 @@
+"""Runs that survive faults: dropouts, lost client state, a server resumed from its checkpoint."""
+
+import logging
+
+import pandas as pd
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.client_app import train as client_train
+from fl_dp.checkpoint import checkpoint_path, ledger_journal_path, write_checkpoint
+from fl_dp.client_state import ClientStateStore
+from fl_dp.config import ConfigError
+from fl_dp.federation import LEDGER_STATE, InProcessFederation, Reply, ServerCore
+from strategies.fl_dp_strategy import FlDpStrategy
+
+TIMING = {"round-seconds"}
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+def _rows(rows):
+    """The metrics rows without wall times, NaN equal to NaN."""
+    return pd.DataFrame(rows).drop(columns=list(TIMING))
+
+
+# ---------------------------------------------------------------- dropouts
+
+
+def _honest_replies(cfg, server, cohort, server_round):
+    fed = InProcessFederation(cfg)
+    arrays, config = server.broadcast(server_round)
+    return [Reply(c, *fed.clients[c].train(arrays, config, {})[:2]) for c in cohort]
+
+
+def test_a_cohort_is_drawn_from_the_clients_connected_now(tiny_cfg):
+    server = ServerCore(tiny_cfg.replace(clients_per_round=3))
+    cohort = server.sample(["client-0", "client-2"])  # two of four connected
+    assert sorted(cohort) == ["client-0", "client-2"]
+    row = server.aggregate(1, _honest_replies(tiny_cfg, server, cohort, 1))
+    assert row["accepted"] == 2 and row["skipped"] == ""
+
+
+def test_too_few_connected_skips_the_round_without_release_or_charge(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", noise_multiplier=1.0, min_clients_per_round=3)
+    server = ServerCore(cfg)
+    x = server.x.clone()
+    assert server.sample(["client-0", "client-1"]) == []
+    row = server.aggregate(1, [])
+    assert row["skipped"] == "2 clients connected, min-clients-per-round is 3"
+    assert torch.equal(server.x, x) and server.ledger.epsilons() == {}
+    # the clients come back: the next round samples them again
+    assert len(server.sample([f"client-{i}" for i in range(4)])) == 4
+
+
+def test_too_few_replies_skip_the_update_but_the_repliers_are_charged(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", noise_multiplier=1.0, min_clients_per_round=3)
+    server = ServerCore(cfg)
+    x = server.x.clone()
+    cohort = server.sample([f"client-{i}" for i in range(4)])
+    replies = _honest_replies(cfg, server, cohort, 1)[:2]  # two dropped out
+    row = server.aggregate(1, replies, failures=[(c, "node unavailable") for c in cohort[2:]])
+    assert row["skipped"] == "2 replies accepted, min-clients-per-round is 3"
+    assert torch.equal(server.x, x)
+    assert set(server.ledger.epsilons()) == {str(c) for c in cohort[:2]}
+
+
+def test_central_dp_releases_every_drawn_round_whoever_replies(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", privacy_model="central", noise_multiplier=1.0, min_clients_per_round=3)
+    server = ServerCore(cfg)
+    x = server.x.clone()
+    population = [f"client-{i}" for i in range(4)]
+    server.sample(population)
+    row = server.aggregate(1, [])  # every sampled client dropped out: the noised sum is still released
+    assert row["skipped"] == "" and not torch.equal(server.x, x)
+    assert set(server.ledger.epsilons()) == set(population)
+
+
+# ---------------------------------------------------------------- server checkpoints
+
+
+RESUMABLE = [
+    ("alpha-normec", dict(privacy_model="central", target_epsilon=5.0, num_clients=12, clients_per_round=4)),
+    ("ef21-sgdm-norm", dict(clients_per_round=2, compress_k=3)),
+    ("dp-sgd-rs", dict(target_epsilon=5.0, batch_size=16, clients_per_round=2)),
+    ("sign-vote", dict(sign_compressor="dp-sign", round_epsilon=1.0, clients_per_round=3)),
+]
+
+
+@pytest.mark.parametrize("strategy, extra", RESUMABLE)
+def test_a_resumed_run_equals_the_uninterrupted_one_bit_for_bit(tiny_cfg, tmp_path, strategy, extra):
+    cfg = tiny_cfg.replace(strategy=strategy, num_server_rounds=6, checkpoint_every=2, results_dir=str(tmp_path), **extra)
+    whole = InProcessFederation(cfg.replace(run_name="whole"))
+    whole.run()
+    interrupted = InProcessFederation(cfg)
+    interrupted.run(stop_after=4)  # stopped right after a checkpoint
+    resumed = InProcessFederation(cfg.replace(resume=True))
+    assert resumed.server.completed_rounds == 4
+    resumed.run()
+    assert torch.equal(resumed.server.x, whole.server.x)
+    assert resumed.server.ledger.state_dict() == whole.server.ledger.state_dict()
+    pd.testing.assert_frame_equal(_rows(resumed.server.rows), _rows(whole.server.rows))
+    assert all(torch.equal(resumed.states[c][k], whole.states[c][k]) for c in whole.states for k in whole.states[c])
+
+
+def test_rounds_after_the_last_checkpoint_are_replayed_and_charged_again(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", noise_multiplier=1.0, num_server_rounds=6, checkpoint_every=2,
+                           results_dir=str(tmp_path))
+    whole = InProcessFederation(cfg.replace(run_name="whole"))
+    whole.run()
+    InProcessFederation(cfg).run(stop_after=3)  # round 3 released, then lost
+    resumed = InProcessFederation(cfg.replace(resume=True))
+    assert resumed.server.completed_rounds == 2
+    resumed.run()
+    assert torch.equal(resumed.server.x, whole.server.x)
+    for client, eps in whole.server.ledger.epsilons().items():
+        # never charged less than what was released: round 3 went out twice
+        assert resumed.server.ledger.epsilon(client) > eps
+
+
+def test_resume_without_a_checkpoint_starts_at_round_one(tiny_cfg, tmp_path, caplog):
+    cfg = tiny_cfg.replace(results_dir=str(tmp_path), checkpoint_every=1, resume=True)
+    with caplog.at_level(logging.INFO, logger="fl_dp"):
+        fed = InProcessFederation(cfg)
+    assert fed.server.completed_rounds == 0 and "no checkpoint" in caplog.text
+
+
+def _checkpointed(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", noise_multiplier=1.0, checkpoint_every=1, results_dir=str(tmp_path))
+    InProcessFederation(cfg).run(stop_after=2)
+    return cfg, checkpoint_path(cfg)
+
+
+def _forge(path, **changes):
+    payload = torch.load(path, weights_only=True)
+    payload.update(changes)
+    write_checkpoint(path, {k: v for k, v in payload.items() if k != "format"})
+
+
+@pytest.mark.parametrize("forgery, message", [
+    (lambda p: p.write_bytes(b"not a checkpoint"), "unreadable"),
+    (lambda p: torch.save({"format": "other"}, p), "not an fl-dp-checkpoint/1 file"),
+    (lambda p: _forge(p, round=99), "outside"),
+    (lambda p: _forge(p, x=torch.zeros(3)), "x is not a finite float32 vector"),
+    (lambda p: _forge(p, x=torch.full((2 * 20 + 2,), float("nan"))), "x is not a finite"),
+    (lambda p: _forge(p, state={"G": torch.zeros(1)}), "server state does not match"),
+    (lambda p: _forge(p, ledger={"client-0": [[0.001, 1.0, 1.0]]} | {"client-1": [[-1.0, 1.0, 1.0]]}), "not a valid mechanism"),
+    (lambda p: _forge(p, ledger={"client-0": "cheap"}), "lists of releases"),
+    (lambda p: _forge(p, ledger={"client-0": [[100.0, 1.0, 2.0]]}), "not this run's mechanism"),
+    (lambda p: _forge(p, rng=[3, [1, 2], None]), "state vector is the wrong size"),
+    (lambda p: _forge(p, rng="seed"), "RNG state is malformed"),
+    (lambda p: _forge(p, rows=[]), "metrics rows"),
+])
+def test_a_damaged_or_forged_checkpoint_is_refused_naming_resume(tiny_cfg, tmp_path, forgery, message):
+    cfg, path = _checkpointed(tiny_cfg, tmp_path)
+    ledger_journal_path(cfg).unlink()
+    forgery(path)
+    with pytest.raises(ConfigError, match=message) as err:
+        InProcessFederation(cfg.replace(resume=True))
+    assert str(err.value).startswith("resume: checkpoint")
+
+
+def test_a_checkpoint_of_another_config_is_refused(tiny_cfg, tmp_path):
+    cfg, _ = _checkpointed(tiny_cfg, tmp_path)
+    with pytest.raises(ConfigError, match="other values of noise-multiplier"):
+        InProcessFederation(cfg.replace(resume=True, noise_multiplier=2.0))
+    # how long a run is may change when it resumes
+    assert InProcessFederation(cfg.replace(resume=True, num_server_rounds=5)).server.completed_rounds == 2
+
+
+def test_a_pickled_object_in_a_checkpoint_never_runs(tiny_cfg, tmp_path):
+    cfg, path = _checkpointed(tiny_cfg, tmp_path)
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('ran')",))
+
+    torch.save({"format": "fl-dp-checkpoint/1", "x": Payload()}, path)
+    with pytest.raises(ConfigError, match="unreadable"):
+        InProcessFederation(cfg.replace(resume=True))
+
+
+# ---------------------------------------------------------------- client state on disk
+
+
+def _context(cfg, node, partition, run_id, state_dir):
+    return Context(
+        run_id=run_id,
+        node_id=node,
+        node_config={"partition-id": partition, "num-partitions": cfg.num_clients, "state-dir": str(state_dir)},
+        state=RecordDict(),
+        run_config=cfg.to_flwr(),
+    )
+
+
+def _flower_rounds(strategy, contexts, rounds, lose_state_of=None):
+    nodes = sorted(contexts)
+    arrays = strategy.initial_arrays()
+    for server_round in rounds:
+        if lose_state_of is not None and server_round == lose_state_of[1]:
+            node = lose_state_of[0]
+            assert contexts[node].state.array_records, "the node to restart never trained: nothing to lose"
+            contexts[node] = Context(run_id=contexts[node].run_id, node_id=node, node_config=contexts[node].node_config,
+                                     state=RecordDict(), run_config=contexts[node].run_config)  # the SuperNode restarted
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), FakeGrid(nodes)))
+        replies = [client_train(m, contexts[m.metadata.dst_node_id]) for m in messages]
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+    return strategy.core
+
+
+class FakeGrid:
+    def __init__(self, node_ids):
+        self.node_ids = node_ids
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+
+EF_CFG = dict(strategy="alpha-normec", noise_multiplier=0.7, server_lr=0.3, num_server_rounds=6, clients_per_round=2)
+
+
+def test_a_restarted_supernode_resumes_its_state_from_its_disk(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(**EF_CFG)
+    contexts = {101 + i: _context(cfg, 101 + i, i, 1, tmp_path / f"node-{i}") for i in range(4)}
+    core = _flower_rounds(FlDpStrategy(ServerCore(cfg)), contexts, range(1, 7), lose_state_of=(102, 4))
+    whole = InProcessFederation(cfg)
+    whole.run()
+    assert torch.allclose(core.x, whole.server.x, atol=1e-6)
+    assert sorted(core.ledger.epsilons().values()) == pytest.approx(sorted(whole.server.ledger.epsilons().values()))
+
+
+def test_a_server_resumed_through_flower_equals_the_uninterrupted_run(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(**EF_CFG, checkpoint_every=2, results_dir=str(tmp_path / "server"))
+    dirs = [tmp_path / f"node-{i}" for i in range(4)]
+    first = {101 + i: _context(cfg, 101 + i, i, 1, dirs[i]) for i in range(4)}
+    _flower_rounds(FlDpStrategy(ServerCore(cfg)), first, range(1, 4))  # crashes after round 3
+    resumed_cfg = cfg.replace(resume=True)
+    core = ServerCore(resumed_cfg)
+    core.resume()
+    assert core.completed_rounds == 2
+    # a new Flower run: the SuperNodes' contexts are empty, their disks are not
+    second = {101 + i: _context(resumed_cfg, 101 + i, i, 2, dirs[i]) for i in range(4)}
+    _flower_rounds(FlDpStrategy(core, first_round=3), second, range(1, 5))
+    whole = InProcessFederation(cfg.replace(results_dir=str(tmp_path / "whole")))
+    whole.run()
+    assert torch.allclose(core.x, whole.server.x, atol=1e-6)
+    # replayed round 3 is charged twice, on the server and in the client's own ledger
+    for client, eps in whole.server.ledger.epsilons().items():
+        assert core.ledger.epsilon(str(101 + int(client.split("-")[1]))) >= eps - 1e-9
+
+
+def test_client_state_store_picks_the_state_the_server_resumes_from(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(checkpoint_every=2)
+    store = ClientStateStore(tmp_path, cfg, 0)
+    ledger = lambda n: torch.full((1, 3), float(n), dtype=torch.float64)  # noqa: E731
+    s1, s3 = {"g": torch.ones(2), LEDGER_STATE: ledger(1)}, {"g": torch.full((2,), 3.0), LEDGER_STATE: ledger(3)}
+    store.save(run_id=7, server_round=1, before={}, after=s1)
+    store.save(run_id=7, server_round=3, before=s1, after=s3)  # s1 is the state as of checkpoint round 2
+    assert torch.equal(store.restore(run_id=7, resumed_from=0)["g"], s3["g"])  # the SuperNode restarted
+    assert store.restore(run_id=8, resumed_from=0) == {}  # a fresh run
+    as_of_2 = store.restore(run_id=8, resumed_from=2)
+    assert torch.equal(as_of_2["g"], s1["g"])
+    assert torch.equal(as_of_2[LEDGER_STATE], s3[LEDGER_STATE])  # the ledger never goes back
+    assert torch.equal(store.restore(run_id=8, resumed_from=4)["g"], s3["g"])
+    assert set(store.restore(run_id=8, resumed_from=1)) == {LEDGER_STATE}  # no copy as of round 1: empty state
+    store.path.write_bytes(b"\x00garbage")
+    assert store.restore(run_id=7, resumed_from=0) == {}
+    assert ClientStateStore(tmp_path, cfg.replace(seed=1), 0).restore(run_id=7, resumed_from=0) == {}
