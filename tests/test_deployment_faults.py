@@ -1,0 +1,164 @@
+"""Faults in a real deployment (SuperLink + 3 SuperNodes, TLS, SuperNode authentication, as in
+deploy.sh): a SuperNode killed mid-run and restarted, and a run stopped and resumed from its checkpoint."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fl_dp.config import RunConfig
+from fl_dp.federation import run_inprocess
+
+ROOT = Path(__file__).parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+class Federation:
+    """One SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1, each node with its own key and state-dir."""
+
+    def __init__(self, tmp_path: Path, num_nodes: int) -> None:
+        self.tmp = tmp_path
+        self.num_nodes = num_nodes
+        self.port = 24000 + os.getpid() % 1500 * 6
+        self.env = {**os.environ, "FLWR_HOME": str(tmp_path / "home"), "FLWR_TELEMETRY_ENABLED": "0",
+                    "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+        self.env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)
+        (tmp_path / "home").mkdir()
+        self.certs = tmp_path / "certs"
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_certs.py"), str(self.certs)], check=True, capture_output=True)
+        (tmp_path / "home" / "config.toml").write_text(
+            f'[superlink]\ndefault = "t"\n[superlink.t]\naddress = "127.0.0.1:{self.port}"\n'
+            f'root-certificates = "{self.certs}/ca.crt"\n'
+        )
+        self.superlink = self._spawn(
+            ["flower-superlink", "--ssl-ca-certfile", f"{self.certs}/ca.crt", "--ssl-certfile", f"{self.certs}/server.pem",
+             "--ssl-keyfile", f"{self.certs}/server.key", "--host", "127.0.0.1", "--port", str(self.port),
+             "--database", str(tmp_path / "superlink.db"), "--enable-supernode-auth",
+             "--disable-runtime-dependency-installation"], "superlink")
+        self.nodes: dict[int, subprocess.Popen] = {}
+        for i in range(num_nodes):
+            key = tmp_path / f"node-{i}"
+            subprocess.run([shutil.which("ssh-keygen"), "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(key)], check=True)
+            for _ in range(30):
+                if self.flwr("supernode", "register", f"{key}.pub", "t").returncode == 0:
+                    break
+                time.sleep(1)
+            self.start_node(i)
+
+    def _spawn(self, command, name):
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def start_node(self, i: int) -> None:
+        self.nodes[i] = self._spawn(
+            ["flower-supernode", "--superlink", f"127.0.0.1:{self.port}", "--root-certificates", f"{self.certs}/ca.crt",
+             "--auth-supernode-private-key", str(self.tmp / f"node-{i}"),
+             "--node-config", f"partition-id={i} num-partitions={self.num_nodes} state-dir='{self.tmp / f'state-{i}'}'",
+             "--host", "127.0.0.1", "--port", str(self.port + 1 + i)], f"supernode-{i}")
+
+    def kill_node(self, i: int) -> None:
+        self.nodes[i].kill()
+        self.nodes[i].wait()
+
+    def flwr(self, *args, timeout=120):
+        return subprocess.run(["flwr", *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+    def run(self, run_config: str) -> str:
+        started = self.flwr("run", ".", "t", "--run-config", run_config)
+        assert started.returncode == 0, started.stdout + started.stderr
+        return re.search(r"Successfully started run (\d+)", started.stdout + started.stderr).group(1)
+
+    def log(self, run_id: str) -> str:
+        return self.flwr("log", run_id, "t", "--show").stdout
+
+    def status(self, run_id: str) -> str:
+        listed = self.flwr("ls", "t", "--run-id", run_id, "--format", "json")
+        return json.loads(listed.stdout)["runs"][0]["status"]
+
+    def wait_for(self, run_id: str, pattern: str, timeout: float = 400) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log(run_id)
+            if re.search(pattern, log):
+                return log
+            assert not self.status(run_id).startswith("finished"), log[-4000:]
+            time.sleep(2)
+        raise AssertionError(f"no {pattern!r} in the run's log after {timeout} s:\n{self.log(run_id)[-4000:]}")
+
+    def wait_until_finished(self, run_id: str, timeout: float = 500) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(run_id)
+            if status.startswith("finished"):
+                return status
+            time.sleep(2)
+        raise AssertionError(f"run {run_id} not finished after {timeout} s")
+
+    def close(self) -> None:
+        for proc in [*self.nodes.values(), self.superlink]:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def federation(tmp_path):
+    fed = Federation(tmp_path, 3)
+    yield fed
+    fed.close()
+
+
+SETTINGS = dict(
+    strategy="alpha-normec", dataset="synthetic", model="logreg", batch_size=0, server_lr=0.5, noise_multiplier=0.8,
+    num_clients=3, clients_per_round=3,
+)
+
+
+def _run_config(tmp_path, **extra):
+    settings = {**SETTINGS, **extra}
+    pairs = [f"{k.replace('_', '-')}='{v}'" if isinstance(v, str) else f"{k.replace('_', '-')}={str(v).lower() if isinstance(v, bool) else v}"
+             for k, v in settings.items()]
+    return " ".join(pairs) + f" os-randomness=false results-dir='{tmp_path / 'results'}'"
+
+
+def test_a_supernode_stopped_and_restarted_mid_run_does_not_end_it(federation, tmp_path):
+    rounds = 6
+    run_id = federation.run(_run_config(tmp_path, num_server_rounds=rounds, min_clients_per_round=2, round_timeout=120.0,
+                                        run_name="restart"))
+    federation.wait_for(run_id, r"round 1/6:")
+    federation.kill_node(1)
+    federation.wait_for(run_id, r"round 3/6:")  # rounds go on with the two others
+    federation.start_node(1)
+    assert federation.wait_until_finished(run_id) == "finished:completed", federation.log(run_id)[-4000:]
+    history = pd.read_csv(tmp_path / "results" / "restart.csv")
+    assert list(history["round"]) == list(range(1, rounds + 1))
+    assert (history["accepted"] >= 2).all()
+    assert (history["accepted"] == 2).any() and history["accepted"].iloc[-1] == 3  # it came back and was sampled again
+    # the restarted client's own ledger came back from its disk: it agrees with the server's
+    assert "reports epsilon" not in federation.log(run_id)
+    assert np.isclose(history["client-epsilon-max"].iloc[-1], history["epsilon-max"].iloc[-1], rtol=1e-9)
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(federation, tmp_path):
+    rounds = 5
+    config = _run_config(tmp_path, num_server_rounds=rounds, checkpoint_every=1, run_name="resumed")
+    first = federation.run(config)
+    federation.wait_for(first, r"round 2/5:")
+    assert federation.flwr("stop", first, "t").returncode == 0
+    assert federation.wait_until_finished(first) == "finished:stopped"
+    second = federation.run(config + " resume=true")
+    assert federation.wait_until_finished(second) == "finished:completed", federation.log(second)[-4000:]
+    assert re.search(r"resume: continuing after round [2-4]", federation.log(second))
+    history = pd.read_csv(tmp_path / "results" / "resumed.csv")
+    assert list(history["round"]) == list(range(1, rounds + 1))
+    reference = run_inprocess(RunConfig(**SETTINGS, num_server_rounds=rounds, results_dir=str(tmp_path / "reference")))
+    assert np.allclose(history["test-loss"], reference["test-loss"], rtol=1e-5)
