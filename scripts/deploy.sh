@@ -11,6 +11,7 @@
 # FL_DP_DEPLOY_PORT (default 19093) is the SuperLink's port; SuperNodes use the next ones.
 # FL_DP_NODE_PRIVACY (e.g. "max-epsilon=8.0 min-noise-multiplier=0.5") is added to every
 # SuperNode's node config: the client operator's own privacy floor (README, "Privacy").
+# FL_DP_CLIENT_STATE_DIR (default results/client-state) holds each SuperNode's state-dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 num_nodes="${1:-2}"
@@ -47,6 +48,9 @@ root-certificates = "$work/certs/ca.crt"
 TOML
 
 export FL_DP_SUPERLINK=tls-local
+# each client's state (g_i, m_i, own ledger) on "its" disk: kept after the script, so that a run
+# started again with resume=true finds it (README, "Runs that survive faults")
+state_dir="${FL_DP_CLIENT_STATE_DIR:-$PWD/results/client-state}"
 
 for i in $(seq 0 $((num_nodes - 1))); do
   ssh-keygen -q -t ecdsa -b 384 -N "" -f "$work/node-$i" -C "fl-dp-node-$i"
@@ -58,7 +62,7 @@ for i in $(seq 0 $((num_nodes - 1))); do
   flower-supernode \
     --superlink "127.0.0.1:$port" --root-certificates "$work/certs/ca.crt" \
     --auth-supernode-private-key "$work/node-$i" \
-    --node-config "partition-id=$i num-partitions=$num_nodes ${FL_DP_NODE_PRIVACY:-}" \
+    --node-config "partition-id=$i num-partitions=$num_nodes state-dir='$state_dir/node-$i' ${FL_DP_NODE_PRIVACY:-}" \
     --host 127.0.0.1 --port $((port + 1 + i)) >"$work/supernode-$i.log" 2>&1 &
   pids+=($!)
 done
