@@ -75,6 +75,16 @@ class Algorithm(ABC):
     #: whether :meth:`expected_release` depends on the client's number of examples
     release_depends_on_data_size: bool = False
 
+    @property
+    def client_state_step(self) -> float | None:
+        """s where a client's state moves by s * message and the server's state holds the mean of
+        the clients' states (error feedback); None where the server state mirrors no client."""
+        return None
+
+    def forget_client_share(self, state: State, share: torch.Tensor) -> None:
+        """Remove one client's state ``share`` from the server's ``state`` (a client that lost its own)."""
+        raise NotImplementedError
+
     def message_norm_limit(self, dim: int) -> float | None:
         """An L2 norm no honest message exceeds (with probability 1 - 1e-9), or None if unbounded."""
         return None
@@ -240,6 +250,13 @@ class ErrorFeedback(Algorithm):
 
     def init_server_state(self, dim: int) -> State:
         return {"G": torch.zeros(dim)}
+
+    @property
+    def client_state_step(self) -> float | None:
+        return self.beta if self.error_feedback else None
+
+    def forget_client_share(self, state: State, share: torch.Tensor) -> None:
+        state["G"] = state["G"] - share / self.num_clients
 
     def server_update(self, x: torch.Tensor, state: State, messages: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
         return self.apply_sum(x, state, torch.stack(messages).sum(0), len(messages))

@@ -55,6 +55,8 @@ DP_RATE = "dp-sample-rate"
 DP_STEPS = "dp-steps"
 CLIENT_EPSILON = "client-epsilon"
 LEDGER_STATE = "privacy-ledger"
+#: reply metric (1): the client trained from an empty error-feedback state (first time, or lost)
+STATE_FRESH = "state-fresh"
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,8 @@ class ClientCore:
         # the dataset size is treated as public; loss and other statistics only leave the client
         # of a non-private run, since they would be unaccounted releases of its data
         metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples}
+        if self.algorithm.client_state_step is not None and "g" not in state:
+            metrics[STATE_FRESH] = 1.0
         if not self.cfg.is_private:
             metrics.update({TRAIN_LOSS: update.train_loss, **update.metrics})
         state = update.state
@@ -234,6 +238,11 @@ class ServerCore:
         self._population: list[Any] = []
         self._cohort: frozenset[str] = frozenset()
         self._skip = ""
+        # each client's share of the server's error-feedback state (the sum of its step * messages),
+        # so that a client that lost its state can be taken out of G when it starts again
+        self.client_shares: dict[str, torch.Tensor] | None = (
+            {} if self.algorithm.client_state_step is not None and cfg.aggregator == "mean" else None
+        )
         self.completed_rounds = 0
         self.resumed_from = 0  # the round a resumed run's checkpoint was written after (0: a fresh run)
         self._norm_limit = self.algorithm.message_norm_limit(self.dim)
@@ -333,9 +342,10 @@ class ServerCore:
         # one, whoever replied: skipping on the replies would reveal who was sampled
         if skipped:
             log.warning("round %d skipped: %s", server_round, skipped)
-        elif accepted or self.central is not None:
+        if (not skipped or (accepted and self.client_shares is not None)) and (accepted or self.central is not None):
             messages = [vector for _, vector in accepted]
             candidate_state = {k: v.clone() for k, v in self.state.items()}
+            fresh = self._forget_lost_states(candidate_state, accepted)
             if self.central is not None:
                 noisy_sum = self.central(messages, self.dim, make_generator(self.cfg, -1, server_round))
                 # the expected cohort q * num-clients, not the realised one, divides where a rule averages
@@ -347,8 +357,12 @@ class ServerCore:
             else:
                 weights = capped_weights([r.metrics[NUM_EXAMPLES] for r, _ in accepted]) if self.algorithm.weighted_by_examples else [1.0] * len(accepted)
                 candidate = self.algorithm.server_update(self.x, candidate_state, messages, weights)
+            if skipped:
+                # the repliers' own states moved: the server's mirror of them must too, the model not
+                candidate = self.x
             if torch.isfinite(candidate).all() and all(torch.isfinite(v).all() for v in candidate_state.values()):
                 self.x, self.state = candidate, candidate_state
+                self._record_shares(accepted, fresh)
             else:
                 rejected.append("aggregate: update not finite, global model kept")
                 log.error("round %d: aggregated update is not finite; global model kept", server_round)
@@ -392,6 +406,28 @@ class ServerCore:
             ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("strategy", "privacy-model", "rejections", "skipped")),
         )
         return row
+
+    def _forget_lost_states(self, state: State, accepted: list[tuple[Reply, torch.Tensor]]) -> set[str]:
+        """Take out of the server's state the share of every client that reports it started from an
+        empty state although it has contributed before (its state was lost): G stays the mean of
+        the clients' states. Returns the clients that started empty."""
+        fresh = {str(r.client_id) for r, _ in accepted if r.metrics.get(STATE_FRESH) == 1.0}
+        if self.client_shares is None:
+            return fresh
+        for client in sorted(fresh & set(self.client_shares)):
+            log.warning("client %s lost its error-feedback state: its share is taken out of the server's state", client)
+            self.algorithm.forget_client_share(state, self.client_shares[client])
+        return fresh
+
+    def _record_shares(self, accepted: list[tuple[Reply, torch.Tensor]], fresh: set[str]) -> None:
+        if self.client_shares is None:
+            return
+        step = self.algorithm.client_state_step
+        assert step is not None
+        for reply, vector in accepted:
+            client = str(reply.client_id)
+            base = None if client in fresh else self.client_shares.get(client)
+            self.client_shares[client] = step * vector if base is None else base + step * vector
 
     def _charge(self, client: str, metrics: Any) -> Release | None:
         """Charge ``client`` the run's release under ``local``, whatever its reply says or lacks.
@@ -443,15 +479,18 @@ class ServerCore:
                 "ledger": self.ledger.state_dict(),
                 "rng": None if isinstance(self._rng, random.SystemRandom) else _rng_to_list(self._rng.getstate()),
                 "rows": [dict(row) for row in self.rows],
+                "shares": None if self.client_shares is None else dict(self.client_shares),
                 "clients": {cid: dict(state) for cid, state in (clients or {}).items() if state},
             },
         )
         log.info("round %d: checkpoint written to %s", self.completed_rounds, path)
         return path
 
-    def resume(self) -> dict[str, State]:
+    def resume(self, client_ids_are_stable: bool = False) -> dict[str, State]:
         """With ``resume``, restore the run's checkpoint (if there is one); returns the in-process
-        clients' states it holds. Every field is checked before any is used."""
+        clients' states it holds. Every field is checked before any is used. Unless client ids are
+        stable (the in-process loop's are; Flower node ids change with a SuperNode's key or a new
+        SuperLink), a client id the checkpoint does not know starts with its worst history."""
         path = checkpoint_path(self.cfg)
         if not self.cfg.resume:
             if self.cfg.checkpoint_every > 0:  # a fresh run: an earlier run's files are not its own
@@ -477,6 +516,13 @@ class ServerCore:
             raise fail("metrics rows do not match its round")
         if not (isinstance(clients, dict) and all(isinstance(c, dict) and all(isinstance(v, torch.Tensor) for v in c.values()) for c in clients.values())):
             raise fail("client states are not tensors")
+        shares = payload.get("shares")
+        if self.client_shares is None:
+            if shares is not None:
+                raise fail("holds client shares this strategy does not keep")
+        elif not (isinstance(shares, dict) and all(isinstance(v, torch.Tensor) and v.shape == self.x.shape and torch.isfinite(v).all()
+                                                     for v in shares.values())):
+            raise fail("client shares are not finite vectors of the model's size")
         ledger = PrivacyLedger(self.cfg.delta)
         journal = ledger_journal_path(self.cfg)
         if journal.exists():
@@ -494,6 +540,10 @@ class ServerCore:
         except (ValueError, TypeError, AttributeError) as err:
             raise fail(str(err)) from None
         self.x, self.state, self.ledger, self.rows = x, state, ledger, rows
+        if self.client_shares is not None:
+            self.client_shares = dict(shares)  # type: ignore[arg-type]
+        if not client_ids_are_stable:
+            self.ledger.inherit_worst_history()
         self.completed_rounds = self.resumed_from = payload["round"]
         log.info("resume: continuing after round %d from %s", self.completed_rounds, path)
         return clients
@@ -542,7 +592,7 @@ def _rng_from_list(saved: Any) -> tuple[Any, ...]:
 RESUMED_FROM = "resumed-from"
 
 #: what an honest client reports: always, under ``local`` privacy, and only without privacy
-ALWAYS_REPORTED = frozenset({NUM_EXAMPLES})
+ALWAYS_REPORTED = frozenset({NUM_EXAMPLES, STATE_FRESH})
 PRIVACY_RECORD = frozenset({DP_NOISE, DP_RATE, DP_STEPS, CLIENT_EPSILON})
 NON_PRIVATE_STATISTICS = frozenset({TRAIN_LOSS, "grad-norm"})
 MAX_NUM_EXAMPLES = 10**9
@@ -570,6 +620,8 @@ def _checked_metrics(metrics: Any, private_run: bool) -> dict[str, float]:
     num_examples = checked[NUM_EXAMPLES]
     if not (1 <= num_examples <= MAX_NUM_EXAMPLES and num_examples.is_integer()):
         raise MalformedMessage(f"num-examples must be an integer in [1, {MAX_NUM_EXAMPLES}], got {num_examples}")
+    if STATE_FRESH in checked and checked[STATE_FRESH] != 1.0:
+        raise MalformedMessage(f"{STATE_FRESH} is 1 when sent, got {checked[STATE_FRESH]}")
     if DP_STEPS in checked and not checked[DP_STEPS].is_integer():
         raise MalformedMessage(f"dp-steps must be an integer, got {checked[DP_STEPS]}")
     return checked
@@ -662,7 +714,7 @@ class InProcessFederation:
         self.server = ServerCore(self.cfg, self.evaluate_fn)
         self.clients = LazyClients(self.cfg)
         self.states = {cid: {} for cid in self.clients}
-        restored = self.server.resume()
+        restored = self.server.resume(client_ids_are_stable=True)
         unknown = set(restored) - set(self.states)
         if unknown:
             raise ConfigError(f"resume: checkpoint holds states of clients this run does not have: {sorted(unknown)[:3]}")

@@ -112,10 +112,22 @@ class PrivacyLedger:
         self.delta = delta
         self._releases: dict[str, list[Release]] = {}
         self._epsilon_cache: dict[str, float] = {}
+        #: releases a client not seen before starts with (see :meth:`inherit_worst_history`)
+        self._prior: list[Release] = []
+
+    def inherit_worst_history(self) -> None:
+        """From now on a client id not in the ledger starts with the history of its most charged
+        client: after a resume, a client that comes back under a new id (a SuperNode with a new
+        key, a new SuperLink) is never charged less than it was before; a really new one is
+        over-charged, which is safe."""
+        worst = max(self._releases, key=self.epsilon, default=None)
+        self._prior = [] if worst is None else list(self._releases[worst])
 
     def record(self, client: str, release: Release) -> None:
         """Add one release; consecutive ones with the same noise and rate merge into one entry
         (as Opacus' own ``step`` does), so composing stays O(1) in the number of rounds."""
+        if client not in self._releases and self._prior:
+            self._releases[client] = list(self._prior)
         history = self._releases.setdefault(client, [])
         last = history[-1] if history else None
         if last is not None and (last.noise_multiplier, last.sample_rate) == (release.noise_multiplier, release.sample_rate):

@@ -271,3 +271,78 @@ def test_client_state_store_picks_the_state_the_server_resumes_from(tiny_cfg, tm
     store.path.write_bytes(b"\x00garbage")
     assert store.restore(run_id=7, resumed_from=0) == {}
     assert ClientStateStore(tmp_path, cfg.replace(seed=1), 0).restore(run_id=7, resumed_from=0) == {}
+
+
+def _mean_client_state(contexts, num_clients):
+    from clients.client_app import STATE_KEY
+
+    total = 0
+    for context in contexts.values():
+        if STATE_KEY in context.state.array_records:
+            total = total + torch.from_numpy(context.state.array_records[STATE_KEY]["g"].numpy().copy())
+    return total / num_clients
+
+
+@pytest.mark.parametrize("strategy, extra", [
+    ("ef21", dict(compress_k=3, server_lr=0.3)),
+    ("alpha-normec", dict(server_lr=0.3)),
+    ("alpha-normec", dict(server_lr=0.3, privacy_model="central", noise_multiplier=0.5)),
+])
+def test_a_client_that_lost_its_state_is_taken_out_of_the_servers_state(tiny_cfg, tmp_path, strategy, extra):
+    """No disk: the restarted client starts from g_i = 0, and G must stay the mean of the g_i."""
+    cfg = tiny_cfg.replace(strategy=strategy, num_server_rounds=6, clients_per_round=3, **extra)
+    contexts = {101 + i: _context(cfg, 101 + i, i, 1, "") for i in range(4)}
+    core = _flower_rounds(FlDpStrategy(ServerCore(cfg)), contexts, range(1, 7), lose_state_of=(102, 3))
+    mean_g = _mean_client_state(contexts, cfg.num_clients)
+    if cfg.privacy_model == "central":
+        # G also carries the server's noise: what is left once the noise is taken out is mean g_i
+        assert core.client_shares is not None
+        assert torch.allclose(sum(core.client_shares.values()) / cfg.num_clients, mean_g, atol=1e-5)
+    else:
+        assert torch.allclose(core.state["G"], mean_g, atol=1e-5)
+
+
+def test_without_shares_the_server_state_drifts_from_the_clients(tiny_cfg):
+    """The check above can fail: the same restart with the share never taken out leaves G off."""
+    cfg = tiny_cfg.replace(strategy="ef21", compress_k=3, server_lr=0.3, num_server_rounds=6, clients_per_round=3)
+    contexts = {101 + i: _context(cfg, 101 + i, i, 1, "") for i in range(4)}
+    core = ServerCore(cfg)
+    core.client_shares = None
+    _flower_rounds(FlDpStrategy(core), contexts, range(1, 7), lose_state_of=(102, 3))
+    assert not torch.allclose(core.state["G"], _mean_client_state(contexts, cfg.num_clients), atol=1e-3)
+
+
+def test_a_state_fresh_flag_other_than_one_is_rejected_and_repeating_it_cannot_pile_up(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="ef21", compress_k=3, server_lr=0.3)
+    server = ServerCore(cfg)
+    cohort = server.sample([f"client-{i}" for i in range(4)])
+    replies = _honest_replies(cfg, server, cohort, 1)
+    replies[0] = Reply(replies[0].client_id, replies[0].arrays, {**replies[0].metrics, "state-fresh": 0.5})
+    row = server.aggregate(1, replies)
+    assert row["accepted"] == 3 and "state-fresh is 1 when sent" in row["rejections"]
+    # a client that says "fresh" every round replaces its share each time: it never weighs more than one message
+    liar = cohort[1]
+    for server_round in (2, 3):
+        cohort = server.sample([f"client-{i}" for i in range(4)])
+        replies = _honest_replies(cfg, server, cohort, server_round)  # every client starts from {}: all "fresh"
+        server.aggregate(server_round, replies)
+    last = dict(zip(cohort, replies))[liar]
+    from fl_dp.wire import decode
+
+    assert torch.allclose(server.client_shares[str(liar)], decode(last.arrays, server.dim, server.algorithm.wire_layouts))
+    assert torch.allclose(server.state["G"], sum(server.client_shares.values()) / cfg.num_clients, atol=1e-6)
+
+
+def test_after_a_resume_a_client_under_a_new_id_is_never_charged_less_than_before(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", noise_multiplier=1.0, num_server_rounds=4, checkpoint_every=2,
+                           clients_per_round=2, results_dir=str(tmp_path))
+    first = InProcessFederation(cfg)
+    first.run(stop_after=2)
+    worst = max(first.server.ledger.epsilons().values())
+    server = ServerCore(cfg.replace(resume=True))
+    server.resume()
+    cohort = server.sample(["node-9", "node-10"])  # the same people behind new node ids
+    honest = _honest_replies(cfg, server, ["client-0", "client-1"], 3)
+    server.aggregate(3, [Reply(node, reply.arrays, reply.metrics) for node, reply in zip(cohort, honest)])
+    for client in cohort:
+        assert server.ledger.epsilon(client) > worst

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from local_superlink import stop_superlinks_of
 
 ROOT = Path(__file__).parents[1]
 VENV = Path(sys.executable).parent.parent
@@ -37,17 +38,6 @@ def _run_status(flwr_home, run_id):
     return json.loads(listed.stdout)["runs"][0]
 
 
-def _stop_local_superlink(flwr_home):
-    """The detached SuperLink that `flwr run` started for this FLWR_HOME (found by its log file)."""
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "flower-superlink" in cmdline and f"{flwr_home}/local-superlink" in cmdline:
-            subprocess.run(["kill", proc.name], check=False)
-
-
 @pytest.fixture
 def flwr_home(tmp_path):
     if _port_in_use(LOCAL_SUPERLINK_PORT):
@@ -55,7 +45,7 @@ def flwr_home(tmp_path):
     home = tmp_path / "flwr-home"
     home.mkdir()
     yield home
-    _stop_local_superlink(home)
+    stop_superlinks_of(home)
 
 
 def test_plain_flwr_run_completes_and_is_listed_logged_and_stoppable(flwr_home, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from local_superlink import superlinks_of
 
 ROOT = Path(__file__).parents[1]
 
@@ -38,18 +39,6 @@ def _completed_run(tmp_path, num_clients, run_config, run_name):
     return pd.read_csv(tmp_path / f"{run_name}.csv"), output
 
 
-def _superlinks_of(flwr_home):
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "flower-superlink" in cmdline and f"{flwr_home}/local-superlink" in cmdline:
-            found.append(int(proc.name))
-    return found
-
-
 @pytest.mark.slow
 def test_flwr_run_with_ray_writes_per_round_metrics(tmp_path):
     # someone else's simulation SuperLink on this machine: simulate.sh must leave it running
@@ -66,7 +55,7 @@ def test_flwr_run_with_ray_writes_per_round_metrics(tmp_path):
     assert "round 3/3" in output
     assert decoy.poll() is None, "simulate.sh stopped a SuperLink it did not start"
     decoy.kill()
-    assert _superlinks_of(tmp_path / "flwr-home") == [], "simulate.sh left its own SuperLink running"
+    assert superlinks_of(tmp_path / "flwr-home") == [], "simulate.sh left its own SuperLink running"
 
 
 @pytest.mark.slow
