@@ -102,8 +102,11 @@ def test_fedavg_learns_the_synthetic_task(tiny_cfg):
 def test_private_clients_send_only_accounted_metrics(tiny_cfg):
     private = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1, noise_multiplier=1.0))
     arrays, config = private.server.broadcast(1)
-    _, metrics, _ = private.clients["client-0"].train(arrays, config, {})
-    assert set(metrics) == {"num-examples", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "client-epsilon"}
+    _, metrics, state = private.clients["client-0"].train(arrays, config, {})
+    accounted = {"num-examples", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "client-epsilon"}
+    assert set(metrics) == accounted | {"state-fresh"}  # its first round: it started empty
+    _, metrics, _ = private.clients["client-0"].train(arrays, config, state)
+    assert set(metrics) == accounted
     public = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1))
     _, metrics, _ = public.clients["client-0"].train(*public.server.broadcast(1), {})
     assert {"train-loss", "grad-norm"} <= set(metrics)
