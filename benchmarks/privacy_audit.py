@@ -1,0 +1,158 @@
+"""Audited lower bounds on epsilon against the ledger's epsilon, for every private strategy and privacy model.
+
+One-run audits (:mod:`fl_dp.audit`) of runs on Fashion-MNIST with the small CNN, delta = 1e-5:
+
+- client-level, ``local``: 10 clients all in every round, 5 rounds, + gradient-canary clients
+  (alpha-normec, dp-normalized-sgd, clip21, dp-fedavg, sign-vote with dp-sign);
+- client-level, ``central``: 1,000 clients sampled at q = 0.1, 10 rounds, + canary clients;
+- sample-level (dp-sgd, dp-sgd-rs): 10 clients, 5 rounds, gradient-canary samples in one client.
+
+and the classical many-run Clopper-Pearson audit of one small configuration (breast cancer,
+logistic regression, 2 clients, 3 rounds, one canary client per run) as a cross-check.
+
+    python -m benchmarks.privacy_audit                 # the table in docs/privacy_audit.md (~25 min on 2 cores)
+    python -m benchmarks.privacy_audit --full          # 4x the canaries, 2x the rounds
+    python -m benchmarks.privacy_audit --quick         # smoke test (seconds)
+
+Writes ``results/privacy_audit.csv`` (strategy, privacy_model, target_epsilon, ledger_epsilon,
+audited_epsilon_lower_bound, approx_dp_epsilon_lower_bound, confidence, canaries, runs, seconds,
+method) and ``results/privacy_audit.png`` (audited bound against the ledger's epsilon, diagonal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks.common import markdown_table, save_figure
+from fl_dp.audit import audit_many_runs, audit_run
+from fl_dp.config import RunConfig
+
+RESULTS = Path(__file__).parents[1] / "results"
+COLUMNS = [
+    "strategy", "privacy_model", "target_epsilon", "ledger_epsilon", "audited_epsilon_lower_bound",
+    "approx_dp_epsilon_lower_bound", "confidence", "canaries", "runs", "seconds", "method",
+]
+TASK = dict(dataset="fashion-mnist", model="cnn", batch_size=64, eval_samples=200, eval_every=10_000, delta=1e-5)
+CLIENT_LEVEL = {
+    "alpha-normec": dict(alpha=0.1, beta=1.0, server_lr=0.5),
+    "dp-normalized-sgd": dict(alpha=0.1, server_lr=0.5),
+    "clip21": dict(clip=1.0, server_lr=0.5),
+    "dp-fedavg": dict(clip=1.0, client_lr=0.05, batch_size=32, server_lr=1.0),
+}
+LOCAL_ONLY = {"sign-vote": dict(sign_compressor="dp-sign", clip=1.0, server_lr=0.01)}
+SAMPLE_LEVEL = {"dp-sgd": dict(client_lr=0.05), "dp-sgd-rs": dict(client_lr=0.05, rs_final_rate=0.7)}
+EPSILONS = (1.0, 2.0, 4.0, 8.0)
+#: (clients, clients per round, rounds, canaries) per kind of audit; --full: 4x canaries, 2x rounds
+SCALE = {
+    "local": (10, 10, 5, 4000),
+    "central": (1000, 100, 10, 2000),
+    "sample": (10, 10, 5, 1000),
+}
+QUICK = {"local": (4, 4, 2, 200), "central": (40, 4, 3, 200), "sample": (4, 4, 1, 100)}
+CROSS_CHECK = dict(
+    dataset="breast-cancer", model="logreg", strategy="alpha-normec", privacy_model="local",
+    num_clients=2, clients_per_round=2, server_lr=0.5, num_server_rounds=3, eval_every=10_000,
+)
+
+
+def cells(epsilons: tuple[float, ...]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(kind, privacy model, strategy keys) of every audited configuration."""
+    grid = [("local", "local", dict(strategy=s, **kw)) for s, kw in {**CLIENT_LEVEL, **LOCAL_ONLY}.items()]
+    grid += [("central", "central", dict(strategy=s, **kw)) for s, kw in CLIENT_LEVEL.items()]
+    grid += [("sample", "local", dict(strategy=s, **kw)) for s, kw in SAMPLE_LEVEL.items()]
+    return [(kind, model, dict(keys, target_epsilon=eps)) for kind, model, keys in grid for eps in epsilons]
+
+
+def config(kind: str, privacy_model: str, keys: dict[str, Any], scale: dict[str, tuple[int, int, int, int]], rounds_factor: int) -> RunConfig:
+    clients, per_round, rounds, _ = scale[kind]
+    base = {**TASK, **keys}
+    return RunConfig(
+        **base, privacy_model=privacy_model, num_clients=clients, clients_per_round=per_round,
+        num_server_rounds=rounds * rounds_factor, max_train_samples=60 * clients,
+    )
+
+
+def run(args: argparse.Namespace) -> pd.DataFrame:
+    scale = QUICK if args.quick else SCALE
+    canary_factor, rounds_factor = (4, 2) if args.full else (1, 1)
+    epsilons = tuple(args.epsilons) if args.epsilons else ((2.0, 8.0) if args.quick else EPSILONS)
+    rows = []
+    for kind, privacy_model, keys in cells(epsilons):
+        if args.strategies and keys["strategy"] not in args.strategies:
+            continue
+        cfg = config(kind, privacy_model, keys, scale, rounds_factor)
+        result = audit_run(cfg, scale[kind][3] * canary_factor, seed=args.seed)
+        rows.append({**result.row(), "method": "one-run"})
+        print(_line(rows[-1]), flush=True)
+    for eps in (1.0, 2.0):
+        cfg = RunConfig(**CROSS_CHECK, target_epsilon=eps, delta=1e-5)
+        many = audit_many_runs(cfg, 40 if args.quick else args.cross_check_runs, seed=args.seed)
+        rows.append({
+            "strategy": cfg.strategy, "privacy_model": cfg.privacy_model, "target_epsilon": eps,
+            "ledger_epsilon": many.ledger_epsilon, "audited_epsilon_lower_bound": many.epsilon,
+            "approx_dp_epsilon_lower_bound": many.epsilon, "confidence": 0.95, "canaries": 1,
+            "runs": many.runs, "seconds": many.seconds, "method": "many-run (Clopper-Pearson)",
+        })
+        print(_line(rows[-1]), flush=True)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['strategy']:>17} {row['privacy_model']:>7} eps {row['target_epsilon']:g}: ledger {row['ledger_epsilon']:.3f}, "
+        f"audited >= {row['audited_epsilon_lower_bound']:.3f} (any mechanism: {row['approx_dp_epsilon_lower_bound']:.3f}), "
+        f"{row['canaries']} canaries x {row['runs']} runs, {row['seconds']:.0f} s, {row['method']}"
+    )
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    top = float(table["ledger_epsilon"].max()) * 1.05
+    ax.plot([0, top], [0, top], color="black", lw=1, label="bound = ledger (a bound above is a bug)")
+    ax.plot([0, top], [0, top / 2], color="gray", lw=1, ls="--", label="half the ledger")
+    markers = {"local": "o", "central": "s"}
+    for (strategy, model, method), group in table.groupby(["strategy", "privacy_model", "method"]):
+        marker = "x" if method != "one-run" else markers.get(model, "o")
+        ax.plot(group["ledger_epsilon"], group["audited_epsilon_lower_bound"], marker=marker, ls=":", label=f"{strategy} ({model}, {method})")
+    ax.set_xlabel("ledger epsilon (Opacus RDP)")
+    ax.set_ylabel("audited lower bound on epsilon (95%)")
+    ax.set_title("Privacy audit with canaries")
+    save_figure(fig, ax, path, legend_fontsize=6)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny grid (seconds): the CI smoke test")
+    parser.add_argument("--full", action="store_true", help="4x the canaries and 2x the rounds")
+    parser.add_argument("--epsilons", type=float, nargs="*", help="target epsilons (default 1 2 4 8)")
+    parser.add_argument("--strategies", nargs="*", help="only these strategies")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cross-check-runs", type=int, default=2000, help="runs of the many-run audit")
+    parser.add_argument("--out", type=Path, default=RESULTS / "privacy_audit.csv")
+    args = parser.parse_args()
+    logging.getLogger("fl_dp").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+    started = time.perf_counter()
+    table = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    plot(table, args.out.with_suffix(".png"))
+    print(markdown_table(table.drop(columns=["confidence"])))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')} in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
