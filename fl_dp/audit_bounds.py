@@ -218,20 +218,23 @@ def guesses_from_scores(scores: Sequence[float], members: Sequence[bool], guesse
     return right + (int((~truth[:bottom]).sum()) if bottom else 0)
 
 
-def best_one_run_bound(scores: Sequence[float], members: Sequence[bool], delta: float, confidence: float = 0.95) -> OneRunBound:
-    """The best bound over :func:`guess_grid`, guessing on both tails or on the top one only.
+def best_one_run_bound(
+    scores: Sequence[float], members: Sequence[bool], delta: float, confidence: float = 0.95, two_sided: bool = True
+) -> OneRunBound:
+    """The best bound over :func:`guess_grid`, guessing on both tails (members and non-members move
+    the score apart, as +u against -u) or on the top one only (a non-member leaves no trace).
 
-    Each of the 2 |grid| choices is tested at level (1 - confidence) / (2 |grid|) (a union bound, so
-    that choosing after the fact keeps the stated confidence); the (epsilon, delta) bound splits its
+    Each of the |grid| choices is tested at level (1 - confidence) / |grid| (a union bound, so that
+    choosing after the fact keeps the stated confidence); the (epsilon, delta) bound splits its
     share again between Steinke et al.'s analysis and the f-DP one.
     """
     if len(scores) != len(members) or not len(scores):
         raise ValueError("need one membership bit per score, and at least one canary")
     canaries = len(scores)
-    choices = [(guesses, two_sided) for guesses in guess_grid(canaries) for two_sided in (True, False)]
-    level = (1 - confidence) / len(choices)
+    grid = guess_grid(canaries)
+    level = (1 - confidence) / len(grid)
     epsilon, gdp, best = 0.0, 0.0, (0, 0)
-    for guesses, two_sided in choices:
+    for guesses in grid:
         correct = guesses_from_scores(scores, members, guesses, two_sided)
         epsilon = max(
             epsilon,
