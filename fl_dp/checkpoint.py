@@ -39,13 +39,13 @@ def config_fingerprint(cfg: RunConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_flwr().items() if k not in RESUMABLE_CHANGES}
 
 
-def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a crash leaves the previous checkpoint whole."""
+def atomic_save(path: Path, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: a crash leaves the previous file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint-")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT, **payload}, file)
+            torch.save(obj, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -54,12 +54,22 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
+def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` as an fl-dp checkpoint, atomically."""
+    atomic_save(path, {"format": FORMAT, **payload})
+
+
+def checkpoint_error(path: Path, reason: str) -> ConfigError:
+    """The error a resume is refused with (it names the ``resume`` key and the file)."""
+    return ConfigError(f"resume: checkpoint {path}: {reason}")
+
+
 def read_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
     """The checkpoint at ``path`` for a run of ``cfg``; ConfigError (naming ``resume``) if it
     cannot be read, is not an fl-dp checkpoint, or was written by a run of another config."""
 
     def fail(reason: str) -> ConfigError:
-        return ConfigError(f"resume: checkpoint {path}: {reason}")
+        return checkpoint_error(path, reason)
 
     try:
         payload = torch.load(path, weights_only=True)

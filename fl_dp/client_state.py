@@ -19,14 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fl_dp.checkpoint import config_fingerprint
+from fl_dp.checkpoint import atomic_save, config_fingerprint
 from fl_dp.config import RunConfig
 from fl_dp.federation import LEDGER_STATE
 
@@ -80,7 +78,8 @@ class ClientStateStore:
             trained_before = record["trained"] if record and record["run"] == run_id else 0
             if last_checkpoint >= trained_before:
                 boundary, at_boundary = last_checkpoint, before
-        self._write(
+        atomic_save(
+            self.path,
             {"fingerprint": self._fingerprint, "run": run_id, "trained": server_round, "state": after,
              "boundary": boundary, "at-boundary": at_boundary}
         )
@@ -103,15 +102,3 @@ class ClientStateStore:
             log.warning("client state %s unreadable (%s: %s); starting empty", self.path, type(err).__name__, err)
             return None
 
-    def _write(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}-")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(record, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

@@ -35,7 +35,7 @@ from fl_dp.algorithms import (
     resolve_noise_multiplier,
 )
 from fl_dp.central import CentralGaussianSum, poisson_cohort
-from fl_dp.checkpoint import checkpoint_path, config_fingerprint, ledger_journal_path, read_checkpoint, write_checkpoint
+from fl_dp.checkpoint import checkpoint_error, checkpoint_path, config_fingerprint, ledger_journal_path, read_checkpoint, write_checkpoint
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset, load_dataset, partition
 from fl_dp.models import build_model, get_flat_params, num_params
@@ -503,7 +503,7 @@ class ServerCore:
         payload = read_checkpoint(path, self.cfg)
 
         def fail(reason: str) -> ConfigError:
-            return ConfigError(f"resume: checkpoint {path}: {reason}")
+            return checkpoint_error(path, reason)
 
         x, state, rows, clients = payload.get("x"), payload.get("state"), payload.get("rows"), payload.get("clients")
         if not (isinstance(x, torch.Tensor) and x.shape == self.x.shape and x.dtype == self.x.dtype and torch.isfinite(x).all()):
