@@ -122,21 +122,16 @@ class FlDpStrategy(Strategy):
 def wait_for_nodes(grid: Grid, num_nodes: int, timeout: float, at_least: int = 1, poll: float = 1.0) -> list[int]:
     """Block until ``num_nodes`` SuperNodes are connected, so that round 1 samples from all of them;
     after ``timeout`` seconds, go on with those connected if they are ``at_least`` (logged)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = list(grid.get_node_ids())
-        if len(nodes) >= num_nodes:
-            return nodes
-        if time.monotonic() > deadline:
-            if len(nodes) >= at_least:
-                log.warning("only %d of num-clients=%d nodes connected after %.0f s: starting with them", len(nodes), num_nodes, timeout)
-                return nodes
-            raise ConfigError(
-                f"only {len(nodes)} of num-clients={num_nodes} nodes connected after {timeout:.0f} s "
-                f"(min-clients-per-round={at_least}); start more SuperNodes or lower num-clients"
-            )
-        log.info("waiting for nodes: %d of %d connected", len(nodes), num_nodes)
-        time.sleep(poll)
+    nodes = wait_for_nodes_or_give_up(grid, num_nodes, timeout, poll)
+    if len(nodes) >= num_nodes:
+        return nodes
+    if len(nodes) >= at_least:
+        log.warning("only %d of num-clients=%d nodes connected after %.0f s: starting with them", len(nodes), num_nodes, timeout)
+        return nodes
+    raise ConfigError(
+        f"only {len(nodes)} of num-clients={num_nodes} nodes connected after {timeout:.0f} s "
+        f"(min-clients-per-round={at_least}); start more SuperNodes or lower num-clients"
+    )
 
 
 def wait_for_nodes_or_give_up(grid: Grid, num_nodes: int, timeout: float, poll: float = 1.0) -> list[int]:
@@ -145,7 +140,7 @@ def wait_for_nodes_or_give_up(grid: Grid, num_nodes: int, timeout: float, poll: 
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
     while len(nodes) < num_nodes and time.monotonic() < deadline:
-        log.info("waiting for clients: %d connected, min-clients-per-round is %d", len(nodes), num_nodes)
+        log.info("waiting for clients: %d of %d connected", len(nodes), num_nodes)
         time.sleep(poll)
         nodes = list(grid.get_node_ids())
     return nodes
