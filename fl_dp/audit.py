@@ -228,16 +228,6 @@ def _canary_ids(count: int) -> list[str]:
     return [f"canary-{i}" for i in range(count)]
 
 
-def _real_clients_train(federation: InProcessFederation, server_round: int) -> tuple[dict[str, Any], dict[str, Any], list[Reply]]:
-    """Broadcast one round and let the run's own sampled clients answer: (arrays, config, replies)."""
-    arrays, config = federation.server.broadcast(server_round)
-    replies = []
-    for cid in federation.server.sample(list(federation.clients)):
-        out, metrics, federation.states[cid] = federation.clients[cid].train(arrays, config, federation.states[cid])
-        replies.append(Reply(cid, out, metrics))
-    return arrays, config, replies
-
-
 def _local_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
     federation = InProcessFederation(cfg)
     dim = federation.server.dim
@@ -253,7 +243,7 @@ def _local_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.nd
     spent = np.zeros(len(members))
     layouts = federation.server.algorithm.wire_layouts
     for server_round in range(1, cfg.num_server_rounds + 1):
-        arrays, config, replies = _real_clients_train(federation, server_round)
+        arrays, config, replies = federation.train_cohort(server_round)
         for i, cid in enumerate(ids):
             out, metrics, states[cid] = clients[cid].train(arrays, config, states[cid])
             totals[i] += float(decode(out, dim, layouts).double() @ directions[i].double())
@@ -332,7 +322,7 @@ def _sample_level_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tupl
     totals = torch.zeros(dim, dtype=torch.float64)
     layouts = federation.server.algorithm.wire_layouts
     for server_round in range(1, cfg.num_server_rounds + 1):
-        _, _, replies = _real_clients_train(federation, server_round)
+        _, _, replies = federation.train_cohort(server_round)
         for reply in replies:
             if reply.client_id == host:
                 totals += decode(reply.arrays, dim, layouts).double()

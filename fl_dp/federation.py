@@ -720,12 +720,17 @@ class InProcessFederation:
             raise ConfigError(f"resume: checkpoint holds states of clients this run does not have: {sorted(unknown)[:3]}")
         self.states.update(restored)
 
-    def run_round(self, server_round: int) -> dict[str, Any]:
+    def train_cohort(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Reply]]:
+        """Broadcast round ``server_round`` and let its sampled clients train: (arrays, config, replies)."""
         arrays, config = self.server.broadcast(server_round)
         replies = []
         for cid in self.server.sample(list(self.clients)):
             out_arrays, metrics, self.states[cid] = self.clients[cid].train(arrays, config, self.states[cid])
             replies.append(Reply(cid, out_arrays, metrics))
+        return arrays, config, replies
+
+    def run_round(self, server_round: int) -> dict[str, Any]:
+        _, _, replies = self.train_cohort(server_round)
         row = self.server.aggregate(server_round, replies)
         if self.server.checkpoint_due(server_round):
             self.server.write_checkpoint(self.states)
