@@ -2,7 +2,8 @@
 
 Every time a client releases something noisy, it is one :class:`Release`: a
 (sub-sampled) Gaussian mechanism with a noise multiplier (noise std divided by
-the L2 sensitivity), a sampling rate and a number of steps. A client's epsilon
+the L2 sensitivity), a sampling rate and a number of steps, or the same for the
+Skellam mechanism of ``distributed`` DP (:mod:`fl_dp.skellam`). A client's epsilon
 is the RDP composition of every release it made, converted at ``delta``.
 """
 
@@ -31,6 +32,10 @@ class Release:
     noise_multiplier: float
     sample_rate: float = 1.0
     steps: int = 1
+    #: Skellam instead of Gaussian noise when > 0: the integer L2 and L1 sensitivities of the
+    #: scaled, rounded message (its RDP has a term in them beyond the Gaussian one)
+    skellam_l2: float = 0.0
+    skellam_l1: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
@@ -39,6 +44,27 @@ class Release:
             raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not (self.skellam_l2 >= 0 and math.isfinite(self.skellam_l2) and self.skellam_l1 >= 0 and math.isfinite(self.skellam_l1)):
+            raise ValueError(f"Skellam sensitivities must be finite and >= 0, got {self.skellam_l2}, {self.skellam_l1}")
+        if (self.skellam_l2 > 0) != (self.skellam_l1 > 0):
+            raise ValueError("a Skellam release has both sensitivities > 0")
+
+    @property
+    def is_skellam(self) -> bool:
+        return self.skellam_l2 > 0
+
+    def same_mechanism(self, other: "Release") -> bool:
+        return (self.noise_multiplier, self.sample_rate, self.skellam_l2, self.skellam_l1) == (
+            other.noise_multiplier, other.sample_rate, other.skellam_l2, other.skellam_l1
+        )
+
+    def with_steps(self, steps: int) -> "Release":
+        return Release(self.noise_multiplier, self.sample_rate, steps, self.skellam_l2, self.skellam_l1)
+
+    def row(self) -> list[float]:
+        """(noise, rate, steps) for a Gaussian release, (noise, rate, steps, l2, l1) for a Skellam one."""
+        head = [self.noise_multiplier, self.sample_rate, float(self.steps)]
+        return head + [self.skellam_l2, self.skellam_l1] if self.is_skellam else head
 
 
 def epsilon_of(releases: list[Release], delta: float) -> float:
@@ -55,6 +81,10 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
         return 0.0
     if any(r.noise_multiplier == 0 for r in releases):
         return math.inf
+    if any(r.is_skellam for r in releases):
+        from fl_dp.skellam import epsilon_of_mixed
+
+        return epsilon_of_mixed(releases, delta)
     accountant = RDPAccountant()
     accountant.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in releases]
     return float(accountant.get_epsilon(delta=delta))
@@ -130,8 +160,8 @@ class PrivacyLedger:
             self._releases[client] = list(self._prior)
         history = self._releases.setdefault(client, [])
         last = history[-1] if history else None
-        if last is not None and (last.noise_multiplier, last.sample_rate) == (release.noise_multiplier, release.sample_rate):
-            history[-1] = Release(last.noise_multiplier, last.sample_rate, last.steps + release.steps)
+        if last is not None and last.same_mechanism(release):
+            history[-1] = last.with_steps(last.steps + release.steps)
         else:
             history.append(release)
         self._epsilon_cache.pop(client, None)
@@ -153,8 +183,8 @@ class PrivacyLedger:
         return {client: self.epsilon(client) for client in self._releases}
 
     def state_dict(self) -> dict[str, list[list[float]]]:
-        """Every client's releases as rows (noise multiplier, sample rate, steps), for a checkpoint."""
-        return {client: [[r.noise_multiplier, r.sample_rate, float(r.steps)] for r in history] for client, history in self._releases.items()}
+        """Every client's releases as rows (see :meth:`Release.row`), for a checkpoint."""
+        return {client: [r.row() for r in history] for client, history in self._releases.items()}
 
     def load_state_dict(self, rows: Mapping[str, Any]) -> None:
         """Replace the ledger by checkpointed rows; ValueError on anything that is not a release."""
@@ -164,12 +194,15 @@ class PrivacyLedger:
                 raise ValueError("ledger: client ids map to lists of releases")
             checked = []
             for row in history:
-                if not (isinstance(row, list) and len(row) == 3 and all(isinstance(v, float) for v in row)):
-                    raise ValueError(f"ledger: a release of {client} is not (noise, rate, steps)")
-                noise, rate, steps = row
+                if not (isinstance(row, list) and len(row) in (3, 5) and all(isinstance(v, float) for v in row)):
+                    raise ValueError(f"ledger: a release of {client} is not (noise, rate, steps[, l2, l1])")
+                noise, rate, steps = row[:3]
                 if not (noise >= 0 and 0 < rate <= 1 and steps >= 1 and steps.is_integer()):
                     raise ValueError(f"ledger: release {row} of {client} is not a valid mechanism")
-                checked.append(Release(noise, rate, int(steps)))
+                try:
+                    checked.append(Release(noise, rate, int(steps), *row[3:]))
+                except ValueError as err:
+                    raise ValueError(f"ledger: release {row} of {client}: {err}") from None
             releases[client] = checked
         self._releases = releases
         self._epsilon_cache = {}
