@@ -457,7 +457,7 @@ def sensitivity(cfg: RunConfig) -> float:
     ``central`` (add or remove one client): the sum changes by one message, at most ``bound``.
     """
     bound = message_bound(cfg)
-    return bound if cfg.privacy_model == "central" else 2 * bound
+    return 2 * bound if cfg.privacy_model == "local" else bound
 
 
 def resolve_noise_multiplier(cfg: RunConfig) -> float:
@@ -472,6 +472,10 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
     """
     if cfg.noise_multiplier > 0:
         return cfg.noise_multiplier
+    if cfg.privacy_model == "distributed":
+        from fl_dp.distributed import mechanism_for  # it needs the model's size
+
+        return mechanism_for(cfg).noise_multiplier
     if cfg.strategy in SAMPLE_LEVEL_PRIVATE:
         return 0.0  # each client calibrates from its own sample rate
     if cfg.round_epsilon > 0:
@@ -486,8 +490,9 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
 
 
 def client_noise_multiplier_of(cfg: RunConfig) -> float:
-    """The noise multiplier a client adds itself: the run's under ``local``, none under ``central``."""
-    return 0.0 if cfg.privacy_model == "central" else resolve_noise_multiplier(cfg)
+    """The Gaussian noise multiplier a client adds itself: the run's under ``local``; none under
+    ``central`` (the server adds it) and ``distributed`` (Skellam shares, :mod:`fl_dp.distributed`)."""
+    return resolve_noise_multiplier(cfg) if cfg.privacy_model == "local" else 0.0
 
 
 def build_algorithm(cfg: RunConfig, dim: int, noise_multiplier: float | None = None) -> Algorithm:

@@ -77,6 +77,11 @@ class RunConfig:
     target_epsilon: float = 0.0
     delta: float = 1e-5
     noise_multiplier: float = 0.0
+    # distributed: ring Z_(2^bits) of the noise shares; the noise is calibrated for
+    # ceil(secagg-survivors * clients-per-round) surviving shares; SecAgg+ neighbours per client
+    secagg_bits: int = 20
+    secagg_survivors: float = 0.8
+    secagg_num_shares: int = 7
     # compression (EF21 family)
     compressor: str = "top-k"
     compress_k: int = 0
@@ -282,16 +287,18 @@ class RunConfig:
             raise ConfigError(f"unknown privacy-model {self.privacy_model!r}; choose one of {', '.join(PRIVACY_MODELS)}")
         if self.privacy_model == "local":
             return
-        if self.privacy_model == "distributed":
-            raise ConfigError(
-                "privacy-model 'distributed' (secure aggregation with noise shares) is not available yet: "
-                "use 'central' (trusted server adds the noise) or 'local'"
-            )
         if self.strategy not in CENTRAL_DP_STRATEGIES:
             raise ConfigError(
                 f"privacy-model {self.privacy_model!r} needs a strategy with a norm-bounded client message "
                 f"({', '.join(CENTRAL_DP_STRATEGIES)}); {self.strategy!r} is not one"
             )
+        if self.privacy_model == "distributed":
+            if not 8 <= self.secagg_bits <= 30:
+                raise ConfigError(f"secagg-bits must be in [8, 30], got {self.secagg_bits}")
+            if not 0 < self.secagg_survivors <= 1:
+                raise ConfigError(f"secagg-survivors must be in (0, 1], got {self.secagg_survivors}")
+            if self.secagg_num_shares < 3:
+                raise ConfigError(f"secagg-num-shares must be >= 3 (SecAgg+ needs more than 2 shares), got {self.secagg_num_shares}")
 
 
 def _key(name: str) -> str:

@@ -34,7 +34,8 @@ from fl_dp.algorithms import (
     message_bound,
     resolve_noise_multiplier,
 )
-from fl_dp.central import CentralGaussianSum, poisson_cohort
+from fl_dp.central import CentralGaussianSum, poisson_cohort, project_to_ball
+from fl_dp.distributed import RING_KEY, DistributedSkellam, check_share, mechanism_for, ring_sum, rotation_signs
 from fl_dp.checkpoint import checkpoint_error, checkpoint_path, config_fingerprint, ledger_journal_path, read_checkpoint, write_checkpoint
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset, load_dataset, partition
@@ -179,12 +180,24 @@ class ClientCore:
         if not self.cfg.is_private:
             metrics.update({TRAIN_LOSS: update.train_loss, **update.metrics})
         state = update.state
+        if self.cfg.privacy_model == "distributed":
+            # only the sum of the shares reaches anyone: no metric about this client's data leaves it
+            return {RING_KEY: self._share(message, server_round)}, {}, state
         if update.release is not None:
             metrics.update(
                 {DP_NOISE: update.release.noise_multiplier, DP_RATE: update.release.sample_rate, DP_STEPS: update.release.steps}
             )
             state, metrics[CLIENT_EPSILON] = record_own_release(state, update.release, self.cfg.delta)
         return encode(message), metrics, state
+
+
+    def _share(self, message: Any, server_round: int) -> np.ndarray:
+        """This client's noised share of the round's secure sum (:mod:`fl_dp.distributed`)."""
+        mechanism = mechanism_for(self.cfg)
+        dense = decode(encode(message), self.objective.dim)
+        entropy = None if self.cfg.os_randomness else [self.cfg.seed, self.partition_id, server_round, 0xD15]
+        rng = np.random.default_rng(np.random.SeedSequence(entropy))
+        return mechanism.encode(dense, rotation_signs(self.cfg.seed, server_round, mechanism.padded), rng)
 
 
 def record_own_release(state: State, release: Release, delta: float) -> tuple[State, float]:
@@ -235,13 +248,14 @@ class ServerCore:
         self.central: CentralGaussianSum | None = None
         if cfg.privacy_model == "central":
             self.central = CentralGaussianSum(bound=message_bound(cfg), noise_multiplier=self.noise_multiplier)
+        self.distributed: DistributedSkellam | None = mechanism_for(cfg) if cfg.privacy_model == "distributed" else None
         self._population: list[Any] = []
         self._cohort: frozenset[str] = frozenset()
         self._skip = ""
         # each client's share of the server's error-feedback state (the sum of its step * messages),
         # so that a client that lost its state can be taken out of G when it starts again
         self.client_shares: dict[str, torch.Tensor] | None = (
-            {} if self.algorithm.client_state_step is not None and cfg.aggregator == "mean" else None
+            {} if self.algorithm.client_state_step is not None and cfg.aggregator == "mean" and self.distributed is None else None
         )
         self.completed_rounds = 0
         self.resumed_from = 0  # the round a resumed run's checkpoint was written after (0: a fresh run)
@@ -277,7 +291,7 @@ class ServerCore:
             self._skip = f"{len(client_ids)} clients connected, min-clients-per-round is {self.cfg.min_clients_per_round}"
             self._cohort = frozenset()
             return []
-        if self.central is not None:
+        if self.central is not None or self.distributed is not None:
             self._population = sorted(client_ids)
             cohort = poisson_cohort(self._population, self.cfg.client_sample_rate, self._rng)
         else:
@@ -367,9 +381,74 @@ class ServerCore:
                 rejected.append("aggregate: update not finite, global model kept")
                 log.error("round %d: aggregated update is not finite; global model kept", server_round)
         self._warn_on_ledger_disagreement(server_round, [r for r, _ in accepted])
+        accepted_replies = [r for r, _ in accepted]
+        return self._close_round(
+            server_round,
+            accepted_replies,
+            num_sent=len(replies) + len(failures),
+            rejected=rejected,
+            skipped=skipped,
+            bytes_up=sum(payload_bytes(r.arrays) for r in accepted_replies),
+        )
 
+    def aggregate_secure(
+        self, server_round: int, total: np.ndarray | None, contributors: list[Any], failures: list[tuple[str, str]] = ()
+    ) -> dict[str, Any]:
+        """Update x from what secure aggregation revealed: the ring sum of the ``contributors``' shares.
+
+        No client's message reaches this method, only their sum mod M. Every client of the population
+        is charged the round's Skellam release (as under ``central``); the round is skipped, model
+        kept, when fewer shares than the noise was calibrated for survived, when the sum includes a
+        client not addressed this round, or when it is not a ring vector. The decoded sum is projected
+        onto the ball that holds the noised sum of that many honest messages except with probability
+        1e-9: a client cannot move the model further than that, whatever share it sent.
+        """
+        mechanism = self.distributed
+        if mechanism is None:
+            raise RuntimeError("aggregate_secure is the distributed privacy model's aggregation")
+        rejected = [f"{client}: {reason}" for client, reason in failures]
+        ids = [str(client) for client in contributors]
+        skipped = self._skip
+        if not skipped and (len(set(ids)) != len(ids) or not set(ids) <= self._cohort):
+            skipped = "secure sum names clients not addressed this round, or one twice: discarded"
+        self.ledger.record_many(self._population, mechanism.release(self.cfg.client_sample_rate))
+        self._cohort = frozenset()
+        if not skipped and len(ids) < mechanism.min_survivors:
+            skipped = f"{len(ids)} shares survived, the noise needs {mechanism.min_survivors} (secagg-survivors)"
+        if not skipped and total is None:
+            skipped = "secure aggregation revealed no sum"
+        noisy_sum = None
+        if not skipped:
+            try:
+                noisy_sum = mechanism.decode(total, rotation_signs(self.cfg.seed, server_round, mechanism.padded))
+            except ValueError as err:
+                skipped = f"secure sum: {err}"
+        if skipped:
+            log.warning("round %d skipped: %s", server_round, skipped)
+        if noisy_sum is not None:
+            noisy_sum = project_to_ball(noisy_sum, mechanism.sum_norm_limit(len(ids)))
+            candidate_state = {k: v.clone() for k, v in self.state.items()}
+            candidate = self.algorithm.apply_sum(self.x, candidate_state, noisy_sum, float(self.cfg.clients_per_round))
+            if torch.isfinite(candidate).all() and all(torch.isfinite(v).all() for v in candidate_state.values()):
+                self.x, self.state = candidate, candidate_state
+            else:
+                rejected.append("aggregate: update not finite, global model kept")
+        contributed = [] if skipped else [Reply(client, {}, {}) for client in ids]
+        return self._close_round(
+            server_round,
+            contributed,
+            num_sent=len(ids) + len(failures),
+            rejected=rejected,
+            skipped=skipped,
+            bytes_up=len(ids) * mechanism.share_bytes,
+        )
+
+    def _close_round(
+        self, server_round: int, accepted_replies: list[Reply], num_sent: int, rejected: list[str], skipped: str, bytes_up: int
+    ) -> dict[str, Any]:
+        """The round's metrics row (evaluated where due), the ledger journal, the progress line."""
         eps_max, eps_mean = self.ledger.summary()
-        num_sent = len(replies) + len(failures)
+        accepted = accepted_replies
         row: dict[str, Any] = {
             "round": server_round,
             "strategy": self.cfg.strategy,
@@ -377,12 +456,12 @@ class ServerCore:
             "sampled": num_sent,
             "accepted": len(accepted),
             "rejected": len(rejected),
-            "train-loss": _mean_metric([r for r, _ in accepted], TRAIN_LOSS),
+            "train-loss": _mean_metric(accepted, TRAIN_LOSS),
             "epsilon-max": eps_max,
             "epsilon-mean": eps_mean,
-            "client-epsilon-max": _max_metric([r for r, _ in accepted], CLIENT_EPSILON),
+            "client-epsilon-max": _max_metric(accepted, CLIENT_EPSILON),
             "noise-multiplier": self.noise_multiplier,
-            "bytes-up": sum(payload_bytes(r.arrays) for r, _ in accepted),
+            "bytes-up": bytes_up,
             "bytes-up-dense": len(accepted) * self.dim * 4,
             "bytes-down": num_sent * self.dim * 4,
         }
@@ -559,7 +638,7 @@ class ServerCore:
         if release is not None:
             allowed.add(release.noise_multiplier)
         for client, history in ledger.state_dict().items():
-            for noise, _, _ in history:
+            for noise, *_ in history:
                 if not any(math.isclose(noise, a, rel_tol=1e-9) for a in allowed):
                     raise ValueError(f"ledger: {client} is booked at noise multiplier {noise:.6g}, not this run's mechanism")
 
@@ -731,10 +810,14 @@ class InProcessFederation:
 
     def run_round(self, server_round: int) -> dict[str, Any]:
         _, _, replies = self.train_cohort(server_round)
-        row = self.server.aggregate(server_round, replies)
+        if self.server.distributed is None:
+            row = self.server.aggregate(server_round, replies)
+        else:
+            row = self.server.aggregate_secure(server_round, *simulated_secure_sum(replies, self.server.distributed))
         if self.server.checkpoint_due(server_round):
             self.server.write_checkpoint(self.states)
         return row
+
 
     def run(self, stop_after: int | None = None) -> pd.DataFrame:
         """Rounds after the last completed one (all of them, or up to ``stop_after``)."""
@@ -742,6 +825,19 @@ class InProcessFederation:
         for server_round in range(self.server.completed_rounds + 1, last + 1):
             self.run_round(server_round)
         return self.server.history()
+
+
+def simulated_secure_sum(replies: list[Reply], mechanism: DistributedSkellam) -> tuple[np.ndarray | None, list[str], list[tuple[str, str]]]:
+    """What secure aggregation gives the server, without the cryptography: the ring sum of the
+    shares, who contributed, and the clients whose share the protocol could not add (wrong shape)."""
+    shares, contributors, failures = [], [], []
+    for reply in replies:
+        try:
+            shares.append(check_share(reply.arrays, mechanism))
+            contributors.append(str(reply.client_id))
+        except ValueError as err:
+            failures.append((str(reply.client_id), str(err)))
+    return (ring_sum(shares, mechanism.modulus) if shares else None), contributors, failures
 
 
 def run_inprocess(cfg: RunConfig, evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None) -> pd.DataFrame:

@@ -56,8 +56,11 @@ class PrivacyFloor:
 
     def admit(self, privacy_model: str, release: Release | None, history: list[Release]) -> None:
         """Raise :class:`PrivacyRefusal` unless this client may release ``release`` after ``history``."""
-        if privacy_model == "central":
-            raise PrivacyRefusal("this node has a privacy floor: it adds its own noise, so it takes no 'central' run")
+        if privacy_model in ("central", "distributed"):
+            raise PrivacyRefusal(
+                f"this node has a privacy floor: it adds all of its own noise, so it takes no {privacy_model!r} run "
+                "(there the noise is the server's, or shared with the other clients)"
+            )
         if release is None or release.noise_multiplier == 0:
             raise PrivacyRefusal("this node has a privacy floor: it takes no run that releases without noise")
         if release.noise_multiplier < self.min_noise_multiplier:

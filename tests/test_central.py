@@ -36,11 +36,12 @@ def test_central_is_refused_for_strategies_without_a_bounded_summable_message(ti
         tiny_cfg.replace(strategy=strategy, privacy_model="central", **extra)
 
 
-def test_unknown_and_not_yet_available_privacy_models_name_the_key(tiny_cfg):
+def test_unknown_privacy_models_and_unsupported_strategies_name_the_key(tiny_cfg):
     with pytest.raises(ConfigError, match="unknown privacy-model 'trusted'"):
         tiny_cfg.replace(privacy_model="trusted")
     with pytest.raises(ConfigError, match="privacy-model 'distributed'"):
-        tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, privacy_model="distributed")
+        tiny_cfg.replace(strategy="ef21", server_lr=0.3, privacy_model="distributed")
+    assert tiny_cfg.replace(strategy="alpha-normec", privacy_model="distributed").privacy_model == "distributed"
     with pytest.raises(ConfigError, match="privacy-model must be of type"):
         RunConfig.from_flwr({"privacy-model": 1})
 
