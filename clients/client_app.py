@@ -17,11 +17,13 @@ from fl_dp.client_state import ClientStateStore
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.federation import RESUMED_FROM, ClientCore
 from fl_dp.privacy_floor import PrivacyFloor
+from strategies.secagg_bridge import secure_aggregation_mod
 from strategies.fl_dp_strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, from_array_record, to_array_record
 
 STATE_KEY = "fl-dp-state"
 
-app = ClientApp()
+# SecAgg+ stages of a distributed run pass through this mod; other messages reach train() unchanged
+app = ClientApp(mods=[secure_aggregation_mod])
 
 
 @lru_cache(maxsize=4)

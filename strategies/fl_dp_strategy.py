@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -60,6 +61,8 @@ class FlDpStrategy(Strategy):
 
     def __init__(self, core: ServerCore, first_round: int = 1) -> None:
         self.core = core
+        #: under ``distributed``, the SecAgg+ grid that holds each round's secure sum
+        self.secure: Any = None
         # Flower counts the rounds of this start() from 1; a resumed run continues the run's count
         self.round_offset = first_round - 1
 
@@ -92,6 +95,11 @@ class FlDpStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
+        if self.secure is not None:
+            replies = list(replies)  # SecAgg+ answered inside the grid: no reply reaches the strategy
+            outcome = self.secure.take()
+            row = self.core.aggregate_secure(server_round, outcome.total, outcome.contributors, outcome.failures)
+            return self._finish(server_round, row)
         parsed: list[Reply] = []
         failures: list[tuple[str, str]] = []
         for message in replies:
@@ -105,6 +113,9 @@ class FlDpStrategy(Strategy):
                 # passed on with its reason, so that the ledger charges an addressed client
                 parsed.append(Reply(client, {}, {}, error=str(err)))
         row = self.core.aggregate(server_round, parsed, failures)
+        return self._finish(server_round, row)
+
+    def _finish(self, server_round: int, row: dict[str, Any]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.core.checkpoint_due(server_round):
             self.core.write_checkpoint()
         numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

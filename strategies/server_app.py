@@ -45,6 +45,10 @@ def main(grid: Grid, context: Context) -> None:
         core = ServerCore(cfg)
     core.resume()
     strategy = FlDpStrategy(core, first_round=core.completed_rounds + 1)
+    if core.distributed is not None:
+        from strategies.secagg_bridge import SecAggPlusGrid
+
+        grid = strategy.secure = SecAggPlusGrid(grid, core.distributed, cfg.secagg_num_shares, cfg.round_timeout)
     strategy.start(
         grid=grid,
         initial_arrays=strategy.initial_arrays(),

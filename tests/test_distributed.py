@@ -1,0 +1,216 @@
+"""Distributed DP: Skellam shares on the integer ring, summed by secure aggregation (Flower's SecAgg+
+or its simulation in the in-process loop)."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.client_app import app as client_app
+from fl_dp.config import ConfigError, RunConfig
+from fl_dp.distributed import DistributedSkellam, hadamard, mechanism_for, padded_dim, ring_sum, rotation_signs
+from fl_dp.federation import InProcessFederation, Reply, ServerCore, simulated_secure_sum
+from fl_dp.central import CentralGaussianSum, project_to_ball
+from strategies.fl_dp_strategy import FlDpStrategy
+from strategies.secagg_bridge import SecAggPlusGrid
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import Key
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+def _mechanism(noise=0.0, dim=1000, survivors=4, cohort=10, bits=20):
+    return DistributedSkellam(bound=1.0, noise_multiplier=noise, dim=dim, min_survivors=survivors, max_cohort=cohort, bits=bits)
+
+
+def test_hadamard_is_orthonormal_and_its_own_inverse():
+    v = torch.randn(256, dtype=torch.float64)
+    assert torch.allclose(hadamard(hadamard(v)), v, atol=1e-12)
+    assert float(torch.linalg.vector_norm(hadamard(v))) == pytest.approx(float(torch.linalg.vector_norm(v)), rel=1e-12)
+    assert padded_dim(1000) == 1024 and padded_dim(1024) == 1024 and padded_dim(1) == 1
+
+
+def test_noiseless_shares_sum_to_the_central_sum_up_to_the_stated_rounding_error():
+    mechanism = _mechanism()
+    rng = np.random.default_rng(0)
+    messages = [torch.randn(1000) * s for s in (0.1, 0.5, 2.0, 5.0, 0.01, 1.0)]
+    signs = rotation_signs(0, 3, mechanism.padded)
+    total = ring_sum([mechanism.encode(m, signs, rng) for m in messages], mechanism.modulus)
+    central = CentralGaussianSum(bound=1.0, noise_multiplier=0.0)(messages, 1000, torch.Generator())
+    error = float(torch.linalg.vector_norm(mechanism.decode(total, signs) - central))
+    # each of the n shares is off by < 1 per rotated coordinate: ||error|| <= n sqrt(d') / scale
+    assert error <= len(messages) * math.sqrt(mechanism.padded) / mechanism.scale
+    assert error > 0  # rounding happened (the bound is not vacuous)
+
+
+def test_noise_of_the_surviving_shares_has_the_calibrated_variance():
+    mechanism = _mechanism(noise=1.5, survivors=5)
+    rng = np.random.default_rng(1)
+    signs = rotation_signs(0, 1, mechanism.padded)
+    zero = torch.zeros(1000)
+    total = ring_sum([mechanism.encode(zero, signs, rng) for _ in range(5)], mechanism.modulus)
+    noise = mechanism.decode(total, signs)
+    expected_std = mechanism.noise_multiplier * mechanism.l2 / mechanism.scale  # t shares: exactly (z D2)^2
+    assert float(noise.std()) == pytest.approx(expected_std, rel=0.08)
+
+
+def test_scale_keeps_the_wrap_probability_below_its_bound_and_refuses_too_few_bits():
+    mechanism = _mechanism(noise=1.0, cohort=50)
+    assert mechanism.wrap_bound(50) <= 1e-9 * 1.01
+    assert mechanism.wrap_bound(5) < mechanism.wrap_bound(50)
+    with pytest.raises(ValueError, match="bits"):
+        _mechanism(noise=5.0, cohort=50, bits=8, dim=100000)
+
+
+def test_rotation_signs_are_shared_by_seed_and_round():
+    assert torch.equal(rotation_signs(3, 7, 64), rotation_signs(3, 7, 64))
+    assert not torch.equal(rotation_signs(3, 7, 64), rotation_signs(3, 8, 64))
+
+
+def _cfg(tiny_cfg, **overrides):
+    base = dict(strategy="alpha-normec", privacy_model="distributed", num_clients=8, clients_per_round=6, num_server_rounds=3, secagg_survivors=0.5)
+    return tiny_cfg.replace(**{**base, **overrides})
+
+
+def test_distributed_ledger_charges_the_population_at_q_with_skellam_releases(tiny_cfg):
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0)
+    federation = InProcessFederation(cfg)
+    history = federation.run()
+    assert history["epsilon-max"].iloc[-1] <= 4.0 + 1e-6
+    assert history["epsilon-max"].iloc[-1] > 3.0  # calibrated to the target, not far below it
+    releases = federation.server.ledger.releases(next(iter(federation.clients)))
+    assert releases and all(r.is_skellam and r.sample_rate == pytest.approx(6 / 8) for r in releases)
+
+
+def test_fewer_survivors_than_the_noise_needs_skips_the_round_and_keeps_the_model(tiny_cfg):
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_survivors=1.0, num_clients=6, clients_per_round=6)
+    server = ServerCore(cfg)
+    x0 = server.x.clone()
+    cohort = server.sample([str(i) for i in range(6)])
+    mechanism = server.distributed
+    rng = np.random.default_rng(0)
+    signs = rotation_signs(cfg.seed, 1, mechanism.padded)
+    shares = [mechanism.encode(torch.zeros(server.dim), signs, rng) for _ in cohort[:-1]]
+    row = server.aggregate_secure(1, ring_sum(shares, mechanism.modulus), cohort[:-1])
+    assert "shares survived" in row["skipped"] and torch.equal(server.x, x0)
+    assert server.ledger.summary()[0] > 0  # the population is charged all the same
+
+
+def test_a_secure_sum_naming_a_stranger_or_a_malformed_sum_is_discarded(tiny_cfg):
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0)
+    server = ServerCore(cfg)
+    cohort = server.sample([str(i) for i in range(8)])
+    row = server.aggregate_secure(1, np.zeros(server.distributed.padded, np.int64), list(cohort) + ["intruder"])
+    assert "not addressed" in row["skipped"]
+    cohort = server.sample([str(i) for i in range(8)])
+    row = server.aggregate_secure(2, np.full(3, -1, np.int64), list(cohort))
+    assert "ring" in row["skipped"] or "shares survived" in row["skipped"]
+
+
+def test_one_hostile_share_moves_the_model_at_most_by_the_honest_sum_bound(tiny_cfg):
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_survivors=0.5)
+    server = ServerCore(cfg)
+    cohort = server.sample([str(i) for i in range(8)])
+    mechanism = server.distributed
+    huge = np.full(mechanism.padded, mechanism.modulus // 2 - 1, np.int64)  # the largest a share can push
+    x0 = server.x.clone()
+    server.aggregate_secure(1, huge, cohort)
+    step = float(torch.linalg.vector_norm(server.x - x0))
+    limit = cfg.server_lr * mechanism.sum_norm_limit(len(cohort)) / cfg.clients_per_round
+    assert step <= limit * 1.01
+
+
+def test_distributed_config_errors_name_the_key(tiny_cfg):
+    with pytest.raises(ConfigError, match="secagg-bits"):
+        _cfg(tiny_cfg, secagg_bits=40)
+    with pytest.raises(ConfigError, match="secagg-survivors"):
+        _cfg(tiny_cfg, secagg_survivors=0.0)
+    with pytest.raises(ConfigError, match="privacy-model"):
+        _cfg(tiny_cfg, strategy="ef21")
+
+
+# ---------------------------------------------------------------- Flower's SecAgg+
+
+
+class InProcessGrid:
+    """A Grid that delivers each message to the ClientApp (with its mods) of its node, in process,
+    and records every reply that reaches the server."""
+
+    def __init__(self, contexts, drop=()):
+        self.contexts, self.drop, self.seen = contexts, set(drop), []
+
+    def get_node_ids(self):
+        return sorted(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node in self.drop:
+                continue
+            # a real Grid serialises each message: a node never shares the server's RecordDict
+            reply = client_app(copy.deepcopy(message), self.contexts[node])
+            self.seen.append(reply)
+            replies.append(reply)
+        return replies
+
+
+def _flower_secure_run(cfg, rounds, drop=()):
+    node_ids = [101 + i for i in range(cfg.num_clients)]
+    contexts = {
+        node: Context(run_id=1, node_id=node, node_config={"partition-id": i, "num-partitions": cfg.num_clients},
+                      state=RecordDict(), run_config=cfg.to_flwr())
+        for i, node in enumerate(node_ids)
+    }
+    core = ServerCore(cfg)
+    strategy = FlDpStrategy(core)
+    inner = InProcessGrid(contexts, drop)
+    grid = strategy.secure = SecAggPlusGrid(inner, core.distributed, cfg.secagg_num_shares, None)
+    arrays = strategy.initial_arrays()
+    for server_round in range(1, rounds + 1):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies = grid.send_and_receive(messages)
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+    return core, inner
+
+
+def test_flower_secagg_path_equals_the_in_process_loop_and_never_shows_the_server_a_message(tiny_cfg):
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=3)
+    core, grid = _flower_secure_run(cfg, 2)
+    federation = InProcessFederation(cfg)
+    federation.run(stop_after=2)
+    assert torch.allclose(core.x, federation.server.x, atol=1e-6)
+    assert list(core.history()["accepted"]) == list(federation.server.history()["accepted"])
+    # what the server received: key material and masked vectors, never an 'arrays' record nor fitres parameters
+    for reply in grid.seen:
+        assert "arrays" not in reply.content.array_records
+        for record in reply.content.array_records.values():
+            assert len(record) == 0
+    # the masked vectors the server sums are uniform mod 2^32, not shares in [0, M)
+    masked = [
+        bytes_to_ndarray(b)
+        for r in grid.seen
+        for b in r.content.config_records["secaggplus_configs"].get(Key.MASKED_PARAMETERS, [])
+    ]
+    vectors = [v for v in masked if v.size == core.distributed.padded]  # (the other array is the weight)
+    assert len(vectors) == sum(core.history()["sampled"])
+    assert all(int(vector.max()) >= core.distributed.modulus for vector in vectors)
+
+
+def test_flower_secagg_survives_a_dropped_client_and_skips_below_the_threshold(tiny_cfg):
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, secagg_survivors=0.5)
+    core, _ = _flower_secure_run(cfg, 1, drop={101})
+    assert core.history()["skipped"].iloc[0] == "" or "shares survived" in core.history()["skipped"].iloc[0]
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, secagg_survivors=1.0, num_clients=6, clients_per_round=6)
+    x0 = ServerCore(cfg).x.clone()
+    core, _ = _flower_secure_run(cfg, 1, drop={101})
+    assert core.history()["skipped"].iloc[0] != ""
+    assert torch.equal(core.x, x0)
