@@ -53,8 +53,9 @@ TASK = dict(dataset="fashion-mnist", model="cnn", batch_size=64, eval_samples=20
 FULL_EPSILONS = (1.0, 2.0, 4.0, 8.0, math.inf)
 COLUMNS = [
     "strategy", "privacy_model", "num_clients", "clients_per_round", "epsilon", "delta",
-    "noise_multiplier", "rounds", "test_accuracy", "seed", "server_lr", "seconds",
+    "noise_multiplier", "rounds", "test_accuracy", "seed", "server_lr", "seconds", "bytes_up_per_client",
 ]
+RUN_KEY = ["strategy", "privacy-model", "epsilon", "server_lr", "seed"]
 
 
 def config(strategy: str, privacy_model: str, eps: float, server_lr: float, seed: int, scale: dict[str, int]) -> RunConfig:
@@ -108,8 +109,15 @@ def rows_of(histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]
             "seed": cfg.seed,
             "server_lr": labels["server_lr"],
             "seconds": float(last["run-seconds"]),
+            "bytes_up_per_client": bytes_per_client(run),
         })
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def bytes_per_client(run: pd.DataFrame) -> float:
+    """Mean bytes one contributing client sends a round (a distributed share counts at its ring width)."""
+    sent = run[run["accepted"] > 0]
+    return float((sent["bytes-up"] / sent["accepted"]).mean()) if len(sent) else math.nan
 
 
 def merged(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +148,7 @@ def plot(best: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for (strategy, model), rows in best.groupby(["strategy", "privacy_model"]):
         rows = rows.set_index("epsilon").reindex(epsilons)
-        ax.plot(range(len(epsilons)), rows["test_accuracy"], marker="o", linestyle="-" if model == "central" else ":",
+        ax.plot(range(len(epsilons)), rows["test_accuracy"], marker="o", linestyle={"central": "-", "distributed": "--"}.get(model, ":"),
                 label=f"{strategy} ({model})")
     ax.set_xticks(range(len(epsilons)), labels)
     ax.set_xlabel("epsilon (user level, delta = 1e-5)")
@@ -155,7 +163,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the issue's regime: 300 rounds, eps {1, 2, 4, 8, inf}, both models")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--epsilons", nargs="+", type=float, default=None, help="override the epsilons (inf for no noise)")
-    parser.add_argument("--models", nargs="+", default=None, choices=["local", "central"], help="override the privacy models")
+    parser.add_argument("--models", nargs="+", default=None, choices=["local", "central", "distributed"], help="override the privacy models")
     parser.add_argument("--merge", action="store_true",
                         help="keep the runs already in --out (and its histories) and add or replace this grid's")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
@@ -188,6 +196,12 @@ def main() -> None:
     runs = rows_of(histories, grid)
     if earlier_runs is not None:
         runs = merged(earlier_runs, runs)
+        missing = runs["bytes_up_per_client"].isna() if "bytes_up_per_client" in runs else pd.Series(True, index=runs.index)
+        for i in runs.index[missing]:
+            row = runs.loc[i]
+            key = (row["strategy"], row["privacy_model"], row["epsilon"], row["server_lr"], row["seed"])
+            run = histories[(histories[RUN_KEY] == pd.Series(key, index=RUN_KEY)).all(axis=1)]
+            runs.loc[i, "bytes_up_per_client"] = bytes_per_client(run) if len(run) else math.nan
     best = best_per_cell(runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     runs.to_csv(args.out, index=False)
