@@ -13,16 +13,13 @@ under distributed the share at its ring width and what SecAgg+ sends for it (int
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.privacy_utility import bytes_per_client
+from benchmarks.simulation import simulate_sh
 from fl_dp.config import RunConfig
 from fl_dp.distributed import mechanism_for
 
@@ -34,23 +31,13 @@ def simulate(privacy_model: str, nodes: int, per_round: int, rounds: int) -> dic
         strategy="alpha-normec", privacy_model=privacy_model, target_epsilon=8.0, num_clients=nodes,
         clients_per_round=per_round, num_server_rounds=rounds, eval_every=rounds, server_lr=0.5,
     )
-    with tempfile.TemporaryDirectory(prefix="flsa-", dir="/tmp") as tmp:
-        run_config = " ".join(f"{k.replace('_', '-')}='{v}'" if isinstance(v, str) else f"{k.replace('_', '-')}={v}" for k, v in settings.items())
-        run_config += f" run-name='sim' results-dir='{tmp}'"
-        env = {**os.environ, "FLWR_HOME": f"{tmp}/home", "RAY_TMPDIR": f"{tmp}/r", "FL_DP_VENV": str(Path(sys.executable).parent.parent)}
-        started = time.perf_counter()
-        result = subprocess.run(["bash", str(ROOT / "scripts" / "simulate.sh"), str(nodes), "--run-config", run_config],
-                                env=env, capture_output=True, text=True, cwd=ROOT)
-        if result.returncode != 0:
-            raise RuntimeError((result.stdout + result.stderr)[-4000:])
-        history = pd.read_csv(Path(tmp) / "sim.csv")
+    history, total = simulate_sh(nodes, settings)
     cfg = RunConfig(**settings)
-    sent = history[history["accepted"] > 0]
     row = {
         "privacy_model": privacy_model, "nodes": nodes, "clients_per_round": per_round, "rounds": rounds,
-        "total_seconds": time.perf_counter() - started,
+        "total_seconds": total,
         "round_seconds": statistics.median(history["round-seconds"].iloc[1:]),
-        "bytes_up_per_client": float((sent["bytes-up"] / sent["accepted"]).mean()),
+        "bytes_up_per_client": bytes_per_client(history),
         "epsilon": float(history["epsilon-max"].iloc[-1]),
     }
     if privacy_model == "distributed":

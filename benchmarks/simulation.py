@@ -70,34 +70,42 @@ def _rss_of_flower_processes() -> float:
     return sum(int(line.split(None, 1)[0]) for line in out.splitlines() if any(k in line for k in keys)) / 1024
 
 
-def flower_run(num_clients: int) -> dict:
+def simulate_sh(num_clients: int, run_settings: dict) -> tuple[pd.DataFrame, float]:
+    """One `scripts/simulate.sh` run of ``run_settings`` on ``num_clients`` virtual SuperNodes, in a
+    throw-away FLWR_HOME / RAY_TMPDIR: (per-round metrics, wall seconds)."""
     with tempfile.TemporaryDirectory(prefix="flsim-", dir="/tmp") as tmp:
         run_config = " ".join(
-            f"{k.replace('_', '-')}='{v}'" if isinstance(v, str) else f"{k.replace('_', '-')}={v}" for k, v in settings(num_clients).items()
+            f"{k.replace('_', '-')}='{v}'" if isinstance(v, str) else f"{k.replace('_', '-')}={v}" for k, v in run_settings.items()
         )
         run_config += f" run-name='sim' results-dir='{tmp}'"
         env = {**os.environ, "FLWR_HOME": f"{tmp}/home", "RAY_TMPDIR": f"{tmp}/r", "FL_DP_VENV": str(Path(sys.executable).parent.parent)}
-        peak = [0.0]
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], _rss_of_flower_processes())
-                time.sleep(0.5)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         started = time.perf_counter()
         result = subprocess.run(
             ["bash", str(ROOT / "scripts" / "simulate.sh"), str(num_clients), "--run-config", run_config],
             env=env, capture_output=True, text=True, cwd=ROOT,
         )
         total = time.perf_counter() - started
-        done.set()
-        sampler.join()
         if result.returncode != 0:
             raise RuntimeError((result.stdout + result.stderr)[-4000:])
-        history = pd.read_csv(Path(tmp) / "sim.csv")
+        return pd.read_csv(Path(tmp) / "sim.csv"), total
+
+
+def flower_run(num_clients: int) -> dict:
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_of_flower_processes())
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        history, total = simulate_sh(num_clients, settings(num_clients))
+    finally:
+        done.set()
+        sampler.join()
     return {"total": total, "rounds": history["round-seconds"].tolist(), "accuracy": float(history["test-accuracy"].iloc[-1]), "peak_mib": peak[0]}
 
 

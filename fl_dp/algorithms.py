@@ -17,6 +17,7 @@ import torch
 
 from fl_dp.compressors import SparseVector, build_compressor
 from fl_dp.config import ConfigError, RunConfig
+from fl_dp.distributed import mechanism_for
 from fl_dp.dpsgd import client_noise_multiplier, cooling_rate, epoch_mask, masked_noisy_sum, poisson_batch
 from fl_dp.mechanisms import GaussianMechanism
 from fl_dp.operators import Clipping, SmoothedNormalization
@@ -473,8 +474,6 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
     if cfg.noise_multiplier > 0:
         return cfg.noise_multiplier
     if cfg.privacy_model == "distributed":
-        from fl_dp.distributed import mechanism_for  # it needs the model's size
-
         return mechanism_for(cfg).noise_multiplier
     if cfg.strategy in SAMPLE_LEVEL_PRIVATE:
         return 0.0  # each client calibrates from its own sample rate

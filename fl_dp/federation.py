@@ -374,12 +374,8 @@ class ServerCore:
             if skipped:
                 # the repliers' own states moved: the server's mirror of them must too, the model not
                 candidate = self.x
-            if torch.isfinite(candidate).all() and all(torch.isfinite(v).all() for v in candidate_state.values()):
-                self.x, self.state = candidate, candidate_state
+            if self._commit(server_round, candidate, candidate_state, rejected):
                 self._record_shares(accepted, fresh)
-            else:
-                rejected.append("aggregate: update not finite, global model kept")
-                log.error("round %d: aggregated update is not finite; global model kept", server_round)
         self._warn_on_ledger_disagreement(server_round, [r for r, _ in accepted])
         accepted_replies = [r for r, _ in accepted]
         return self._close_round(
@@ -429,10 +425,7 @@ class ServerCore:
             noisy_sum = project_to_ball(noisy_sum, mechanism.sum_norm_limit(len(ids)))
             candidate_state = {k: v.clone() for k, v in self.state.items()}
             candidate = self.algorithm.apply_sum(self.x, candidate_state, noisy_sum, float(self.cfg.clients_per_round))
-            if torch.isfinite(candidate).all() and all(torch.isfinite(v).all() for v in candidate_state.values()):
-                self.x, self.state = candidate, candidate_state
-            else:
-                rejected.append("aggregate: update not finite, global model kept")
+            self._commit(server_round, candidate, candidate_state, rejected)
         contributed = [] if skipped else [Reply(client, {}, {}) for client in ids]
         return self._close_round(
             server_round,
@@ -443,12 +436,20 @@ class ServerCore:
             bytes_up=len(ids) * mechanism.share_bytes,
         )
 
+    def _commit(self, server_round: int, candidate: torch.Tensor, candidate_state: State, rejected: list[str]) -> bool:
+        """Adopt the round's model and state if they are finite; else keep both and say why."""
+        if torch.isfinite(candidate).all() and all(torch.isfinite(v).all() for v in candidate_state.values()):
+            self.x, self.state = candidate, candidate_state
+            return True
+        rejected.append("aggregate: update not finite, global model kept")
+        log.error("round %d: aggregated update is not finite; global model kept", server_round)
+        return False
+
     def _close_round(
-        self, server_round: int, accepted_replies: list[Reply], num_sent: int, rejected: list[str], skipped: str, bytes_up: int
+        self, server_round: int, accepted: list[Reply], num_sent: int, rejected: list[str], skipped: str, bytes_up: int
     ) -> dict[str, Any]:
         """The round's metrics row (evaluated where due), the ledger journal, the progress line."""
         eps_max, eps_mean = self.ledger.summary()
-        accepted = accepted_replies
         row: dict[str, Any] = {
             "round": server_round,
             "strategy": self.cfg.strategy,

@@ -19,6 +19,8 @@ from typing import Any
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from fl_dp.skellam import epsilon_of_mixed
+
 
 @dataclass(frozen=True)
 class Release:
@@ -82,8 +84,6 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
     if any(r.noise_multiplier == 0 for r in releases):
         return math.inf
     if any(r.is_skellam for r in releases):
-        from fl_dp.skellam import epsilon_of_mixed
-
         return epsilon_of_mixed(releases, delta)
     accountant = RDPAccountant()
     accountant.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in releases]

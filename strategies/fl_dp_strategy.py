@@ -96,7 +96,7 @@ class FlDpStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         if self.secure is not None:
-            replies = list(replies)  # SecAgg+ answered inside the grid: no reply reaches the strategy
+            # SecAgg+ answered inside the grid: no reply reaches the strategy, only the sum
             outcome = self.secure.take()
             row = self.core.aggregate_secure(server_round, outcome.total, outcome.contributors, outcome.failures)
             return self._finish(server_round, row)

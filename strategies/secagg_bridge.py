@@ -32,7 +32,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitIns, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.client_manager import SimpleClientManager
@@ -42,6 +42,7 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 
 from fl_dp.distributed import RING_KEY, SECAGG_MODULUS, DistributedSkellam
+from strategies.fl_dp_strategy import ARRAYS_KEY, CONFIG_KEY, to_array_record
 
 log = logging.getLogger("fl_dp")
 
@@ -49,8 +50,6 @@ log = logging.getLogger("fl_dp")
 PINNED_FLWR = ("1.41", "1.42")
 if not flwr.__version__.startswith(PINNED_FLWR):  # pragma: no cover - depends on the installed flwr
     raise ImportError(f"strategies.secagg_bridge is pinned to flwr {' / '.join(PINNED_FLWR)}, found {flwr.__version__}")
-
-ARRAYS_KEY, CONFIG_KEY, METRICS_KEY = "arrays", "config", "metrics"
 
 
 @dataclass
@@ -188,23 +187,17 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: Any) -> Me
     def train_in_app_layout(fit_msg: Message, ctxt: Context) -> Message:
         fitins = compat.recorddict_to_fitins(fit_msg.content, keep_input=True)
         (x,) = parameters_to_ndarrays(fitins.parameters)
-        fit_msg.content = RecordDict({ARRAYS_KEY: ArrayRecord({"x": _array(x)}), CONFIG_KEY: ConfigRecord(dict(fitins.config))})
+        fit_msg.content = RecordDict({ARRAYS_KEY: to_array_record({"x": x}), CONFIG_KEY: ConfigRecord(dict(fitins.config))})
         reply = call_next(fit_msg, ctxt)
         if reply.has_error():
             return reply
         share = reply.content.array_records[ARRAYS_KEY][RING_KEY].numpy()
-        modulus = int(configs_of(ctxt)[Key.TARGET_RANGE])
+        modulus = int(ctxt.state.config_records[RECORD_KEY_STATE][Key.TARGET_RANGE])  # as _check_setup admitted it
         shifted = share.astype(np.float64) - modulus // 2
         fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([shifted]), num_examples=1, metrics={})
         return Message(content=compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=fit_msg)
 
     return secaggplus_mod(msg, context, train_in_app_layout)
-
-
-def configs_of(context: Context) -> ConfigRecord:
-    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
-
-    return context.state.config_records[RECORD_KEY_STATE]
 
 
 def _check_setup(configs: ConfigRecord) -> None:
@@ -218,9 +211,3 @@ def _check_setup(configs: ConfigRecord) -> None:
     )
     if not ok:
         raise ValueError("SecAgg+ setup does not keep fl-dp's ring values exact (clipping range M/2, weight 1, modulus 2^32)")
-
-
-def _array(x: np.ndarray) -> Any:
-    from flwr.app import Array
-
-    return Array(np.ascontiguousarray(x))
