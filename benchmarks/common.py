@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from fl_dp.config import RunConfig
-from fl_dp.federation import run_inprocess
+from fl_dp.inprocess import run_inprocess
 
 RESULTS = Path(__file__).parents[1] / "results" / "benchmarks"
 

@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.common import base_parser, markdown_table, save_figure, write_outputs
 from fl_dp.config import RunConfig
-from fl_dp.federation import InProcessFederation
+from fl_dp.inprocess import InProcessFederation
 from fl_dp.stepsizes import ef21_logistic_constants, ef21_stepsize
 
 LAMBDA = 0.1

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.common import markdown_table, save_figure
-from fl_dp.algorithms import resolve_noise_multiplier
+from fl_dp.privacy_policy import resolve_noise_multiplier
 from fl_dp.audit import audit_many_runs, audit_run, ideal_scores
 from fl_dp.audit_bounds import best_one_run_bound
 from fl_dp.config import RunConfig

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.common import base_parser, markdown_table, run_grid, save_figure
-from fl_dp.algorithms import resolve_noise_multiplier
+from fl_dp.privacy_policy import resolve_noise_multiplier
 from fl_dp.config import RunConfig
 
 RESULTS = Path(__file__).parents[1] / "results"

@@ -54,7 +54,7 @@ def plain_loop(num_clients: int) -> dict:
     code = (
         "import json, resource, time, torch\n"
         "from fl_dp.config import RunConfig\n"
-        "from fl_dp.federation import run_inprocess\n"
+        "from fl_dp.inprocess import run_inprocess\n"
         f"cfg = RunConfig(**{settings(num_clients)!r}, results_dir='unused')\n"
         "t = time.perf_counter(); h = run_inprocess(cfg); total = time.perf_counter() - t\n"
         "print(json.dumps({'total': total, 'rounds': h['round-seconds'].tolist(), 'accuracy': float(h['test-accuracy'].iloc[-1]),"
@@ -137,7 +137,7 @@ def _round_trip_child() -> None:
 
     from clients.client_app import train as client_train
     from fl_dp.config import RunConfig
-    from fl_dp.federation import ServerCore
+    from fl_dp.server import ServerCore
     from strategies.fl_dp_strategy import FlDpStrategy
 
     class OneNode:

@@ -1,26 +1,41 @@
 """The Flower ClientApp: one training request in, one compressed / noised message out.
 
-The client's persistent state (error-feedback vector g_i, momentum) lives in
-``context.state`` so that it survives across rounds, including rounds the
-client is not sampled in, in simulation and on a SuperNode alike.
+The client's persistent state (error-feedback vector g_i, momentum) and its own privacy ledger
+live in two records of ``context.state``, so that they survive across rounds, including rounds
+the client is not sampled in, in simulation and on a SuperNode alike.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fl_dp.client import ClientCore
 from fl_dp.client_state import ClientStateStore
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.federation import RESUMED_FROM, ClientCore
 from fl_dp.privacy_floor import PrivacyFloor
+from fl_dp.wire import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    LEDGER_RECORD,
+    LEDGER_STATE,
+    METRICS_KEY,
+    RESUMED_FROM,
+    SERVER_ROUND,
+    STATE_RECORD,
+    from_array_record,
+    metric_values,
+    to_array_record,
+)
 from strategies.secagg_bridge import secure_aggregation_mod
-from strategies.fl_dp_strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, from_array_record, to_array_record
 
-STATE_KEY = "fl-dp-state"
+STATE_KEY, LEDGER_KEY = STATE_RECORD, LEDGER_RECORD
+#: the one array of the ledger record: (noise multiplier, sample rate, steps) rows, float64
+LEDGER_ROWS = "rows"
 
 # SecAgg+ stages of a distributed run pass through this mod; other messages reach train() unchanged
 app = ClientApp(mods=[secure_aggregation_mod])
@@ -58,21 +73,31 @@ def partition_of(context: Context, cfg: RunConfig) -> tuple[int, RunConfig]:
         partition_id = int(context.node_config["partition-id"])
         num_partitions = int(context.node_config["num-partitions"])
     except KeyError as err:
-        raise ConfigError(f"node config lacks {err}: start the SuperNode with --node-config 'partition-id=.. num-partitions=..'") from None
+        raise ConfigError(
+            f"node config lacks {err}: start the SuperNode with --node-config 'partition-id=.. num-partitions=..'"
+        ) from None
     if cfg.num_clients and num_partitions != cfg.num_clients:
         raise ConfigError(f"node has num-partitions={num_partitions} but the run has num-clients={cfg.num_clients}")
     return partition_id, cfg.for_federation(num_partitions)
 
 
 def load_state(context: Context) -> dict[str, torch.Tensor]:
-    if STATE_KEY not in context.state.array_records:
-        return {}
-    return {k: torch.from_numpy(v.copy()) for k, v in from_array_record(context.state.array_records[STATE_KEY]).items()}
+    """The client's algorithm state and its ledger (under ``privacy-ledger``), from their records."""
+    records = context.state.array_records
+    state = {}
+    if STATE_KEY in records:
+        state = {k: torch.from_numpy(v.copy()) for k, v in from_array_record(records[STATE_KEY]).items()}
+    if LEDGER_KEY in records:
+        state[LEDGER_STATE] = torch.from_numpy(from_array_record(records[LEDGER_KEY])[LEDGER_ROWS].copy())
+    return state
 
 
 def save_state(context: Context, state: dict[str, torch.Tensor]) -> None:
-    # dtypes kept: the privacy ledger's rows are float64
-    context.state[STATE_KEY] = to_array_record({k: v.detach().numpy() for k, v in state.items()})
+    """The algorithm state in one record, the client's own ledger in its own (dtypes kept: float64 rows)."""
+    algorithm_state = {k: v.detach().numpy() for k, v in state.items() if k != LEDGER_STATE}
+    context.state[STATE_KEY] = to_array_record(algorithm_state)
+    if LEDGER_STATE in state:
+        context.state[LEDGER_KEY] = to_array_record({LEDGER_ROWS: state[LEDGER_STATE].detach().numpy()})
 
 
 def state_store_of(context: Context, cfg: RunConfig, partition_id: int) -> ClientStateStore | None:
@@ -87,7 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     partition_id, cfg = partition_of(context, RunConfig.from_flwr(context.run_config))
     client = _client(cfg, partition_id, privacy_floor_of(context))
     arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
-    config = dict(msg.content.config_records[CONFIG_KEY])
+    config: dict[str, Any] = dict(msg.content.config_records[CONFIG_KEY].items())
     store = state_store_of(context, cfg, partition_id)
     state = load_state(context)
     if not state and store is not None:
@@ -95,6 +120,6 @@ def train(msg: Message, context: Context) -> Message:
     out_arrays, metrics, new_state = client.train(arrays, config, state)
     save_state(context, new_state)
     if store is not None:
-        store.save(context.run_id, int(config["server-round"]), state, new_state)
-    content = RecordDict({ARRAYS_KEY: to_array_record(out_arrays), METRICS_KEY: MetricRecord(metrics)})
+        store.save(context.run_id, int(config[SERVER_ROUND]), state, new_state)
+    content = RecordDict({ARRAYS_KEY: to_array_record(out_arrays), METRICS_KEY: MetricRecord(metric_values(metrics))})
     return Message(content=content, reply_to=msg)

@@ -32,12 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_dp.algorithms import SAMPLE_LEVEL_PRIVATE, is_client_level_private
 from fl_dp.audit_bounds import OneRunBound, best_one_run_bound, clopper_pearson_epsilon
 from fl_dp.central import CentralGaussianSum, project_to_ball
+from fl_dp.client import ClientCore
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.federation import CLIENT_EPSILON, ClientCore, InProcessFederation, Reply
-from fl_dp.wire import decode
+from fl_dp.inprocess import InProcessFederation
+from fl_dp.privacy_policy import is_client_level_private, is_sample_level_private
+from fl_dp.wire import CLIENT_EPSILON, Reply, decode
 
 #: a canary's gradient norm: far beyond every clip and normalisation, so the message saturates them
 CANARY_MAGNITUDE = 1e6
@@ -73,7 +74,9 @@ class GradientCanary:
     def stochastic_gradient(self, x: torch.Tensor, batch_size: int, generator: Any) -> tuple[float, torch.Tensor]:
         return 0.0, self.vector.clone()
 
-    def sgd(self, x: torch.Tensor, epochs: int, lr: float, batch_size: int, generator: Any, momentum: float = 0.0) -> tuple[torch.Tensor, float, int]:
+    def sgd(
+        self, x: torch.Tensor, epochs: int, lr: float, batch_size: int, generator: Any, momentum: float = 0.0
+    ) -> tuple[torch.Tensor, float, int]:
         return x + self.vector, 0.0, 1
 
 
@@ -138,7 +141,7 @@ def audit_run(cfg: RunConfig, canaries: int, *, seed: int = 0, confidence: float
     members = np.random.default_rng([seed, 7]).random(canaries) < 0.5
     scores, ledger_epsilon = canary_scores(cfg, members, seed)
     # a local canary's coin moves its score either way (+u or -u); elsewhere a non-member leaves no trace
-    two_sided = cfg.privacy_model == "local" and cfg.strategy not in SAMPLE_LEVEL_PRIVATE
+    two_sided = cfg.privacy_model == "local" and not is_sample_level_private(cfg)
     bound = best_one_run_bound(list(scores), list(members), cfg.delta, confidence, two_sided)
     return AuditResult(
         cfg=cfg, ledger_epsilon=ledger_epsilon, bound=bound, scores=scores, members=members, seconds=time.perf_counter() - started
@@ -147,7 +150,7 @@ def audit_run(cfg: RunConfig, canaries: int, *, seed: int = 0, confidence: float
 
 def canary_scores(cfg: RunConfig, members: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
     """Run ``cfg`` with one canary per entry of ``members`` (True: in); (auditor's scores, ledger epsilon)."""
-    if cfg.strategy in SAMPLE_LEVEL_PRIVATE:
+    if is_sample_level_private(cfg):
         return _sample_level_scores(cfg, members, seed)
     if is_client_level_private(cfg) and cfg.privacy_model == "local":
         return _local_scores(cfg, members, seed)
@@ -190,10 +193,19 @@ def audit_many_runs(cfg: RunConfig, runs: int, *, seed: int = 0, confidence: flo
     said_in, truth = scores[count] > threshold, coins[count]
     fp, fn = int((said_in & ~truth).sum()), int((~said_in & truth).sum())
     negatives, positives = int((~truth).sum()), int(truth.sum())
-    epsilon = clopper_pearson_epsilon(fp, max(negatives, 1), fn, max(positives, 1), cfg.delta, confidence) if negatives and positives else 0.0
+    epsilon = (
+        clopper_pearson_epsilon(fp, max(negatives, 1), fn, max(positives, 1), cfg.delta, confidence)
+        if negatives and positives
+        else 0.0
+    )
     return ManyRunResult(
-        epsilon=epsilon, runs=runs, threshold=threshold, false_positives=fp, false_negatives=fn,
-        ledger_epsilon=ledger, seconds=time.perf_counter() - started,
+        epsilon=epsilon,
+        runs=runs,
+        threshold=threshold,
+        false_positives=fp,
+        false_negatives=fn,
+        ledger_epsilon=ledger,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -261,11 +273,15 @@ def _central_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.
     directions = canary_directions(len(members), dim, seed)
     template = federation.clients["client-0"]
     ids = [cid for cid, member in zip(_canary_ids(len(members)), members) if member]
-    clients = {cid: _canary_client(template, GradientCanary(directions[int(cid.split("-")[1])]), cfg.num_clients + i) for i, cid in enumerate(ids)}
+    clients = {
+        cid: _canary_client(template, GradientCanary(directions[int(cid.split("-")[1])]), cfg.num_clients + i)
+        for i, cid in enumerate(ids)
+    }
     states: dict[str, dict[str, torch.Tensor]] = {cid: {} for cid in ids}
+    assert server.central is not None  # a central run
     recorder = _RecordingSum(server.central)
     server.central = recorder  # type: ignore[assignment]
-    bound, sigma, rate = server.central.bound, server.noise_multiplier, cfg.client_sample_rate
+    bound, sigma, rate = recorder.bound, server.noise_multiplier, cfg.client_sample_rate
     scores = torch.zeros(len(members), dtype=torch.float64)
     for server_round in range(1, cfg.num_server_rounds + 1):
         arrays, config = server.broadcast(server_round)
@@ -292,7 +308,9 @@ def _subsampled_gaussian_log_ratio(y: torch.Tensor, sigma: float, rate: float) -
     if sigma == 0:
         return y
     shift = (y - 0.5) / sigma**2
-    return torch.logaddexp(torch.full_like(y, math.log1p(-rate)) if rate < 1 else torch.full_like(y, -math.inf), math.log(rate) + shift)
+    return torch.logaddexp(
+        torch.full_like(y, math.log1p(-rate)) if rate < 1 else torch.full_like(y, -math.inf), math.log(rate) + shift
+    )
 
 
 class _RecordingSum:
@@ -318,7 +336,7 @@ def _sample_level_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tupl
     host = "client-0"
     real = federation.clients[host]
     inside = torch.from_numpy(np.flatnonzero(members))
-    real.objective = real.oracle = SampleCanaries(real.objective, directions[inside])
+    real.objective = real.oracle = SampleCanaries(real.objective, directions[inside])  # type: ignore[assignment]
     totals = torch.zeros(dim, dtype=torch.float64)
     layouts = federation.server.algorithm.wire_layouts
     for server_round in range(1, cfg.num_server_rounds + 1):
@@ -330,4 +348,3 @@ def _sample_level_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tupl
     # the update is x_local - x: a canary's gradient pulls it along -u
     scores = -(directions.double() @ totals)
     return scores.numpy(), federation.server.ledger.epsilon(host)
-

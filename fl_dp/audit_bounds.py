@@ -25,9 +25,9 @@ noise). Where the number of guesses is chosen after seeing the scores,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats

@@ -16,8 +16,9 @@ Opacus' RDP accountant; every connected client is charged at rate q every round,
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 

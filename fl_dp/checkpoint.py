@@ -21,7 +21,16 @@ from fl_dp.config import ConfigError, RunConfig
 FORMAT = "fl-dp-checkpoint/1"
 #: keys a resumed run may change: how long, how often it checkpoints, how patiently it waits
 RESUMABLE_CHANGES = frozenset(
-    {"num-server-rounds", "resume", "checkpoint-every", "round-timeout", "node-wait-timeout", "min-clients-per-round", "eval-every"}
+    {
+        "num-server-rounds",
+        "resume",
+        "checkpoint-every",
+        "round-timeout",
+        "node-wait-timeout",
+        "min-clients-per-round",
+        "eval-every",
+        "verbose",
+    }
 )
 
 

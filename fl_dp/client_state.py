@@ -26,7 +26,7 @@ import torch
 
 from fl_dp.checkpoint import atomic_save, config_fingerprint
 from fl_dp.config import RunConfig
-from fl_dp.federation import LEDGER_STATE
+from fl_dp.wire import LEDGER_STATE
 
 log = logging.getLogger("fl_dp")
 
@@ -60,7 +60,9 @@ class ClientStateStore:
         else:
             log.warning(
                 "client state %s: trained at round %d, no copy as of round %d where the server resumed; starting empty",
-                self.path, record["trained"], resumed_from,
+                self.path,
+                record["trained"],
+                resumed_from,
             )
             state = {}
         if LEDGER_STATE in latest:
@@ -80,8 +82,14 @@ class ClientStateStore:
                 boundary, at_boundary = last_checkpoint, before
         atomic_save(
             self.path,
-            {"fingerprint": self._fingerprint, "run": run_id, "trained": server_round, "state": after,
-             "boundary": boundary, "at-boundary": at_boundary}
+            {
+                "fingerprint": self._fingerprint,
+                "run": run_id,
+                "trained": server_round,
+                "state": after,
+                "boundary": boundary,
+                "at-boundary": at_boundary,
+            },
         )
 
     def _read(self) -> dict[str, Any] | None:
@@ -101,4 +109,3 @@ class ClientStateStore:
         except Exception as err:  # noqa: BLE001 - a damaged file costs the state, never the client
             log.warning("client state %s unreadable (%s: %s); starting empty", self.path, type(err).__name__, err)
             return None
-

@@ -46,7 +46,7 @@ class SparseVector:
         return self.values.numel() * (FLOAT_BYTES + INDEX_BYTES)
 
     @staticmethod
-    def from_dense(v: torch.Tensor, indices: torch.Tensor) -> "SparseVector":
+    def from_dense(v: torch.Tensor, indices: torch.Tensor) -> SparseVector:
         indices = indices.to(torch.int32)
         return SparseVector(v[indices.long()].to(torch.float32), indices, v.numel())
 
@@ -72,7 +72,7 @@ class Compressor(Protocol):
     def __call__(self, v: torch.Tensor, generator: torch.Generator | None = None) -> SparseVector: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Identity:
     """Sends every coordinate (dense on the wire)."""
 
@@ -80,7 +80,7 @@ class Identity:
         return SparseVector.from_dense(v, torch.arange(v.numel()))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TopK:
     """Keeps the k largest-magnitude coordinates: ||C(v) - v||^2 <= (1 - k/d) ||v||^2."""
 
@@ -96,7 +96,7 @@ class TopK:
         return SparseVector.from_dense(v, indices)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RandK:
     """Keeps k coordinates drawn uniformly without replacement.
 
@@ -130,9 +130,9 @@ def build_compressor(name: str, dim: int, k: int = 0, ratio: float = 0.0) -> Com
             raise ValueError(f"compressor {name!r} needs k >= 1 or 0 < compress-ratio <= 1, got k={k}, ratio={ratio}")
         k = max(1, int(round(ratio * dim)))
     if name == "top-k":
-        return TopK(k)
+        return TopK(k=k)
     if name == "rand-k":
-        return RandK(k, unbiased=False)
+        return RandK(k=k, unbiased=False)
     if name == "rand-k-unbiased":
-        return RandK(k, unbiased=True)
+        return RandK(k=k, unbiased=True)
     raise ValueError(f"unknown compressor {name!r}; choose identity, top-k, rand-k or rand-k-unbiased")

@@ -4,38 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from fl_dp.data import DATASETS, PARTITIONERS
+from fl_dp.errors import ConfigError
 from fl_dp.models import MODELS
 from fl_dp.privacy import MAX_NOISE_MULTIPLIER
+from fl_dp.registry import PRIVACY_MODELS, REGISTRY, STRATEGIES, spec_of
 from fl_dp.robustness import AGGREGATORS, BYZANTINE_ATTACKS, NOISE_KINDS
+from fl_dp.rules.sign import SIGN_COMPRESSORS
 
-STRATEGIES = (
-    "fedavg",
-    "dp-fedavg",
-    "alpha-normec",
-    "dp-normalized-sgd",
-    "clip21",
-    "ef21",
-    "ef21-norm",
-    "ef21-sgdm-norm",
-    "sign-vote",
-    "ef-sign",
-    "mean-sgd",
-    "dp-sgd",
-    "dp-sgd-rs",
-)
-SIGN_COMPRESSORS = ("sign", "sto-sign", "dp-sign")
-PRIVACY_MODELS = ("local", "central", "distributed")
 #: strategies whose client message is a norm-bounded vector that the server may sum and noise once
-CENTRAL_DP_STRATEGIES = ("alpha-normec", "dp-normalized-sgd", "clip21", "dp-fedavg")
+CENTRAL_DP_STRATEGIES = tuple(key for key, spec in REGISTRY.items() if "central" in spec.privacy_models)
 COMPRESSORS = ("identity", "top-k", "rand-k", "rand-k-unbiased")
 
-
-class ConfigError(ValueError):
-    """A run configuration that cannot be run, with the reason."""
+__all__ = ["CENTRAL_DP_STRATEGIES", "COMPRESSORS", "ConfigError", "PRIVACY_MODELS", "RunConfig", "STRATEGIES"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +97,8 @@ class RunConfig:
     os_randomness: bool = False
     results_dir: str = "results"
     run_name: str = ""
+    # Flower's and Ray's own log lines on the console too (always in results-dir/<run>/flower.log)
+    verbose: bool = False
     node_wait_timeout: float = 120.0
     # evaluate the global model every k rounds (and after the last)
     eval_every: int = 1
@@ -133,7 +120,7 @@ class RunConfig:
         self._validate()
 
     @classmethod
-    def from_flwr(cls, run_config: Mapping[str, Any], **overrides: Any) -> "RunConfig":
+    def from_flwr(cls, run_config: Mapping[str, Any], **overrides: Any) -> RunConfig:
         """Build from Flower's run config (kebab-case keys); unknown keys are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
@@ -153,10 +140,10 @@ class RunConfig:
         """The kebab-case mapping that :meth:`from_flwr` reads back."""
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
-    def for_federation(self, num_nodes: int) -> "RunConfig":
+    def for_federation(self, num_nodes: int) -> RunConfig:
         """``num-clients = 0`` as ``num_nodes``, then ``clients-per-round = 0`` as num-clients."""
         num_clients = self.num_clients or num_nodes
         return self.replace(num_clients=num_clients, clients_per_round=self.clients_per_round or num_clients)
@@ -187,8 +174,7 @@ class RunConfig:
         def fail(message: str) -> None:
             raise ConfigError(message)
 
-        if self.strategy not in STRATEGIES:
-            fail(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        spec = spec_of(self.strategy)
         if self.dataset not in DATASETS:
             fail(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.partitioner not in PARTITIONERS:
@@ -200,26 +186,22 @@ class RunConfig:
         if self.grad_noise not in NOISE_KINDS:
             fail(f"unknown grad-noise {self.grad_noise!r}; choose one of {', '.join(NOISE_KINDS)}")
         if self.grad_noise != "none" and not (1 < self.grad_noise_kappa <= 2 and self.grad_noise_scale > 0):
-            fail(f"grad-noise needs grad-noise-kappa in (1, 2] and grad-noise-scale > 0, got {self.grad_noise_kappa}, {self.grad_noise_scale}")
+            fail(
+                "grad-noise needs grad-noise-kappa in (1, 2] and grad-noise-scale > 0, "
+                f"got {self.grad_noise_kappa}, {self.grad_noise_scale}"
+            )
         if not 0 <= self.rs_final_rate < 1:
             fail(f"rs-final-rate must be in [0, 1), got {self.rs_final_rate}")
-        if self.strategy in ("dp-sgd", "dp-sgd-rs"):
-            if not (self.target_epsilon > 0 or self.noise_multiplier > 0):
-                fail(f"{self.strategy} needs target-epsilon or noise-multiplier > 0")
-            if self.regularizer_lambda:
-                fail(f"{self.strategy} needs regularizer-lambda = 0 (per-sample gradients exclude it)")
-            if self.batch_size < 1:
-                fail(f"{self.strategy} needs batch-size >= 1 (the expected Poisson batch)")
         if self.byzantine_attack not in BYZANTINE_ATTACKS:
             fail(f"unknown byzantine-attack {self.byzantine_attack!r}; choose one of {', '.join(BYZANTINE_ATTACKS)}")
         if self.aggregator not in AGGREGATORS:
             fail(f"unknown aggregator {self.aggregator!r}; choose one of {', '.join(AGGREGATORS)}")
         if not 0 <= self.trim_fraction < 0.5:
             fail(f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
-        if self.aggregator != "mean" and (self.strategy == "sign-vote" or self.privacy_model != "local"):
+        if self.aggregator != "mean" and self.privacy_model != "local":
             fail(
-                f"aggregator {self.aggregator!r} replaces a mean of the clients' messages: not for sign-vote "
-                "(the vote is robust itself) or a privacy model whose noise is calibrated to a sum"
+                f"aggregator {self.aggregator!r} replaces a mean of the clients' messages: "
+                "not under a privacy model whose noise is calibrated to a sum"
             )
         if not 0 <= self.byzantine_fraction < 0.5:
             fail(f"byzantine-fraction must be in [0, 0.5), got {self.byzantine_fraction}")
@@ -239,7 +221,16 @@ class RunConfig:
             fail(f"min-clients-per-round ({self.min_clients_per_round}) > clients-per-round ({self.clients_per_round})")
         if self.checkpoint_every < 0:
             fail(f"checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        for name in ("client_lr", "alpha", "beta", "clip", "dirichlet_alpha", "node_wait_timeout", "sto_sign_bound", "round_timeout"):
+        for name in (
+            "client_lr",
+            "alpha",
+            "beta",
+            "clip",
+            "dirichlet_alpha",
+            "node_wait_timeout",
+            "sto_sign_bound",
+            "round_timeout",
+        ):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 fail(f"{_key(name)} must be positive and finite, got {value}")
@@ -258,47 +249,37 @@ class RunConfig:
             fail(f"delta must be in (0, 1), got {self.delta}")
         if not 0 <= self.compress_ratio <= 1:
             fail(f"compress-ratio must be in [0, 1], got {self.compress_ratio}")
-        if self.strategy.startswith("ef21") and self.compressor == "rand-k-unbiased":
-            fail(
-                "compressor 'rand-k-unbiased' scales by d/k and is not contractive (E||C(v) - v||^2 = (d/k - 1) ||v||^2): "
-                "EF21 strategies need top-k, rand-k or identity"
-            )
         if self.noise_multiplier > MAX_NOISE_MULTIPLIER:
             fail(f"noise-multiplier {self.noise_multiplier:g} is above {MAX_NOISE_MULTIPLIER:g}: that noise drowns every message")
         if self.compressor != "identity" and self.compress_k == 0 and self.compress_ratio == 0:
             fail("set compress-k >= 1 or compress-ratio > 0 for a sparsifying compressor")
-        if self.strategy == "fedavg" and self.is_private:
-            fail("fedavg is non-private: use dp-fedavg for target-epsilon / noise-multiplier")
-        private_sign = self.strategy == "sign-vote" and self.sign_compressor == "dp-sign"
-        if (self.strategy.startswith("ef21") or self.strategy in ("ef-sign", "mean-sgd")) and self.is_private:
-            fail(f"{self.strategy} has no privacy mechanism: leave target-epsilon and noise-multiplier at 0")
-        if self.strategy == "sign-vote" and self.is_private and not private_sign:
-            fail("only sign-compressor 'dp-sign' is private: set it, or leave the privacy keys at 0")
-        if private_sign and not self.is_private:
-            fail("dp-sign needs round-epsilon, target-epsilon or noise-multiplier > 0")
-        if self.round_epsilon > 0 and not private_sign:
+        if self.round_epsilon > 0 and not (self.strategy == "sign-vote" and self.sign_compressor == "dp-sign"):
             fail("round-epsilon is the per-round epsilon of dp-sign only")
         self._validate_privacy_model()
-        if (self.local_steps > 1 or self.server_normalize) and self.strategy != "alpha-normec":
-            fail("local-steps > 1 and server-normalize are variants of alpha-normec only")
+        self._validate_variants(spec.variants)
+        spec.validate(self)
+
+    def _validate_variants(self, own: tuple[str, ...]) -> None:
+        """Keys that are one strategy's variants stay at their defaults for every other strategy."""
+        defaults = RunConfig.__dataclass_fields__
+        for other in REGISTRY.values():
+            for key in other.variants:
+                name = key.replace("-", "_")
+                if key not in own and getattr(self, name) != defaults[name].default:
+                    raise ConfigError(f"{key} is a key of {other.key} only (strategy is {self.strategy!r})")
 
     def _validate_privacy_model(self) -> None:
         if self.privacy_model not in PRIVACY_MODELS:
             raise ConfigError(f"unknown privacy-model {self.privacy_model!r}; choose one of {', '.join(PRIVACY_MODELS)}")
-        if self.privacy_model == "local":
-            return
-        if self.strategy not in CENTRAL_DP_STRATEGIES:
-            raise ConfigError(
-                f"privacy-model {self.privacy_model!r} needs a strategy with a norm-bounded client message "
-                f"({', '.join(CENTRAL_DP_STRATEGIES)}); {self.strategy!r} is not one"
-            )
         if self.privacy_model == "distributed":
             if not 8 <= self.secagg_bits <= 30:
                 raise ConfigError(f"secagg-bits must be in [8, 30], got {self.secagg_bits}")
             if not 0 < self.secagg_survivors <= 1:
                 raise ConfigError(f"secagg-survivors must be in (0, 1], got {self.secagg_survivors}")
             if self.secagg_num_shares < 3:
-                raise ConfigError(f"secagg-num-shares must be >= 3 (SecAgg+ needs more than 2 shares), got {self.secagg_num_shares}")
+                raise ConfigError(
+                    f"secagg-num-shares must be >= 3 (SecAgg+ needs more than 2 shares), got {self.secagg_num_shares}"
+                )
 
 
 def _key(name: str) -> str:
@@ -327,5 +308,9 @@ def _coerce_value(name: str, wanted: Any, value: Any) -> Any:
     elif kind is str:
         ok = isinstance(value, str)
     if not ok:
-        raise ConfigError(f"{_key(name)} must be of type {getattr(kind, '__name__', kind)}" + (" and finite" if kind is float else "") + f", got {value!r}")
+        raise ConfigError(
+            f"{_key(name)} must be of type {getattr(kind, '__name__', kind)}"
+            + (" and finite" if kind is float else "")
+            + f", got {value!r}"
+        )
     return value

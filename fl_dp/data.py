@@ -54,7 +54,7 @@ class ArrayDataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
-    def subset(self, indices: np.ndarray | torch.Tensor) -> "ArrayDataset":
+    def subset(self, indices: np.ndarray | torch.Tensor) -> ArrayDataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ArrayDataset(self.x[idx], self.y[idx], self.num_classes)
 

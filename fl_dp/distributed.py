@@ -22,6 +22,7 @@ accuracy, and ``scale`` is chosen so that its probability per round is below
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -80,7 +81,7 @@ def skellam_noise(length: int, variance: float, rng: np.random.Generator) -> np.
 RING_KEY = "ring"
 
 
-def check_share(arrays: object, mechanism: "DistributedSkellam") -> np.ndarray:
+def check_share(arrays: object, mechanism: DistributedSkellam) -> np.ndarray:
     """The share a client's reply carries, or ValueError: one int64 vector of ``padded`` values in [0, M)."""
     if not isinstance(arrays, dict) or set(arrays) != {RING_KEY} or not isinstance(arrays[RING_KEY], np.ndarray):
         raise ValueError(f"a share is one '{RING_KEY}' array")
@@ -126,7 +127,11 @@ class DistributedSkellam:
         if not 8 <= self.bits <= 30:
             raise ValueError(f"bits must be in [8, 30], got {self.bits}")
         object.__setattr__(self, "padded", padded_dim(self.dim))
-        object.__setattr__(self, "scale", _largest_scale(self.bound, self.noise_multiplier, self.padded, self.min_survivors, self.max_cohort, self.bits))
+        object.__setattr__(
+            self,
+            "scale",
+            _largest_scale(self.bound, self.noise_multiplier, self.padded, self.min_survivors, self.max_cohort, self.bits),
+        )
 
     @property
     def modulus(self) -> int:
@@ -165,7 +170,9 @@ class DistributedSkellam:
 
     def wrap_bound(self, cohort: int) -> float:
         """Upper bound on the probability that the sum of ``cohort`` shares wraps in some coordinate."""
-        return _wrap_probability(self.scale, self.bound, self.noise_multiplier, self.padded, self.min_survivors, cohort, self.bits)
+        return _wrap_probability(
+            self.scale, self.bound, self.noise_multiplier, self.padded, self.min_survivors, cohort, self.bits
+        )
 
     def encode(self, message: torch.Tensor, signs: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
         """One client's share: its message projected to the ball, rotated, scaled, rounded and noised, mod M."""
@@ -180,7 +187,12 @@ class DistributedSkellam:
 
     def decode(self, total: np.ndarray, signs: torch.Tensor) -> torch.Tensor:
         """The noised sum of messages (float32, length dim) from the ring sum of the shares."""
-        if total.shape != (self.padded,) or total.dtype != np.int64 or total.min(initial=0) < 0 or total.max(initial=0) >= self.modulus:
+        if (
+            total.shape != (self.padded,)
+            or total.dtype != np.int64
+            or total.min(initial=0) < 0
+            or total.max(initial=0) >= self.modulus
+        ):
             raise ValueError(f"a ring sum is {self.padded} int64 values in [0, {self.modulus})")
         centred = np.where(total >= self.modulus // 2, total - self.modulus, total).astype(np.float64)
         unrotated = signs * hadamard(torch.from_numpy(centred) / self.scale)
@@ -203,7 +215,9 @@ def _noise_tail(variance: float, log_tail: float) -> float:
     return log_tail / 3 + math.sqrt(log_tail**2 / 9 + 2 * variance * log_tail)
 
 
-def _needed_half_range(scale: float, bound: float, noise: float, padded: int, survivors: int, cohort: int, log_tail: float) -> float:
+def _needed_half_range(
+    scale: float, bound: float, noise: float, padded: int, survivors: int, cohort: int, log_tail: float
+) -> float:
     l2 = scale * bound + math.sqrt(padded)
     variance = cohort * (noise * l2) ** 2 / survivors
     # Hoeffding for the rotated sum of messages (norm <= cohort * scale * bound), Bernstein for the
@@ -229,7 +243,8 @@ def _largest_scale(bound: float, noise: float, padded: int, survivors: int, coho
             high = middle
     if low * bound < math.sqrt(padded):
         raise ValueError(
-            f"{bits} bits leave a scale of {low:.3g}: rounding would dominate the message (scale * bound < sqrt(d')); use more bits"
+            f"{bits} bits leave a scale of {low:.3g}: rounding would dominate the message "
+            "(scale * bound < sqrt(d')); use more bits"
         )
     return low
 
@@ -265,9 +280,9 @@ def mechanism_for(cfg: RunConfig) -> DistributedSkellam:
     below :data:`WRAP_PROBABILITY`."""
     from scipy.stats import binom
 
-    from fl_dp.algorithms import message_bound
-    from fl_dp.federation import model_for
     from fl_dp.models import num_params
+    from fl_dp.privacy_policy import message_bound
+    from fl_dp.task import model_for
 
     cfg.require_population()
     rate = cfg.client_sample_rate
@@ -283,8 +298,12 @@ def mechanism_for(cfg: RunConfig) -> DistributedSkellam:
     def mechanism(noise: float) -> DistributedSkellam:
         try:
             return DistributedSkellam(
-                bound=message_bound(cfg), noise_multiplier=noise, dim=dim,
-                min_survivors=survivors, max_cohort=max_cohort, bits=cfg.secagg_bits,
+                bound=message_bound(cfg),
+                noise_multiplier=noise,
+                dim=dim,
+                min_survivors=survivors,
+                max_cohort=max_cohort,
+                bits=cfg.secagg_bits,
             )
         except ValueError as err:
             raise ConfigError(f"secagg-bits: {err}") from None
@@ -296,7 +315,7 @@ def mechanism_for(cfg: RunConfig) -> DistributedSkellam:
     return mechanism(_calibrate(cfg.target_epsilon, cfg.delta, rate, cfg.num_server_rounds, mechanism))
 
 
-def _calibrate(target: float, delta: float, rate: float, rounds: int, mechanism) -> float:  # type: ignore[no-untyped-def]
+def _calibrate(target: float, delta: float, rate: float, rounds: int, mechanism: Callable[[float], DistributedSkellam]) -> float:
     """The smallest noise multiplier (to 0.1%) whose Skellam composition stays within (target, delta)."""
 
     def epsilon(noise: float) -> float:
@@ -307,7 +326,9 @@ def _calibrate(target: float, delta: float, rate: float, rounds: int, mechanism)
     while epsilon(high) > target:
         low, high = high, 2 * high
         if high > MAX_NOISE_MULTIPLIER:
-            raise ConfigError(f"target-epsilon {target} cannot be reached with useful Skellam noise (multiplier > {MAX_NOISE_MULTIPLIER:g})")
+            raise ConfigError(
+                f"target-epsilon {target} cannot be reached with useful Skellam noise (multiplier > {MAX_NOISE_MULTIPLIER:g})"
+            )
     while high - low > 1e-3 * high:
         middle = (low + high) / 2
         if epsilon(middle) > target:

@@ -120,9 +120,7 @@ def set_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
 
 
 def get_flat_grad(model: nn.Module) -> torch.Tensor:
-    return torch.cat(
-        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()]
-    ).detach()
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()]).detach()
 
 
 def num_params(model: nn.Module) -> int:

@@ -1,7 +1,8 @@
 """Norm-bounding operators applied to a client's vector before it is released.
 
 Each operator maps any vector into a ball of known radius (``bound``), which is
-what makes the Gaussian mechanism's sensitivity finite.
+what makes the Gaussian mechanism's sensitivity finite. Operators take ``(v, generator)``
+like the compressors of :mod:`fl_dp.compressors`, so a rule calls either the same way.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 
 #: a result that rounding in its own dtype would put within this relative margin of the bound
 #: is shrunk to it, so the bound the noise is calibrated for holds exactly in float32
@@ -55,7 +55,12 @@ def clip_rows(per_sample: torch.Tensor, tau: float) -> torch.Tensor:
     return per_sample * torch.clamp(tau / (norms + 1e-12), max=1.0)
 
 
-@dataclass(frozen=True)
+def identity(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The vector itself: the operator of plain distributed SGD (no bound)."""
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
 class SmoothedNormalization:
     """Norm_alpha(v), the operator of alpha-NormEC (outputs of norm < 1)."""
 
@@ -69,11 +74,11 @@ class SmoothedNormalization:
     def bound(self) -> float:
         return 1.0
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return smoothed_normalize(v, self.alpha)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Clipping:
     """clip_tau(v): the increment of Clip21 and the update clipping of DP-FedAvg."""
 
@@ -87,5 +92,5 @@ class Clipping:
     def bound(self) -> float:
         return self.tau
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return clip(v, self.tau)

@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
 
 from fl_dp.skellam import epsilon_of_mixed
@@ -46,7 +47,9 @@ class Release:
             raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not (self.skellam_l2 >= 0 and math.isfinite(self.skellam_l2) and self.skellam_l1 >= 0 and math.isfinite(self.skellam_l1)):
+        if not (
+            self.skellam_l2 >= 0 and math.isfinite(self.skellam_l2) and self.skellam_l1 >= 0 and math.isfinite(self.skellam_l1)
+        ):
             raise ValueError(f"Skellam sensitivities must be finite and >= 0, got {self.skellam_l2}, {self.skellam_l1}")
         if (self.skellam_l2 > 0) != (self.skellam_l1 > 0):
             raise ValueError("a Skellam release has both sensitivities > 0")
@@ -55,12 +58,15 @@ class Release:
     def is_skellam(self) -> bool:
         return self.skellam_l2 > 0
 
-    def same_mechanism(self, other: "Release") -> bool:
+    def same_mechanism(self, other: Release) -> bool:
         return (self.noise_multiplier, self.sample_rate, self.skellam_l2, self.skellam_l1) == (
-            other.noise_multiplier, other.sample_rate, other.skellam_l2, other.skellam_l1
+            other.noise_multiplier,
+            other.sample_rate,
+            other.skellam_l2,
+            other.skellam_l1,
         )
 
-    def with_steps(self, steps: int) -> "Release":
+    def with_steps(self, steps: int) -> Release:
         return Release(self.noise_multiplier, self.sample_rate, steps, self.skellam_l2, self.skellam_l1)
 
     def row(self) -> list[float]:
@@ -85,9 +91,11 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
         return math.inf
     if any(r.is_skellam for r in releases):
         return epsilon_of_mixed(releases, delta)
-    accountant = RDPAccountant()
-    accountant.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in releases]
-    return float(accountant.get_epsilon(delta=delta))
+    # Opacus' own RDP of the subsampled Gaussian, composed over the releases at its default orders
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = sum(compute_rdp(q=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps, orders=orders) for r in releases)
+    epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+    return float(epsilon)
 
 
 #: above this noise multiplier the noise drowns any signal the strategies send (their messages have

@@ -43,7 +43,7 @@ class PrivacyFloor:
             raise ValueError(f"min-noise-multiplier must be finite and >= 0, got {self.min_noise_multiplier}")
 
     @classmethod
-    def from_node_config(cls, node_config: Mapping[str, Any]) -> "PrivacyFloor | None":
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> PrivacyFloor | None:
         """The floor a SuperNode was started with, or None if it sets none of :data:`NODE_KEYS`."""
         values = {}
         for key in NODE_KEYS:

@@ -55,6 +55,8 @@ class NoisyGradients:
 
     def stochastic_gradient(self, x: torch.Tensor, batch_size: int, generator: torch.Generator | None):
         loss, grad = self._objective.stochastic_gradient(x, batch_size, generator)
+        if generator is None:
+            raise ValueError("heavy-tailed gradient noise needs the client's seeded generator")
         return loss, grad + self._noise.sample(grad.shape, generator)
 
 

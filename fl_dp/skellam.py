@@ -68,14 +68,18 @@ def skellam_rdp_curve(noise_multiplier: float, rate: float, l2: float, l1: float
     return np.array([min(poisson_subsampled_rdp(a, rate, plain), plain[a]) for a in ORDERS])
 
 
-def rdp_curve(release: "Release") -> np.ndarray:
+def rdp_curve(release: Release) -> np.ndarray:
     """RDP at :data:`ORDERS` of all the steps of ``release`` (Gaussian or Skellam)."""
     if release.is_skellam:
-        return release.steps * skellam_rdp_curve(release.noise_multiplier, release.sample_rate, release.skellam_l2, release.skellam_l1)
-    return np.asarray(compute_rdp(q=release.sample_rate, noise_multiplier=release.noise_multiplier, steps=release.steps, orders=list(ORDERS)))
+        return release.steps * skellam_rdp_curve(
+            release.noise_multiplier, release.sample_rate, release.skellam_l2, release.skellam_l1
+        )
+    return np.asarray(
+        compute_rdp(q=release.sample_rate, noise_multiplier=release.noise_multiplier, steps=release.steps, orders=list(ORDERS))
+    )
 
 
-def epsilon_of_mixed(releases: Sequence["Release"], delta: float) -> float:
+def epsilon_of_mixed(releases: Sequence[Release], delta: float) -> float:
     """(eps, delta) of the RDP composition of Gaussian and Skellam releases, at integer orders."""
     total = sum((rdp_curve(r) for r in releases), np.zeros(len(ORDERS)))
     with warnings.catch_warnings():

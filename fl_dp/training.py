@@ -20,7 +20,7 @@ def nonconvex_regularizer(x: torch.Tensor, lam: float) -> torch.Tensor:
     return lam * torch.sum(squared / (1 + squared))
 
 
-_GRAD_SAMPLE_MODULES: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+_GRAD_SAMPLE_MODULES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 
 
 class Objective:
@@ -112,6 +112,7 @@ class Objective:
                 loss.backward()
                 with torch.no_grad():
                     for p, v in zip(params, velocities):
+                        assert p.grad is not None  # every parameter is in the loss
                         v.mul_(momentum).add_(p.grad)
                         p.sub_(lr * v)
                 losses.append(loss.item())
@@ -128,7 +129,7 @@ class Objective:
         if module is None:
             # one per model: objectives sharing a model (clients of one process) share it too
             module = _GRAD_SAMPLE_MODULES[self.model] = GradSampleModule(copy.deepcopy(self.model), loss_reduction="sum")
-        set_flat_params(module._module, x)
+        set_flat_params(module._module, x)  # type: ignore[arg-type]  # GradSampleModule wraps a Module
         module.train()
         params = list(module.parameters())
         for p in params:

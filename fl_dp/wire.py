@@ -1,19 +1,54 @@
-"""What a client sends: a dense, sparse or sign vector as named numpy arrays.
+"""The wire format: what a client sends (a dense, sparse or sign vector as named numpy arrays),
+the record and metric keys of requests and replies, and their Flower records.
 
-The same encoding is used in Flower messages (one ``ArrayRecord``) and in the
-in-process loop, so validation and byte counts are identical in both.
+The same encoding is used in Flower messages (one ``ArrayRecord``) and in the in-process loop,
+so validation and byte counts are identical in both. The server strategy and the ClientApp both
+read their keys from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fl_dp.compressors import SparseVector, pack_signs, unpack_signs
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord, Message
+
+# records of a training request and its reply
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+# records of a client's context.state: its algorithm state (g_i, m_i, e_i) and its own ledger
+STATE_RECORD = "fl-dp-state"
+LEDGER_RECORD = "fl-dp-ledger"
+
+# training-request config keys
+SERVER_ROUND = "server-round"
+#: the checkpoint round a resumed run started after (clients restore their state as of that round)
+RESUMED_FROM = "resumed-from"
+
+# reply metric keys (kebab-case, as Flower records them)
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+DP_NOISE = "dp-noise-multiplier"
+DP_RATE = "dp-sample-rate"
+DP_STEPS = "dp-steps"
+CLIENT_EPSILON = "client-epsilon"
+#: reply metric (1): the client trained from an empty error-feedback state (first time, or lost)
+STATE_FRESH = "state-fresh"
+#: the client's own ledger rows inside its state (kept in :data:`LEDGER_RECORD` by the ClientApp)
+LEDGER_STATE = "privacy-ledger"
+
+#: what an honest client reports: always, under ``local`` privacy, and only without privacy
+ALWAYS_REPORTED = frozenset({NUM_EXAMPLES, STATE_FRESH})
+PRIVACY_RECORD = frozenset({DP_NOISE, DP_RATE, DP_STEPS, CLIENT_EPSILON})
+NON_PRIVATE_STATISTICS = frozenset({TRAIN_LOSS, "grad-norm"})
 
 
 class MalformedMessage(ValueError):
@@ -111,3 +146,53 @@ def _as_1d(array: np.ndarray, name: str, dtype: type) -> np.ndarray:
     if array.dtype != np.dtype(dtype):
         raise MalformedMessage(f"{name!r} has dtype {array.dtype}, clients send {np.dtype(dtype)}")
     return array
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One client's answer: who, the wire arrays, and scalar metrics (``error``: why the transport
+    could not read them)."""
+
+    client_id: str
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+#: what a Flower MetricRecord holds
+MetricValues = dict[str, int | float | list[int] | list[float]]
+
+
+def metric_values(metrics: Mapping[str, float]) -> MetricValues:
+    """Scalar metrics in the type Flower's MetricRecord takes."""
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def parse_reply(message: Message) -> Reply:
+    """The client's wire arrays and metrics, or :class:`MalformedMessage` with the reason.
+
+    Any record, array or metric a client can put in a message is handled here: a truncated or
+    non-numpy array, a missing record, a list where a number belongs. Whether the values are
+    what the strategy expects is the server core's to judge.
+    """
+    content = message.content
+    if set(content.array_records) != {ARRAYS_KEY} or set(content.metric_records) != {METRICS_KEY}:
+        raise MalformedMessage(f"a reply holds exactly one '{ARRAYS_KEY}' and one '{METRICS_KEY}' record")
+    if content.config_records:
+        raise MalformedMessage("a reply holds no config record")
+    try:
+        arrays = from_array_record(content.array_records[ARRAYS_KEY])
+    except Exception as err:  # noqa: BLE001 - whatever the bytes make numpy raise, the reply is malformed
+        raise MalformedMessage(f"arrays do not decode: {type(err).__name__}: {err}"[:300]) from None
+    metrics: dict[str, Any] = dict(content.metric_records[METRICS_KEY].items())  # checked by the server core
+    return Reply(str(message.metadata.src_node_id), arrays, metrics)

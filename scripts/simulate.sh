@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Run the Flower app as a local Ray simulation through `flwr run`.
-#   scripts/simulate.sh [NUM_CLIENTS] [extra `flwr run` options, e.g. --run-config "strategy='ef21' server-lr=0.5"]
+#   scripts/simulate.sh [NUM_CLIENTS] [--verbose] [extra `flwr run` options, e.g. --run-config "strategy='ef21' server-lr=0.5"]
 # NUM_CLIENTS virtual SuperNodes (default 10) with client-resources-num-cpus=1
-# (FL_DP_CLIENT_GPUS > 0 adds client-resources-num-gpus). Results: results/<run-name or strategy>.csv
+# (FL_DP_CLIENT_GPUS > 0 adds client-resources-num-gpus). Prints one line a round; --verbose adds
+# Flower's and Ray's own lines (always in results/<run>/flower.log).
+# Results: results/<run-name or strategy>.csv and .png
 set -euo pipefail
 cd "$(dirname "$0")/.."
-num_clients="${1:-10}"
-shift || true
+num_clients=10
+if [[ "${1:-}" =~ ^[0-9]+$ ]]; then
+  num_clients="$1"
+  shift
+fi
+flwr_args=()
+verbose=false
+for arg in "$@"; do
+  if [ "$arg" = "--verbose" ]; then verbose=true; else flwr_args+=("$arg"); fi
+done
 source scripts/flwr_env.sh
 # flwr keeps its connections and a detached simulation SuperLink under FLWR_HOME
 export FLWR_HOME="${FLWR_HOME:-$PWD/.flwr-home}"
@@ -46,5 +56,5 @@ trap stop_superlink EXIT
 
 flwr_run_checked . \
   --federation-config "$federation" \
-  --run-config "num-clients=$num_clients clients-per-round=$num_clients results-dir='$PWD/results'" \
-  "$@"
+  --run-config "num-clients=$num_clients clients-per-round=$num_clients results-dir='$PWD/results' verbose=$verbose" \
+  "${flwr_args[@]}"

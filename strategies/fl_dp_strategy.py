@@ -1,62 +1,31 @@
-"""A Message-API strategy that moves tensors between Flower and :class:`fl_dp.federation.ServerCore`."""
+"""A Message-API strategy that moves tensors between Flower and :class:`fl_dp.server.ServerCore`."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from fl_dp.config import ConfigError
-from fl_dp.federation import Reply, ServerCore
-from fl_dp.wire import MalformedMessage
+from fl_dp.server import ServerCore
+from fl_dp.wire import ARRAYS_KEY, CONFIG_KEY, MalformedMessage, Reply, metric_values, parse_reply, to_array_record
 
 log = logging.getLogger("fl_dp")
-
-ARRAYS_KEY = "arrays"
-CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-
-
-def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
-
-
-def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: array.numpy() for name, array in record.items()}
-
-
-def parse_reply(message: Message) -> Reply:
-    """The client's wire arrays and metrics, or :class:`MalformedMessage` with the reason.
-
-    Any record, array or metric a client can put in a message is handled here: a truncated or
-    non-numpy array, a missing record, a list where a number belongs. Whether the values are
-    what the strategy expects is :meth:`ServerCore.aggregate`'s to judge.
-    """
-    content = message.content
-    if set(content.array_records) != {ARRAYS_KEY} or set(content.metric_records) != {METRICS_KEY}:
-        raise MalformedMessage(f"a reply holds exactly one '{ARRAYS_KEY}' and one '{METRICS_KEY}' record")
-    if content.config_records:
-        raise MalformedMessage("a reply holds no config record")
-    try:
-        arrays = from_array_record(content.array_records[ARRAYS_KEY])
-    except Exception as err:  # noqa: BLE001 - whatever the bytes make numpy raise, the reply is malformed
-        raise MalformedMessage(f"arrays do not decode: {type(err).__name__}: {err}"[:300]) from None
-    return Reply(str(message.metadata.src_node_id), arrays, dict(content.metric_records[METRICS_KEY]))
 
 
 class FlDpStrategy(Strategy):
     """Any fl-dp algorithm as a Flower strategy.
 
-    Training requests carry the global vector ``x`` and the round's config;
-    replies carry the client's wire arrays and metrics. Evaluation is central
-    (the server's test split), so no evaluation messages are sent.
+    ``configure_train`` broadcasts the ``arrays`` Flower hands it (the global vector ``x``) with
+    the round's config; ``aggregate_train`` returns the next arrays and the round's metrics;
+    evaluation is central, through ``start(evaluate_fn=...)`` (by default :meth:`evaluate`, the
+    run's test split), so no evaluation messages are sent.
     """
 
     def __init__(self, core: ServerCore, first_round: int = 1) -> None:
@@ -69,22 +38,42 @@ class FlDpStrategy(Strategy):
     def summary(self) -> None:
         cfg = self.core.cfg
         log.info(
-            "fl-dp strategy %s: %d clients, %d per round, %d parameters, noise multiplier %.4g",
+            "fl-dp strategy %s (%s): %d clients, %d per round, %d parameters, noise multiplier %.4g",
             cfg.strategy,
+            cfg.privacy_model,
             cfg.num_clients,
             cfg.clients_per_round,
             self.core.dim,
             self.core.noise_multiplier,
         )
 
-    def initial_arrays(self) -> ArrayRecord:
+    def current_arrays(self) -> ArrayRecord:
+        """The global vector ``x`` as Flower's ArrayRecord."""
         return to_array_record({"x": self.core.x.numpy()})
+
+    def initial_arrays(self) -> ArrayRecord:
+        return self.current_arrays()
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's round loop, with this strategy's central evaluation (:meth:`evaluate`) unless another is given."""
+        return super().start(
+            grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn or self.evaluate
+        )
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         connected = wait_for_nodes_or_give_up(grid, self.core.cfg.min_clients_per_round, self.core.cfg.round_timeout)
         node_ids = self.core.sample(connected)
-        broadcast_arrays, broadcast_config = self.core.broadcast(server_round)
+        broadcast_arrays, broadcast_config = self.core.broadcast(server_round, _vector(arrays))
         record = RecordDict(
             {
                 ARRAYS_KEY: to_array_record(broadcast_arrays),
@@ -99,7 +88,7 @@ class FlDpStrategy(Strategy):
             # SecAgg+ answered inside the grid: no reply reaches the strategy, only the sum
             outcome = self.secure.take()
             row = self.core.aggregate_secure(server_round, outcome.total, outcome.contributors, outcome.failures)
-            return self._finish(server_round, row)
+            return self.current_arrays(), metric_record(row)
         parsed: list[Reply] = []
         failures: list[tuple[str, str]] = []
         for message in replies:
@@ -113,21 +102,38 @@ class FlDpStrategy(Strategy):
                 # passed on with its reason, so that the ledger charges an addressed client
                 parsed.append(Reply(client, {}, {}, error=str(err)))
         row = self.core.aggregate(server_round, parsed, failures)
-        return self._finish(server_round, row)
+        return self.current_arrays(), metric_record(row)
 
-    def _finish(self, server_round: int, row: dict[str, Any]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Central evaluation of ``arrays`` after round ``server_round`` (where due), the round's progress
+        line, and its checkpoint where one is due. Round 0 (Flower's look at the initial arrays) is skipped."""
+        if server_round == 0:
+            return None
+        server_round += self.round_offset
+        metrics = self.core.evaluate_round(server_round, _vector(arrays))
         if self.core.checkpoint_due(server_round):
             self.core.write_checkpoint()
-        numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        # MetricRecord holds what Flower can serialise: NaN stays out rather than travelling silently.
-        metrics = MetricRecord({k: v for k, v in numeric.items() if math.isfinite(v) or math.isinf(v)})
-        return self.initial_arrays(), metrics
+        return MetricRecord(metric_values(metrics)) if metrics else None
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         return []
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return None
+
+
+def metric_record(row: dict[str, Any]) -> MetricRecord:
+    """The round's numeric metrics as Flower's MetricRecord (text columns stay in the core's rows;
+    NaN stays out rather than travelling silently)."""
+    numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return MetricRecord(metric_values({k: v for k, v in numeric.items() if math.isfinite(v) or math.isinf(v)}))
+
+
+def _vector(arrays: ArrayRecord) -> Any:
+    """The global vector in Flower's arrays (the one array ``x``)."""
+    if "x" not in arrays:
+        raise ValueError("the strategy's arrays hold the global vector 'x'")
+    return arrays["x"].numpy()
 
 
 def wait_for_nodes(grid: Grid, num_nodes: int, timeout: float, at_least: int = 1, poll: float = 1.0) -> list[int]:
@@ -170,7 +176,9 @@ def wait_for_federation(grid: Grid, timeout: float, settle: float = 3.0, poll: f
         if nodes and time.monotonic() - stable_since >= settle:
             return nodes
         if time.monotonic() > deadline:
-            raise ConfigError(f"no SuperNode connected after {timeout:.0f} s (num-clients = 0: every SuperNode of the federation)")
+            raise ConfigError(
+                f"no SuperNode connected after {timeout:.0f} s (num-clients = 0: every SuperNode of the federation)"
+            )
         time.sleep(poll)
         now = list(grid.get_node_ids())
         if len(now) != len(nodes):

@@ -72,5 +72,5 @@ def install() -> bool:
     if flwr.__version__ not in CHECKED_FLWR_VERSIONS:
         log.info("flwr %s: keeping its own InMemoryLinkState.get_message_ins", flwr.__version__)
         return False
-    InMemoryLinkState.get_message_ins = get_message_ins
+    InMemoryLinkState.get_message_ins = get_message_ins  # type: ignore[method-assign]
     return True

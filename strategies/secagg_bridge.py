@@ -42,7 +42,7 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 
 from fl_dp.distributed import RING_KEY, SECAGG_MODULUS, DistributedSkellam
-from strategies.fl_dp_strategy import ARRAYS_KEY, CONFIG_KEY, to_array_record
+from fl_dp.wire import ARRAYS_KEY, CONFIG_KEY, to_array_record
 
 log = logging.getLogger("fl_dp")
 
@@ -89,7 +89,9 @@ class _RoundShim(LegacyStrategy):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[tuple[ClientProxy, FitIns]]:
         return [(proxy, self.fitins) for proxy in self.proxies]
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]) -> tuple[Parameters | None, dict[str, Any]]:
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
+    ) -> tuple[Parameters | None, dict[str, Any]]:
         # every result carries the same unmasked aggregate: SecAgg+ writes it into each FitRes
         if results:
             (arrays,) = parameters_to_ndarrays(results[0][1].parameters)
@@ -136,7 +138,7 @@ class SecAggPlusGrid:
     def secure_round(self, messages: list[Message]) -> SecureOutcome:
         """Run SecAgg+ for the round's training messages; the ring sum of the surviving shares."""
         content = messages[0].content
-        config = dict(content.config_records[CONFIG_KEY])
+        config: dict[str, Any] = dict(content.config_records[CONFIG_KEY].items())
         x = content.array_records[ARRAYS_KEY]["x"].numpy()
         node_ids = [m.metadata.dst_node_id for m in messages]
         if len(node_ids) < 2:
@@ -192,7 +194,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: Any) -> Me
         if reply.has_error():
             return reply
         share = reply.content.array_records[ARRAYS_KEY][RING_KEY].numpy()
-        modulus = int(ctxt.state.config_records[RECORD_KEY_STATE][Key.TARGET_RANGE])  # as _check_setup admitted it
+        modulus = int(ctxt.state.config_records[RECORD_KEY_STATE][Key.TARGET_RANGE])  # type: ignore[arg-type]  # as _check_setup admitted it
         shifted = share.astype(np.float64) - modulus // 2
         fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([shifted]), num_examples=1, metrics={})
         return Message(content=compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=fit_msg)

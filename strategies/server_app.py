@@ -3,37 +3,66 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fl_dp import results
 from fl_dp.config import RunConfig
-from fl_dp.federation import ServerCore
+from fl_dp.results import history_from_result
+from fl_dp.server import ServerCore
 from strategies import flower_linkstate
 from strategies.fl_dp_strategy import FlDpStrategy, wait_for_federation, wait_for_nodes
 
 log = logging.getLogger("fl_dp")
 
 
-def configure_logging() -> None:
-    """fl-dp's progress lines on stderr, once, without touching the root logger (flwr has its own handler)."""
-    if not log.handlers:
-        handler = logging.StreamHandler()
+def configure_logging(cfg: RunConfig | None = None) -> Path | None:
+    """fl-dp's progress lines on stderr; with ``cfg``, every Flower and fl-dp record (DEBUG) also in
+    results-dir/<run>/flower.log, and Flower's own console lines only with ``verbose``. Returns the log's path."""
+    if not any(getattr(h, "fl_dp_console", False) for h in log.handlers):
+        handler: logging.Handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s fl-dp: %(message)s"))
+        handler.setLevel(logging.INFO)
+        handler.fl_dp_console = True  # type: ignore[attr-defined]
         log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG)
     log.propagate = False
+    if cfg is None:
+        return None
+    path = Path(cfg.results_dir) / cfg.label / "flower.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flower = logging.getLogger("flwr")
+    for logger in (flower, log):
+        for old in [h for h in logger.handlers if getattr(h, "fl_dp_file", False)]:
+            logger.removeHandler(old)
+            old.close()
+        file_handler = logging.FileHandler(path)
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        file_handler.fl_dp_file = True  # type: ignore[attr-defined]
+        logger.addHandler(file_handler)
+    if not cfg.verbose:
+        # Flower's round-by-round INFO lines repeat what the progress line says; warnings still show
+        for handler in flower.handlers:
+            if not getattr(handler, "fl_dp_file", False):
+                handler.setLevel(logging.WARNING)
+        flower.propagate = False  # the simulation's root handler printed each record a second time
+    return path
+
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    configure_logging()
     # In a simulation the ServerApp shares its process with the engine's in-memory LinkState;
     # elsewhere (a SuperLink of a deployment) this changes nothing the run uses.
     flower_linkstate.install()
     cfg = RunConfig.from_flwr(context.run_config)
+    log_path = configure_logging(cfg)
     if cfg.num_clients:
         cfg = cfg.for_federation(cfg.num_clients)
         core = ServerCore(cfg)  # a bad config fails here, before any wait
@@ -48,18 +77,18 @@ def main(grid: Grid, context: Context) -> None:
     if core.distributed is not None:
         from strategies.secagg_bridge import SecAggPlusGrid
 
-        grid = strategy.secure = SecAggPlusGrid(grid, core.distributed, cfg.secagg_num_shares, cfg.round_timeout)
-    strategy.start(
+        strategy.secure = SecAggPlusGrid(grid, core.distributed, cfg.secagg_num_shares, cfg.round_timeout)
+        grid = strategy.secure  # a Grid that runs SecAgg+ for each round's training messages
+    result = strategy.start(
         grid=grid,
-        initial_arrays=strategy.initial_arrays(),
+        initial_arrays=strategy.current_arrays(),
         num_rounds=cfg.num_server_rounds - core.completed_rounds,
         timeout=cfg.round_timeout,
+        evaluate_fn=strategy.evaluate,
     )
-    path = core.save()
-    log.info("per-round metrics written to %s", path.resolve())
-    final = core.rows[-1] if core.rows else {}
-    log.info(
-        "final: test-accuracy=%s epsilon-max=%s",
-        final.get("test-accuracy"),
-        final.get("epsilon-max"),
-    )
+    history = history_from_result(result, core.rows, first_round=core.resumed_from + 1)
+    csv_path, png_path = results.save(history, core.results_path())
+    final: dict[Any, Any] = history.iloc[-1].to_dict() if len(history) else {}
+    log.info("final: test-accuracy=%s epsilon-max=%s", final.get("test-accuracy"), final.get("epsilon-max"))
+    log.info("per-round metrics written to %s, plot to %s", csv_path.resolve(), png_path.resolve())
+    log.info("Flower's full log: %s", Path(log_path).resolve() if log_path else "-")

@@ -5,14 +5,16 @@ import math
 import pytest
 import torch
 
-from fl_dp.algorithms import ClientTask, ErrorFeedback, build_algorithm, resolve_noise_multiplier, sensitivity
 from fl_dp.compressors import TopK
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset
-from fl_dp.federation import InProcessFederation
-from fl_dp.mechanisms import GaussianMechanism
-from fl_dp.operators import SmoothedNormalization, smoothed_normalize
+from fl_dp.inprocess import InProcessFederation
+from fl_dp.mechanisms import LocalGaussianNoise
+from fl_dp.operators import smoothed_normalize
 from fl_dp.privacy import calibrate_noise_multiplier
+from fl_dp.privacy_policy import local_postprocessor, resolve_noise_multiplier, sensitivity
+from fl_dp.registry import build_algorithm
+from fl_dp.rules import ClientTask, alpha_normec, ef21
 
 
 class Quadratic:
@@ -27,37 +29,42 @@ class Quadratic:
 
 
 def _task(x, state, objective, seed, server_round=1):
-    return ClientTask(x, state, objective, torch.Generator().manual_seed(seed), server_round)
+    return ClientTask(x=x, state=state, objective=objective, generator=torch.Generator().manual_seed(seed), server_round=server_round)
+
+
+def _sent(algorithm, noise, task):
+    """The rule's update, then the local-DP post-processor on its message (as a client does)."""
+    update = algorithm.client_update(task)
+    message, release = noise(update.message, task.generator)
+    return update, message, release
 
 
 def test_alpha_normec_two_clients_d3_by_hand():
     """Two rounds of alpha-NormEC, alpha = 1, beta = 0.5, gamma = 0.1, fixed noise."""
     b1, b2 = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, 1.0, 0.0])
     sigma = 0.2
-    algorithm = ErrorFeedback(
-        SmoothedNormalization(1.0), server_lr=0.1, num_clients=2, batch_size=0, beta=0.5,
-        mechanism=GaussianMechanism(std=sigma, sensitivity=2.0),
-    )
+    algorithm = alpha_normec(alpha=1.0, server_lr=0.1, num_clients=2, batch_size=0, beta=0.5)
+    noise = LocalGaussianNoise(noise_multiplier=sigma / 2.0, bound=1.0)  # sensitivity 2: std sigma
     x = torch.zeros(3)
     server_state = algorithm.init_server_state(3)
     # round 1 at x(1) = x(0) = 0: v1 = -b1 (norm 5), v2 = -b2 (norm 1), g = 0
-    u1 = algorithm.client_update(_task(x, {}, Quadratic(b1), seed=11))
-    u2 = algorithm.client_update(_task(x, {}, Quadratic(b2), seed=12))
+    u1, m1, _ = _sent(algorithm, noise, _task(x, {}, Quadratic(b1), seed=11))
+    u2, m2, _ = _sent(algorithm, noise, _task(x, {}, Quadratic(b2), seed=12))
     d1 = torch.tensor([-3.0, 0.0, -4.0]) / 6.0
     d2 = torch.tensor([0.0, -1.0, 0.0]) / 2.0
     z1 = torch.randn(3, generator=torch.Generator().manual_seed(11)) * sigma
     z2 = torch.randn(3, generator=torch.Generator().manual_seed(12)) * sigma
     assert torch.allclose(u1.state["g"], 0.5 * d1) and torch.allclose(u2.state["g"], 0.5 * d2)
-    assert torch.allclose(u1.message, d1 + z1) and torch.allclose(u2.message, d2 + z2)
-    x = algorithm.server_update(x, server_state, [u1.message, u2.message], [1.0, 1.0])
+    assert torch.allclose(m1, d1 + z1) and torch.allclose(m2, d2 + z2)
+    x = algorithm.server_update(x, server_state, [m1, m2], [1.0, 1.0])
     G1 = 0.5 / 2 * (d1 + z1 + d2 + z2)
     assert torch.allclose(server_state["G"], G1) and torch.allclose(x, -0.1 * G1)
     # round 2: D_i = Norm_1(v_i - g_i) with v_i = x - b_i
-    u1b = algorithm.client_update(_task(x, u1.state, Quadratic(b1), seed=21))
+    u1b, _, release = _sent(algorithm, noise, _task(x, u1.state, Quadratic(b1), seed=21))
     r = x - b1 - 0.5 * d1
     d1b = r / (1.0 + torch.linalg.vector_norm(r))
     assert torch.allclose(u1b.state["g"], 0.5 * d1 + 0.5 * d1b, atol=1e-6)
-    assert u1b.release.noise_multiplier == pytest.approx(0.1)
+    assert release.noise_multiplier == pytest.approx(0.1)
 
 
 def test_sent_increment_minus_noise_is_inside_the_unit_ball():
@@ -69,10 +76,10 @@ def test_sent_increment_minus_noise_is_inside_the_unit_ball():
         state = {"g": torch.randn(50) * scale}
         x = torch.randn(50)
         alpha = 10.0 ** torch.randint(-3, 2, ()).item()
-        noisy = ErrorFeedback(SmoothedNormalization(alpha), 1.0, 1, 0, mechanism=GaussianMechanism(5.0, 2.0))
-        clean = ErrorFeedback(SmoothedNormalization(alpha), 1.0, 1, 0, mechanism=GaussianMechanism(0.0, 2.0))
-        sent = noisy.client_update(_task(x, state, Quadratic(b), seed=trial)).message
-        increment = clean.client_update(_task(x, state, Quadratic(b), seed=trial)).message
+        rule = alpha_normec(alpha=alpha, server_lr=1.0, num_clients=1, batch_size=0)
+        noisy, clean = LocalGaussianNoise(noise_multiplier=2.5, bound=1.0), LocalGaussianNoise(noise_multiplier=0.0, bound=1.0)
+        sent = _sent(rule, noisy, _task(x, state, Quadratic(b), seed=trial))[1]
+        increment = _sent(rule, clean, _task(x, state, Quadratic(b), seed=trial))[1]
         noise = torch.randn(50, generator=torch.Generator().manual_seed(trial)) * 5.0
         assert torch.allclose(sent - noise, increment, atol=1e-4)
         assert torch.linalg.vector_norm(increment) < 1
@@ -161,8 +168,7 @@ def test_calibrated_noise_and_sensitivities():
     assert sensitivity(cfg.replace(strategy="clip21", clip=0.3)) == pytest.approx(0.6)
     assert resolve_noise_multiplier(cfg.replace(noise_multiplier=2.5)) == 2.5
     assert resolve_noise_multiplier(cfg.replace(target_epsilon=0.0)) == 0.0
-    algorithm = build_algorithm(cfg, 10, noise_multiplier=1.5)
-    assert algorithm.mechanism.std == pytest.approx(3.0)
+    assert local_postprocessor(cfg, noise_multiplier=1.5).mechanism.std == pytest.approx(3.0)
 
 
 def test_strategies_without_a_step_size_refuse_to_run():
@@ -171,7 +177,7 @@ def test_strategies_without_a_step_size_refuse_to_run():
 
 
 def test_top_k_ef21_messages_are_sparse_after_the_first_round():
-    algorithm = ErrorFeedback(TopK(2), 0.1, 1, 0, dense_first=True, operator_takes_generator=True)
+    algorithm = ef21(compressor=TopK(k=2), server_lr=0.1, num_clients=1, batch_size=0)
     first = algorithm.client_update(_task(torch.zeros(5), {}, Quadratic(torch.arange(5.0)), seed=0))
     assert isinstance(first.message, torch.Tensor)
     second = algorithm.client_update(_task(torch.ones(5), first.state, Quadratic(torch.arange(5.0)), seed=0))

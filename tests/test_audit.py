@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import fl_dp.algorithms as algorithms
+import fl_dp.rules.dpsgd as dpsgd_rule
+import fl_dp.rules.sign as sign_rule
 from fl_dp.audit import GradientCanary, audit_many_runs, audit_run, canary_directions
 from fl_dp.central import CentralGaussianSum
 from fl_dp.config import ConfigError, RunConfig
@@ -69,12 +70,12 @@ def test_local_noise_a_quarter_of_the_booked_one_is_caught(monkeypatch):
 
 
 def test_local_clipping_off_is_caught(monkeypatch):
-    monkeypatch.setattr(Clipping, "__call__", lambda self, v: v)
+    monkeypatch.setattr(Clipping, "__call__", lambda self, v, generator=None: v)
     assert caught(local_cfg("dp-fedavg", 2.0))
 
 
 def test_dp_sign_noise_off_is_caught(monkeypatch):
-    monkeypatch.setattr(algorithms, "dp_sign", lambda v, std, generator: torch.sign(v))
+    monkeypatch.setattr(sign_rule, "dp_sign", lambda v, std, generator: sign_rule.hard_sign(v))  # noise off
     assert caught(local_cfg("sign-vote", 2.0, sign_compressor="dp-sign", server_lr=0.01))
 
 
@@ -86,8 +87,8 @@ def test_central_noise_off_is_caught(strategy, monkeypatch):
 
 @pytest.mark.parametrize("strategy", ["dp-sgd", "dp-sgd-rs"])
 def test_sample_level_noise_off_is_caught(strategy, monkeypatch):
-    real = algorithms.masked_noisy_sum
-    monkeypatch.setattr(algorithms, "masked_noisy_sum", lambda g, mask, clip, std, gen: real(g, mask, clip, 0.0, gen))
+    real = dpsgd_rule.masked_noisy_sum
+    monkeypatch.setattr(dpsgd_rule, "masked_noisy_sum", lambda g, mask, clip, std, gen: real(g, mask, clip, 0.0, gen))
     keys = dict(dataset="fashion-mnist", max_train_samples=400, client_lr=0.05, num_server_rounds=1)
     assert caught(local_cfg(strategy, 1.0, **keys), canaries=1000)
 
@@ -140,7 +141,7 @@ def test_scores_are_reproducible():
 
 
 def test_ideal_gaussian_reference_is_sound_and_local_is_tight():
-    from fl_dp.algorithms import resolve_noise_multiplier
+    from fl_dp.privacy_policy import resolve_noise_multiplier
     from fl_dp.audit import ideal_scores
     from fl_dp.audit_bounds import best_one_run_bound
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fl_dp.algorithms import message_bound, resolve_noise_multiplier, sensitivity
+from fl_dp.privacy_policy import message_bound, resolve_noise_multiplier, sensitivity
 from fl_dp.central import BOUND_SAFETY, CentralGaussianSum, poisson_cohort, project_to_ball
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.federation import InProcessFederation, ServerCore
+from fl_dp.inprocess import InProcessFederation
+from fl_dp.server import ServerCore
 from fl_dp.privacy import MAX_NOISE_MULTIPLIER, Release, epsilon_of
 from fl_dp.wire import decode
 
@@ -227,7 +228,7 @@ def test_a_thousand_clients_build_only_the_sampled_ones(tiny_cfg):
 
 
 def test_one_local_step_is_the_gradient_and_k_steps_follow_the_local_trajectory(tiny_cfg):
-    from fl_dp.federation import ClientCore
+    from fl_dp.client import ClientCore
     from fl_dp.training import local_pseudo_gradient
 
     client = ClientCore(tiny_cfg, 0)

@@ -15,7 +15,7 @@ vectors = st.integers(2, 200).flatmap(
 @settings(max_examples=300, deadline=None)
 def test_top_k_is_contractive_with_alpha_k_over_d(v, data):
     k = data.draw(st.integers(1, v.numel()))
-    out = TopK(k)(v).to_dense()
+    out = TopK(k=k)(v).to_dense()
     error = torch.sum((out.double() - v.double()) ** 2)
     assert error <= (1 - k / v.numel()) * torch.sum(v.double() ** 2) + 1e-6
     assert (out != 0).sum() <= k
@@ -26,7 +26,7 @@ def test_top_k_is_contractive_with_alpha_k_over_d(v, data):
 def test_rand_k_contraction_holds_in_expectation(v, data):
     k = data.draw(st.integers(1, v.numel()))
     generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
-    compressor = RandK(k)
+    compressor = RandK(k=k)
     errors = [torch.sum((compressor(v, generator).to_dense() - v).double() ** 2) for _ in range(400)]
     expected = (1 - k / v.numel()) * torch.sum(v.double() ** 2)
     # exact in expectation; the empirical mean of 400 draws stays within a loose statistical band
@@ -36,7 +36,7 @@ def test_rand_k_contraction_holds_in_expectation(v, data):
 def test_unbiased_rand_k_is_unbiased():
     v = torch.randn(20)
     generator = torch.Generator().manual_seed(1)
-    compressor = RandK(4, unbiased=True)
+    compressor = RandK(k=4, unbiased=True)
     mean = torch.stack([compressor(v, generator).to_dense() for _ in range(20000)]).mean(0)
     # per-coordinate std of the mean: |v_j| sqrt(d/k - 1) / sqrt(20000)
     tolerance = 5 * v.abs() * (20 / 4 - 1) ** 0.5 / 20000**0.5 + 1e-6
@@ -51,17 +51,17 @@ def test_identity_sends_everything_dense():
 
 
 def test_sparse_message_counts_values_and_indices_unless_dense_is_cheaper():
-    message = TopK(3)(torch.arange(10.0))
+    message = TopK(k=3)(torch.arange(10.0))
     assert message.nbytes == 3 * 8
     assert sorted(message.indices.tolist()) == [7, 8, 9]
     # 5 of 10 with int32 indices would cost 40 bytes, as much as dense: sent dense
-    assert TopK(5)(torch.arange(10.0)).nbytes == 40 and TopK(5)(torch.arange(10.0)).is_full
+    assert TopK(k=5)(torch.arange(10.0)).nbytes == 40 and TopK(k=5)(torch.arange(10.0)).is_full
 
 
 def test_build_compressor_from_ratio_and_errors():
-    assert build_compressor("top-k", 1000, ratio=0.05) == TopK(50)
-    assert build_compressor("rand-k", 1000, k=7) == RandK(7)
-    assert build_compressor("rand-k-unbiased", 10, k=2) == RandK(2, unbiased=True)
+    assert build_compressor("top-k", 1000, ratio=0.05) == TopK(k=50)
+    assert build_compressor("rand-k", 1000, k=7) == RandK(k=7)
+    assert build_compressor("rand-k-unbiased", 10, k=2) == RandK(k=2, unbiased=True)
     with pytest.raises(ValueError, match="unknown compressor"):
         build_compressor("bottom-k", 10, k=1)
     with pytest.raises(ValueError, match="needs k"):

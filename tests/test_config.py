@@ -1,7 +1,7 @@
 import pytest
 
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.federation import ServerCore
+from fl_dp.server import ServerCore
 
 
 def test_round_trip_through_flower_keys():
@@ -113,7 +113,7 @@ def test_configs_the_theory_rules_out_are_refused(changes, message):
     ],
 )
 def test_preflight_refuses_configs_that_cannot_run_before_any_client_trains(changes, message):
-    from fl_dp.federation import ServerCore
+    from fl_dp.server import ServerCore
 
     cfg = RunConfig(eval_samples=0, **{"model": "logreg", **changes})
     with pytest.raises(ConfigError, match=message):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fl_dp.config import RunConfig
-from fl_dp.federation import run_inprocess
+from fl_dp.inprocess import run_inprocess
 
 ROOT = Path(__file__).parents[1]
 

@@ -13,7 +13,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients.client_app import app as client_app
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.distributed import DistributedSkellam, hadamard, mechanism_for, padded_dim, ring_sum, rotation_signs
-from fl_dp.federation import InProcessFederation, Reply, ServerCore, simulated_secure_sum
+from fl_dp.inprocess import InProcessFederation, simulated_secure_sum
+from fl_dp.wire import Reply
+from fl_dp.server import ServerCore
 from fl_dp.central import CentralGaussianSum, project_to_ball
 from strategies.fl_dp_strategy import FlDpStrategy
 from strategies.secagg_bridge import SecAggPlusGrid
@@ -179,6 +181,7 @@ def _flower_secure_run(cfg, rounds, drop=()):
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         replies = grid.send_and_receive(messages)
         arrays, _ = strategy.aggregate_train(server_round, replies)
+        strategy.evaluate(server_round, arrays)  # as Flower's loop does after each round
     return core, inner
 
 

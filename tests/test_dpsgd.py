@@ -6,7 +6,7 @@ from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_dp.dpsgd import cooling_rate, epoch_mask, masked_noisy_sum, poisson_batch
-from fl_dp.federation import InProcessFederation
+from fl_dp.inprocess import InProcessFederation
 from fl_dp.privacy import Release, epsilon_of
 
 

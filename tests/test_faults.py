@@ -12,7 +12,9 @@ from clients.client_app import train as client_train
 from fl_dp.checkpoint import checkpoint_path, ledger_journal_path, write_checkpoint
 from fl_dp.client_state import ClientStateStore
 from fl_dp.config import ConfigError
-from fl_dp.federation import LEDGER_STATE, InProcessFederation, Reply, ServerCore
+from fl_dp.wire import LEDGER_STATE, Reply
+from fl_dp.inprocess import InProcessFederation
+from fl_dp.server import ServerCore
 from strategies.fl_dp_strategy import FlDpStrategy
 
 TIMING = {"round-seconds"}
@@ -210,6 +212,7 @@ def _flower_rounds(strategy, contexts, rounds, lose_state_of=None):
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), FakeGrid(nodes)))
         replies = [client_train(m, contexts[m.metadata.dst_node_id]) for m in messages]
         arrays, _ = strategy.aggregate_train(server_round, replies)
+        strategy.evaluate(server_round, arrays)  # as Flower's loop does after each round
     return strategy.core
 
 

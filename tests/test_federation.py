@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from fl_dp.config import ConfigError
-from fl_dp.federation import InProcessFederation, Reply, ServerCore, run_inprocess
+from fl_dp.inprocess import InProcessFederation, run_inprocess
+from fl_dp.wire import Reply
+from fl_dp.server import ServerCore
 from fl_dp.wire import MalformedMessage
 
 
@@ -123,7 +125,8 @@ def test_a_client_refuses_a_server_asking_for_less_noise_than_its_config(tiny_cf
 def test_clients_sharing_a_model_compute_what_separate_models_compute(tiny_cfg):
     import threading
 
-    from fl_dp.federation import ClientCore, model_for, shared_client_model
+    from fl_dp.client import ClientCore
+    from fl_dp.task import model_for, shared_client_model
 
     fed = InProcessFederation(tiny_cfg)
     arrays, config = fed.server.broadcast(1)
@@ -143,13 +146,13 @@ def test_clients_sharing_a_model_compute_what_separate_models_compute(tiny_cfg):
 
 
 def test_a_model_with_buffers_is_not_shared(tiny_cfg, monkeypatch):
-    from fl_dp import federation
+    from fl_dp import task
 
     def with_buffer(cfg):
         model = torch.nn.Linear(2, 1)
         model.register_buffer("running_mean", torch.zeros(1))
         return model
 
-    monkeypatch.setattr(federation, "model_for", with_buffer)
-    monkeypatch.setattr(federation, "_client_models", federation.threading.local())
-    assert federation.shared_client_model(tiny_cfg) is not federation.shared_client_model(tiny_cfg)
+    monkeypatch.setattr(task, "model_for", with_buffer)
+    monkeypatch.setattr(task, "_client_models", task.threading.local())
+    assert task.shared_client_model(tiny_cfg) is not task.shared_client_model(tiny_cfg)

@@ -1,15 +1,17 @@
 """The Flower strategy and ClientApp driven message by message in one process (no Ray, no SuperLink)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.client_app import STATE_KEY
+from clients.client_app import LEDGER_KEY, STATE_KEY
 from clients.client_app import train as client_train
 from fl_dp.config import ConfigError
-from fl_dp.federation import InProcessFederation, ServerCore
+from fl_dp.inprocess import InProcessFederation
+from fl_dp.server import ServerCore
 from strategies.fl_dp_strategy import FlDpStrategy
 
 
@@ -53,6 +55,7 @@ def _run_flower(cfg, rounds, corrupt=None):
         if corrupt is not None:
             replies = corrupt(replies, messages)
         arrays, metrics = strategy.aggregate_train(server_round, replies)
+        strategy.evaluate(server_round, arrays)  # as Flower's loop does after each round
         trajectory.append(torch.from_numpy(arrays["x"].numpy().copy()))
     return trajectory, strategy, contexts, metrics
 
@@ -76,7 +79,7 @@ def test_flower_path_and_in_process_loop_give_the_same_trajectory(tiny_cfg, stra
             assert np.allclose(context.state.array_records[STATE_KEY]["g"].numpy(), fed.states[f"client-{i}"]["g"].numpy())
     if strategy == "alpha-normec":
         # the client's own ledger survives the round trip through context.state exactly (float64)
-        ledger = contexts[101].state.array_records[STATE_KEY]["privacy-ledger"].numpy()
+        ledger = contexts[101].state.array_records[LEDGER_KEY]["rows"].numpy()
         assert ledger.dtype == np.float64 and ledger.tolist() == fed.states["client-0"]["privacy-ledger"].tolist()
         assert ledger.shape == (1, 3)  # four equal releases merged into one row
 
@@ -134,3 +137,43 @@ def test_flower_path_and_in_process_loop_agree_under_central_dp(tiny_cfg, strate
     # both ledgers charge all six clients at q = 1/2 every round
     assert sorted(flower_strategy.core.ledger.epsilons().values()) == sorted(fed.server.ledger.epsilons().values())
     assert len(fed.server.ledger.epsilons()) == 6
+
+
+class LoopbackGrid(FakeGrid):
+    """A Grid whose send_and_receive hands every message to the ClientApp in this process."""
+
+    def __init__(self, contexts):
+        super().__init__(sorted(contexts))
+        self.contexts = contexts
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [client_train(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+
+
+def test_flowers_own_round_loop_runs_the_strategy_and_its_result_is_the_csv(tiny_cfg, tmp_path):
+    from fl_dp.results import history_from_result
+
+    cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, noise_multiplier=0.5, num_server_rounds=3, eval_every=2,
+                           eval_samples=50, results_dir=str(tmp_path))
+    node_ids = [101 + i for i in range(cfg.num_clients)]
+    strategy = FlDpStrategy(ServerCore(cfg))
+    result = strategy.start(LoopbackGrid(_contexts(cfg, node_ids)), strategy.initial_arrays(), num_rounds=3)
+    fed = InProcessFederation(cfg)
+    expected = fed.run()
+    assert np.allclose(result.arrays["x"].numpy(), fed.server.x.numpy(), atol=1e-6)
+    assert sorted(result.evaluate_metrics_serverapp) == [2, 3]  # eval-every 2, and the last round
+    history = history_from_result(result, strategy.core.rows)
+    assert list(history.columns) == list(expected.columns)
+    volatile = ["round-seconds"]
+    pd.testing.assert_frame_equal(history.drop(columns=volatile), expected.drop(columns=volatile), check_dtype=False, atol=1e-6)
+
+
+def test_configure_train_broadcasts_the_arrays_flower_hands_it(tiny_cfg):
+    from flwr.app import Array, ArrayRecord
+
+    strategy = FlDpStrategy(ServerCore(tiny_cfg))
+    elsewhere = np.full(strategy.core.dim, 0.25, np.float32)
+    message = list(strategy.configure_train(1, ArrayRecord({"x": Array(elsewhere)}), ConfigRecord(), FakeGrid([1, 2, 3, 4])))[0]
+    assert np.array_equal(message.content.array_records["arrays"]["x"].numpy(), elsewhere)
+    with pytest.raises(ValueError, match="finite with"):
+        strategy.configure_train(1, ArrayRecord({"x": Array(np.zeros(3, np.float32))}), ConfigRecord(), FakeGrid([1, 2, 3, 4]))

@@ -10,7 +10,9 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fl_dp.federation import InProcessFederation, Reply
+from fl_dp.inprocess import InProcessFederation
+
+from fl_dp.wire import Reply
 from fl_dp.privacy import Release
 from strategies.fl_dp_strategy import FlDpStrategy
 
@@ -183,7 +185,7 @@ class _Grid:
 def test_flower_replies_that_do_not_decode_are_rejected_not_raised(tiny_cfg):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, noise_multiplier=1.0)
-    from fl_dp.federation import ServerCore
+    from fl_dp.server import ServerCore
 
     strategy = FlDpStrategy(ServerCore(cfg))
     messages = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), _Grid([11, 12, 13, 14])))

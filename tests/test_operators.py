@@ -35,15 +35,15 @@ def test_clip_rows_matches_clip_per_row():
 
 
 def test_operator_bounds_and_bad_parameters():
-    assert SmoothedNormalization(0.1).bound == 1.0
-    assert Clipping(2.5).bound == 2.5
+    assert SmoothedNormalization(alpha=0.1).bound == 1.0
+    assert Clipping(tau=2.5).bound == 2.5
     for bad in (0.0, -1.0):
-        for make in (SmoothedNormalization, Clipping):
+        for make in (lambda b: SmoothedNormalization(alpha=b), lambda b: Clipping(tau=b)):
             try:
                 make(bad)
             except ValueError:
                 continue
-            raise AssertionError(f"{make.__name__}({bad}) accepted")
+            raise AssertionError(f"an operator with parameter {bad} was accepted")
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e-8, 1.0, 1e6, 1e12, 1e30])

@@ -6,7 +6,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import train as client_train
 from fl_dp.config import ConfigError
-from fl_dp.federation import ClientCore, ServerCore
+from fl_dp.client import ClientCore
+from fl_dp.server import ServerCore
 from fl_dp.privacy import Release, epsilon_of
 from fl_dp.privacy_floor import PrivacyFloor, PrivacyRefusal
 from strategies.fl_dp_strategy import FlDpStrategy

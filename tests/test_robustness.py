@@ -4,7 +4,7 @@ import torch
 
 from fl_dp.compressors import TopK
 from fl_dp.config import ConfigError
-from fl_dp.federation import InProcessFederation
+from fl_dp.inprocess import InProcessFederation
 from fl_dp.robustness import HeavyTailedNoise, flip, is_byzantine
 from fl_dp.wire import SignVector
 
@@ -28,7 +28,7 @@ def test_heavy_tailed_noise_validates_its_parameters():
 def test_flip_negates_every_payload():
     v = torch.tensor([1.0, -2.0, 3.0])
     assert torch.equal(flip(v), -v)
-    sparse = TopK(2)(v)
+    sparse = TopK(k=2)(v)
     assert torch.equal(flip(sparse).to_dense(), -sparse.to_dense())
     signs = SignVector(torch.tensor([1.0, -1.0]), 0.5)
     assert torch.equal(flip(signs).to_dense(), -signs.to_dense())
@@ -99,7 +99,7 @@ def test_robust_aggregators_are_refused_where_they_do_not_apply(tiny_cfg):
 
 
 def test_ef_sign_with_a_median_ignores_one_huge_scale(tiny_cfg):
-    from fl_dp.federation import Reply
+    from fl_dp.wire import Reply
 
     cfg = tiny_cfg.replace(strategy="ef-sign", server_lr=0.01, num_clients=5, clients_per_round=5, aggregator="median")
     fed = InProcessFederation(cfg)

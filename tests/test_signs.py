@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from fl_dp.algorithms import build_algorithm
+from fl_dp.registry import build_algorithm
 from fl_dp.config import RunConfig
-from fl_dp.federation import InProcessFederation, Reply
+from fl_dp.inprocess import InProcessFederation
+from fl_dp.wire import Reply
 from fl_dp.privacy import Release, epsilon_of
 from fl_dp.privacy import analytic_gaussian_delta, analytic_gaussian_noise_multiplier
 from fl_dp.signs import dp_sign, hard_sign, majority_vote, scaled_sign, stochastic_sign

@@ -9,11 +9,11 @@ from fl_dp.wire import MalformedMessage, SignVector, decode, encode, payload_byt
 def test_dense_sparse_and_sign_messages_round_trip():
     v = torch.randn(10)
     assert torch.equal(decode(encode(v), 10), v)
-    sparse = TopK(3)(v)
+    sparse = TopK(k=3)(v)
     arrays = encode(sparse)
     assert set(arrays) == {"values", "indices"} and payload_bytes(arrays) == 24
     assert torch.equal(decode(arrays, 10), sparse.to_dense())
-    half = TopK(6)(v)
+    half = TopK(k=6)(v)
     assert set(encode(half)) == {"dense"} and torch.equal(decode(encode(half), 10), half.to_dense())
     signs = torch.tensor([1.0, -1, -1, 1, 1, 1, -1, 1, -1, -1])
     arrays = encode(SignVector(signs))

@@ -1,10 +1,8 @@
-"""Server and client logic of one run, independent of how messages travel.
+"""The server side of a run, independent of how messages travel.
 
-:class:`ServerCore` samples clients, broadcasts x, validates and aggregates
-replies, keeps the privacy ledger and the per-round metrics. :class:`ClientCore`
-answers one training request from the client's data and persistent state.
-The Flower strategy and ClientApp are thin adapters over these; :func:`run_inprocess`
-drives them directly (tests, benchmarks, notebooks).
+:class:`ServerCore` samples clients, broadcasts x, validates and aggregates replies (or the
+secure sum of ``distributed`` DP), keeps the privacy ledger, the per-round metrics and the
+checkpoints. The Flower strategy and the in-process loop are thin drivers of it.
 """
 
 from __future__ import annotations
@@ -12,206 +10,58 @@ from __future__ import annotations
 import logging
 import math
 import random
-import secrets
-import threading
 import time
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from fl_dp.algorithms import (
-    Algorithm,
-    ClientTask,
-    State,
-    build_algorithm,
-    client_noise_multiplier_of,
-    message_bound,
-    resolve_noise_multiplier,
-)
+from fl_dp import results
 from fl_dp.central import CentralGaussianSum, poisson_cohort, project_to_ball
-from fl_dp.distributed import RING_KEY, DistributedSkellam, check_share, mechanism_for, ring_sum, rotation_signs
-from fl_dp.checkpoint import checkpoint_error, checkpoint_path, config_fingerprint, ledger_journal_path, read_checkpoint, write_checkpoint
+from fl_dp.checkpoint import (
+    checkpoint_error,
+    checkpoint_path,
+    config_fingerprint,
+    ledger_journal_path,
+    read_checkpoint,
+    write_checkpoint,
+)
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.data import ArrayDataset, load_dataset, partition
+from fl_dp.data import load_dataset
+from fl_dp.distributed import DistributedSkellam, mechanism_for, rotation_signs
+from fl_dp.mechanisms import message_norm_limit
 from fl_dp.models import build_model, get_flat_params, num_params
 from fl_dp.privacy import PrivacyLedger, Release
-from fl_dp.privacy_floor import PrivacyFloor
-from fl_dp.robustness import BYZANTINE_ATTACKS, HeavyTailedNoise, NoisyGradients, flip, is_byzantine, robust_mean
+from fl_dp.privacy_policy import client_noise_multiplier, local_postprocessor, message_bound, resolve_noise_multiplier
+from fl_dp.registry import build_algorithm
+from fl_dp.results import progress_line
+from fl_dp.robustness import robust_mean
+from fl_dp.rules.base import Algorithm, State
+from fl_dp.task import SERVER_STREAM, make_generator, model_for
 from fl_dp.training import Objective
-from fl_dp.wire import MalformedMessage, decode, encode, payload_bytes
+from fl_dp.wire import (
+    ALWAYS_REPORTED,
+    CLIENT_EPSILON,
+    DP_NOISE,
+    DP_RATE,
+    DP_STEPS,
+    NON_PRIVATE_STATISTICS,
+    NUM_EXAMPLES,
+    PRIVACY_RECORD,
+    RESUMED_FROM,
+    SERVER_ROUND,
+    STATE_FRESH,
+    TRAIN_LOSS,
+    MalformedMessage,
+    Reply,
+    decode,
+    payload_bytes,
+)
 
 log = logging.getLogger("fl_dp")
-
-# Keys of a client's reply metrics (kebab-case, as Flower records them).
-NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
-DP_NOISE = "dp-noise-multiplier"
-DP_RATE = "dp-sample-rate"
-DP_STEPS = "dp-steps"
-CLIENT_EPSILON = "client-epsilon"
-LEDGER_STATE = "privacy-ledger"
-#: reply metric (1): the client trained from an empty error-feedback state (first time, or lost)
-STATE_FRESH = "state-fresh"
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One client's answer: who, the wire arrays, and scalar metrics (``error``: why the transport
-    could not read them)."""
-
-    client_id: str
-    arrays: dict[str, np.ndarray]
-    metrics: dict[str, float]
-    error: str = ""
-
-
-# ---------------------------------------------------------------- data and models shared by both sides
-
-
-@lru_cache(maxsize=8)
-def _partitions(cfg_key: tuple) -> tuple[ArrayDataset, list[np.ndarray]]:
-    dataset, data_dir, seed, max_train, num_clients, partitioner, dirichlet_alpha = cfg_key
-    train = load_dataset(dataset, data_dir or None, seed).train
-    if 0 < max_train < len(train):
-        train = train.subset(np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train]))
-    return train, partition(train, num_clients, partitioner, seed, dirichlet_alpha)
-
-
-def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
-    """The training samples of client ``partition_id`` (cached per process)."""
-    if not 0 <= partition_id < cfg.num_clients:
-        raise ConfigError(f"partition-id {partition_id} outside [0, num-clients={cfg.num_clients})")
-    train, parts = _partitions(
-        (cfg.dataset, cfg.data_dir, cfg.seed, cfg.max_train_samples, cfg.num_clients, cfg.partitioner, cfg.dirichlet_alpha)
-    )
-    return train.subset(parts[partition_id])
-
-
-def model_for(cfg: RunConfig) -> torch.nn.Module:
-    """A fresh model of the run (its initial parameters are the run's x_0)."""
-    data = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed)
-    return build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
-
-
-_client_models = threading.local()
-
-
-def shared_client_model(cfg: RunConfig) -> torch.nn.Module:
-    """One model per architecture and thread, shared by the clients this thread serves.
-
-    A client overwrites the parameters from x before every use, so clients handled
-    one after another can share it; a Ray actor serving 1000 partitions then holds
-    one model, not 1000. Per thread, so that concurrent clients never share one.
-    A model with buffers (e.g. BatchNorm statistics) would carry one client's data
-    into the next, so such a model is never shared.
-    """
-    models = _client_models.__dict__.setdefault("models", {})
-    key = (cfg.model, cfg.dataset, cfg.data_dir, cfg.seed)
-    if key not in models:
-        model = model_for(cfg)
-        if any(True for _ in model.buffers()):
-            return model
-        models[key] = model
-    return models[key]
-
-
-def make_generator(cfg: RunConfig, *stream: int) -> torch.Generator:
-    """A torch generator for (seed, *stream), or from the OS with ``os-randomness`` (deployments)."""
-    generator = torch.Generator()
-    if cfg.os_randomness:
-        generator.manual_seed(secrets.randbits(63))
-    else:
-        generator.manual_seed(hash((cfg.seed, *stream)) & ((1 << 63) - 1))
-    return generator
-
-
-# ---------------------------------------------------------------- client
-
-
-class ClientCore:
-    """One client: its data, its model and the algorithm's client hook."""
-
-    def __init__(self, cfg: RunConfig, partition_id: int, floor: PrivacyFloor | None = None) -> None:
-        cfg.require_population()
-        self.cfg = cfg
-        self.partition_id = partition_id
-        self.floor = floor
-        self.objective = Objective(shared_client_model(cfg), client_dataset(cfg, partition_id), cfg.regularizer_lambda)
-        self.oracle = self.objective
-        if cfg.grad_noise != "none":
-            self.oracle = NoisyGradients(self.objective, HeavyTailedNoise(cfg.grad_noise, cfg.grad_noise_kappa, cfg.grad_noise_scale))
-        self.byzantine = is_byzantine(partition_id, cfg.num_clients, cfg.byzantine_fraction)
-        # the client's noise comes from its own run config, never from the server's say-so
-        self.noise_multiplier = client_noise_multiplier_of(cfg)
-        self.algorithm = build_algorithm(cfg, self.objective.dim, self.noise_multiplier)
-
-    def train(
-        self, arrays: dict[str, np.ndarray], config: dict[str, Any], state: State
-    ) -> tuple[dict[str, np.ndarray], dict[str, float], State]:
-        """Answer one training request: (wire arrays, metrics, new state)."""
-        if "x" not in arrays:
-            raise MalformedMessage("training request carries no 'x'")
-        x = torch.from_numpy(np.asarray(arrays["x"], dtype=np.float32).copy())
-        if x.ndim != 1 or x.numel() != self.objective.dim or not torch.isfinite(x).all():
-            raise MalformedMessage(f"global vector must be finite with {self.objective.dim} entries")
-        server_round = int(config["server-round"])
-        if not math.isclose(float(config[DP_NOISE]), self.noise_multiplier, rel_tol=1e-9):
-            raise MalformedMessage(
-                f"the server asks for noise multiplier {config[DP_NOISE]}, this client's run config gives "
-                f"{self.noise_multiplier}: refusing to train"
-            )
-        if self.floor is not None:
-            history = [Release(n, r, int(k)) for n, r, k in state.get(LEDGER_STATE, torch.zeros(0, 3)).tolist()]
-            self.floor.admit(self.cfg.privacy_model, self.algorithm.expected_release(len(self.objective.data)), history)
-        task = ClientTask(x, state, self.oracle, make_generator(self.cfg, self.partition_id, server_round), server_round)
-        update = self.algorithm.client_update(task)
-        message = flip(update.message, BYZANTINE_ATTACKS[self.cfg.byzantine_attack]) if self.byzantine else update.message
-        # the dataset size is treated as public; loss and other statistics only leave the client
-        # of a non-private run, since they would be unaccounted releases of its data
-        metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples}
-        if self.algorithm.client_state_step is not None and "g" not in state:
-            metrics[STATE_FRESH] = 1.0
-        if not self.cfg.is_private:
-            metrics.update({TRAIN_LOSS: update.train_loss, **update.metrics})
-        state = update.state
-        if self.cfg.privacy_model == "distributed":
-            # only the sum of the shares reaches anyone: no metric about this client's data leaves it
-            return {RING_KEY: self._share(message, server_round)}, {}, state
-        if update.release is not None:
-            metrics.update(
-                {DP_NOISE: update.release.noise_multiplier, DP_RATE: update.release.sample_rate, DP_STEPS: update.release.steps}
-            )
-            state, metrics[CLIENT_EPSILON] = record_own_release(state, update.release, self.cfg.delta)
-        return encode(message), metrics, state
-
-
-    def _share(self, message: Any, server_round: int) -> np.ndarray:
-        """This client's noised share of the round's secure sum (:mod:`fl_dp.distributed`)."""
-        mechanism = mechanism_for(self.cfg)
-        dense = decode(encode(message), self.objective.dim)
-        entropy = None if self.cfg.os_randomness else [self.cfg.seed, self.partition_id, server_round, 0xD15]
-        rng = np.random.default_rng(np.random.SeedSequence(entropy))
-        return mechanism.encode(dense, rotation_signs(self.cfg.seed, server_round, mechanism.padded), rng)
-
-
-def record_own_release(state: State, release: Release, delta: float) -> tuple[State, float]:
-    """Add ``release`` to the client's own ledger, kept in its state as float64 rows
-    (noise multiplier, sample rate, steps): the client knows its epsilon wherever it runs."""
-    ledger = PrivacyLedger(delta)
-    for noise, rate, steps in state.get(LEDGER_STATE, torch.zeros(0, 3, dtype=torch.float64)).tolist():
-        ledger.record("self", Release(noise, rate, int(steps)))
-    ledger.record("self", release)
-    rows = [[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("self")]
-    return {**state, LEDGER_STATE: torch.tensor(rows, dtype=torch.float64)}, ledger.epsilon("self")
-
-
-# ---------------------------------------------------------------- server
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -235,6 +85,8 @@ class ServerCore:
     """The server side of a run: global vector, algorithm state, ledger, metrics."""
 
     def __init__(self, cfg: RunConfig, evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None) -> None:
+        """``evaluate_fn`` maps x to test metrics (default: the run's test split, ``test-accuracy`` and
+        ``test-loss``)."""
         cfg.require_population()
         preflight(cfg)
         self.cfg = cfg
@@ -242,8 +94,9 @@ class ServerCore:
         self.dim = num_params(model)
         self.x = get_flat_params(model)
         self.noise_multiplier = resolve_noise_multiplier(cfg)
-        self.client_noise_multiplier = client_noise_multiplier_of(cfg)
-        self.algorithm: Algorithm = build_algorithm(cfg, self.dim, self.client_noise_multiplier)
+        self.client_noise_multiplier = client_noise_multiplier(cfg)
+        self.algorithm: Algorithm = build_algorithm(cfg, self.dim)
+        self.postprocessor = local_postprocessor(cfg, self.client_noise_multiplier)
         self.state = self.algorithm.init_server_state(self.dim)
         self.central: CentralGaussianSum | None = None
         if cfg.privacy_model == "central":
@@ -259,7 +112,7 @@ class ServerCore:
         )
         self.completed_rounds = 0
         self.resumed_from = 0  # the round a resumed run's checkpoint was written after (0: a fresh run)
-        self._norm_limit = self.algorithm.message_norm_limit(self.dim)
+        self._norm_limit = self._message_norm_limit()
         self.ledger = PrivacyLedger(cfg.delta)
         self.rows: list[dict[str, Any]] = []
         self._rng = random.SystemRandom() if cfg.os_randomness else random.Random(cfg.seed)
@@ -273,7 +126,21 @@ class ServerCore:
                 return {f"test-{k}": v for k, v in evaluator.evaluate(x).items()}
 
         self.evaluate_fn = evaluate_fn
-        self._round_started = time.perf_counter()
+        self._round_started = self._run_started = time.perf_counter()
+        self._rounds_timed = 0
+
+    def expected_release(self, num_examples: int) -> Release | None:
+        """What an honest client of this run releases in one round (None: nothing private)."""
+        if self.postprocessor is not None:
+            return self.postprocessor.release()
+        return self.algorithm.expected_release(num_examples)
+
+    def _message_norm_limit(self) -> float | None:
+        """An L2 norm no honest message exceeds (except with probability 1e-9), or None if unbounded."""
+        if self.postprocessor is not None:
+            return self.postprocessor.norm_limit(self.dim)
+        bound = self.algorithm.message_bound
+        return None if bound is None else message_norm_limit(bound, 0.0, self.dim)
 
     # -- round: sample, broadcast
 
@@ -299,15 +166,21 @@ class ServerCore:
         self._cohort = frozenset(str(client) for client in cohort)
         return cohort
 
-    def broadcast(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays and config of this round's training request."""
+    def broadcast(self, server_round: int, x: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays and config of this round's training request, for the global vector ``x`` (Flower's
+        current arrays; default: the core's own). A vector that is not the model's is refused."""
         self._round_started = time.perf_counter()
-        config = {"server-round": server_round, DP_NOISE: self.client_noise_multiplier, RESUMED_FROM: self.resumed_from}
+        if x is not None:
+            vector = torch.from_numpy(np.array(x, dtype=np.float32).reshape(-1))
+            if vector.numel() != self.dim or not torch.isfinite(vector).all():
+                raise ValueError(f"the global vector must be finite with {self.dim} entries, got {vector.numel()}")
+            self.x = vector
+        config = {SERVER_ROUND: server_round, DP_NOISE: self.client_noise_multiplier, RESUMED_FROM: self.resumed_from}
         return {"x": self.x.numpy().copy()}, config
 
     # -- round: aggregate
 
-    def aggregate(self, server_round: int, replies: list[Reply], failures: list[tuple[str, str]] = ()) -> dict[str, Any]:
+    def aggregate(self, server_round: int, replies: list[Reply], failures: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
         """Validate replies, update x from the accepted ones, account privacy, record metrics.
 
         A reply is accepted only from a client addressed this round, once, with exactly the
@@ -361,7 +234,7 @@ class ServerCore:
             candidate_state = {k: v.clone() for k, v in self.state.items()}
             fresh = self._forget_lost_states(candidate_state, accepted)
             if self.central is not None:
-                noisy_sum = self.central(messages, self.dim, make_generator(self.cfg, -1, server_round))
+                noisy_sum = self.central(messages, self.dim, make_generator(self.cfg, SERVER_STREAM, server_round))
                 # the expected cohort q * num-clients, not the realised one, divides where a rule averages
                 candidate = self.algorithm.apply_sum(self.x, candidate_state, noisy_sum, float(self.cfg.clients_per_round))
             elif self.cfg.aggregator != "mean":
@@ -369,7 +242,11 @@ class ServerCore:
                 combined = robust_mean(messages, self.cfg.aggregator, self.cfg.trim_fraction) * len(messages)
                 candidate = self.algorithm.apply_sum(self.x, candidate_state, combined, float(len(messages)))
             else:
-                weights = capped_weights([r.metrics[NUM_EXAMPLES] for r, _ in accepted]) if self.algorithm.weighted_by_examples else [1.0] * len(accepted)
+                weights = (
+                    capped_weights([r.metrics[NUM_EXAMPLES] for r, _ in accepted])
+                    if self.algorithm.weighted_by_examples
+                    else [1.0] * len(accepted)
+                )
                 candidate = self.algorithm.server_update(self.x, candidate_state, messages, weights)
             if skipped:
                 # the repliers' own states moved: the server's mirror of them must too, the model not
@@ -388,7 +265,7 @@ class ServerCore:
         )
 
     def aggregate_secure(
-        self, server_round: int, total: np.ndarray | None, contributors: list[Any], failures: list[tuple[str, str]] = ()
+        self, server_round: int, total: np.ndarray | None, contributors: list[Any], failures: Sequence[tuple[str, str]] = ()
     ) -> dict[str, Any]:
         """Update x from what secure aggregation revealed: the ring sum of the ``contributors``' shares.
 
@@ -416,6 +293,7 @@ class ServerCore:
         noisy_sum = None
         if not skipped:
             try:
+                assert total is not None  # a missing sum skipped the round above
                 noisy_sum = mechanism.decode(total, rotation_signs(self.cfg.seed, server_round, mechanism.padded))
             except ValueError as err:
                 skipped = f"secure sum: {err}"
@@ -448,7 +326,7 @@ class ServerCore:
     def _close_round(
         self, server_round: int, accepted: list[Reply], num_sent: int, rejected: list[str], skipped: str, bytes_up: int
     ) -> dict[str, Any]:
-        """The round's metrics row (evaluated where due), the ledger journal, the progress line."""
+        """The round's metrics row (its evaluation follows in :meth:`evaluate_round`) and the ledger journal."""
         eps_max, eps_mean = self.ledger.summary()
         row: dict[str, Any] = {
             "round": server_round,
@@ -465,12 +343,10 @@ class ServerCore:
             "bytes-up": bytes_up,
             "bytes-up-dense": len(accepted) * self.dim * 4,
             "bytes-down": num_sent * self.dim * 4,
+            "round-seconds": time.perf_counter() - self._round_started,
+            "skipped": skipped,
+            "rejections": "; ".join(rejected),
         }
-        if server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_server_rounds:
-            row.update(self.evaluate_fn(self.x))
-        row["round-seconds"] = time.perf_counter() - self._round_started
-        row["skipped"] = skipped
-        row["rejections"] = "; ".join(rejected)
         self.rows.append(row)
         self.completed_rounds = server_round
         if self.cfg.checkpoint_every > 0:
@@ -479,13 +355,30 @@ class ServerCore:
                 ledger_journal_path(self.cfg),
                 {"config": config_fingerprint(self.cfg), "round": server_round, "ledger": self.ledger.state_dict()},
             )
-        log.info(
-            "round %d/%d: %s",
-            server_round,
-            self.cfg.num_server_rounds,
-            ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("strategy", "privacy-model", "rejections", "skipped")),
+        log.debug(
+            "round %d/%d: %s", server_round, self.cfg.num_server_rounds, ", ".join(f"{k}={_fmt(v)}" for k, v in row.items())
         )
         return row
+
+    def evaluation_due(self, server_round: int) -> bool:
+        return server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_server_rounds
+
+    def evaluate_round(self, server_round: int, x: np.ndarray | None = None) -> dict[str, float]:
+        """Close round ``server_round``: its test metrics where due (of ``x``, Flower's arrays, or the
+        core's x), added to its row, and its progress line. Returns the test metrics ({} if not due)."""
+        metrics: dict[str, float] = {}
+        if self.evaluation_due(server_round):
+            vector = self.x if x is None else torch.from_numpy(np.array(x, dtype=np.float32).reshape(-1))
+            metrics = {k: float(v) for k, v in self.evaluate_fn(vector).items()}
+        row = self.rows[-1] if self.rows and self.rows[-1]["round"] == server_round else None
+        if row is None:
+            return metrics
+        row.update(metrics)
+        self._rounds_timed += 1
+        elapsed = time.perf_counter() - self._run_started
+        eta = elapsed / self._rounds_timed * (self.cfg.num_server_rounds - server_round)
+        log.info("%s", progress_line(row, self.cfg.num_server_rounds, eta))
+        return metrics
 
     def _forget_lost_states(self, state: State, accepted: list[tuple[Reply, torch.Tensor]]) -> set[str]:
         """Take out of the server's state the share of every client that reports it started from an
@@ -523,7 +416,7 @@ class ServerCore:
         if num_examples is None and self.algorithm.release_depends_on_data_size:
             self.ledger.record(client, Release(0.0))
             return None
-        expected = self.algorithm.expected_release(num_examples or 1)
+        expected = self.expected_release(num_examples or 1)
         charge = expected if expected is not None else Release(0.0)
         self.ledger.record(client, charge)
         return expected
@@ -537,7 +430,10 @@ class ServerCore:
             if not math.isclose(claimed, booked, rel_tol=1e-6) and not (math.isinf(claimed) and math.isinf(booked)):
                 log.warning(
                     "round %d: client %s reports epsilon %.6g, the server's ledger has %.6g for it",
-                    server_round, reply.client_id, claimed, booked,
+                    server_round,
+                    reply.client_id,
+                    claimed,
+                    booked,
                 )
 
     # -- checkpoints
@@ -588,20 +484,30 @@ class ServerCore:
         x, state, rows, clients = payload.get("x"), payload.get("state"), payload.get("rows"), payload.get("clients")
         if not (isinstance(x, torch.Tensor) and x.shape == self.x.shape and x.dtype == self.x.dtype and torch.isfinite(x).all()):
             raise fail(f"x is not a finite float32 vector of {self.dim} entries")
-        if not (isinstance(state, dict) and set(state) == set(self.state)
-                and all(isinstance(state[k], torch.Tensor) and state[k].shape == v.shape and torch.isfinite(state[k]).all()
-                        for k, v in self.state.items())):
+        if not (
+            isinstance(state, dict)
+            and set(state) == set(self.state)
+            and all(
+                isinstance(state[k], torch.Tensor) and state[k].shape == v.shape and torch.isfinite(state[k]).all()
+                for k, v in self.state.items()
+            )
+        ):
             raise fail("the algorithm's server state does not match this strategy's")
         if not (isinstance(rows, list) and len(rows) == payload["round"] and all(isinstance(r, dict) for r in rows)):
             raise fail("metrics rows do not match its round")
-        if not (isinstance(clients, dict) and all(isinstance(c, dict) and all(isinstance(v, torch.Tensor) for v in c.values()) for c in clients.values())):
+        if not (
+            isinstance(clients, dict)
+            and all(isinstance(c, dict) and all(isinstance(v, torch.Tensor) for v in c.values()) for c in clients.values())
+        ):
             raise fail("client states are not tensors")
         shares = payload.get("shares")
         if self.client_shares is None:
             if shares is not None:
                 raise fail("holds client shares this strategy does not keep")
-        elif not (isinstance(shares, dict) and all(isinstance(v, torch.Tensor) and v.shape == self.x.shape and torch.isfinite(v).all()
-                                                     for v in shares.values())):
+        elif not (
+            isinstance(shares, dict)
+            and all(isinstance(v, torch.Tensor) and v.shape == self.x.shape and torch.isfinite(v).all() for v in shares.values())
+        ):
             raise fail("client shares are not finite vectors of the model's size")
         ledger = PrivacyLedger(self.cfg.delta)
         journal = ledger_journal_path(self.cfg)
@@ -634,7 +540,7 @@ class ServerCore:
         mechanism depends on each client's data size, which the server learns only from replies.)"""
         if self.algorithm.release_depends_on_data_size:
             return
-        release = self.algorithm.expected_release(1)
+        release = self.expected_release(1)
         allowed = {0.0, self.noise_multiplier, self.client_noise_multiplier}
         if release is not None:
             allowed.add(release.noise_multiplier)
@@ -644,14 +550,17 @@ class ServerCore:
                     raise ValueError(f"ledger: {client} is booked at noise multiplier {noise:.6g}, not this run's mechanism")
 
     def history(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
+        return results.typed(pd.DataFrame(self.rows))
 
-    def save(self, path: str | Path | None = None) -> Path:
-        """Write the per-round metrics as CSV (default: results-dir/run-name.csv)."""
-        path = Path(path) if path is not None else Path(self.cfg.results_dir) / f"{self.cfg.label}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.history().to_csv(path, index=False)
-        return path
+    def results_path(self) -> Path:
+        """Where the run's CSV goes: results-dir/run-name.csv (the PNG beside it)."""
+        return Path(self.cfg.results_dir) / f"{self.cfg.label}.csv"
+
+    def save(self, path: str | Path | None = None, history: pd.DataFrame | None = None) -> Path:
+        """Write the per-round metrics (``history``, default this core's rows) as CSV and their plot
+        as PNG beside it (default: results-dir/run-name.csv); returns the CSV's path."""
+        csv_path, _ = results.save(self.history() if history is None else history, path or self.results_path())
+        return csv_path
 
 
 def _rng_to_list(state: tuple[Any, ...]) -> list[Any]:
@@ -660,21 +569,15 @@ def _rng_to_list(state: tuple[Any, ...]) -> list[Any]:
 
 
 def _rng_from_list(saved: Any) -> tuple[Any, ...]:
-    if not (isinstance(saved, list) and len(saved) == 3 and isinstance(saved[1], list) and all(isinstance(v, int) for v in saved[1])):
+    if not (
+        isinstance(saved, list) and len(saved) == 3 and isinstance(saved[1], list) and all(isinstance(v, int) for v in saved[1])
+    ):
         raise ValueError("the cohort RNG state is malformed")
     probe = random.Random()
     probe.setstate((saved[0], tuple(saved[1]), saved[2]))  # raises on a state Random does not accept
     return probe.getstate()
 
 
-#: training-request config key: the checkpoint round a resumed run started after (clients restore
-#: their state as of that round, see fl_dp.client_state)
-RESUMED_FROM = "resumed-from"
-
-#: what an honest client reports: always, under ``local`` privacy, and only without privacy
-ALWAYS_REPORTED = frozenset({NUM_EXAMPLES, STATE_FRESH})
-PRIVACY_RECORD = frozenset({DP_NOISE, DP_RATE, DP_STEPS, CLIENT_EPSILON})
-NON_PRIVATE_STATISTICS = frozenset({TRAIN_LOSS, "grad-norm"})
 MAX_NUM_EXAMPLES = 10**9
 
 
@@ -749,98 +652,3 @@ def _max_metric(replies: list[Reply], key: str) -> float:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-# ---------------------------------------------------------------- in-process loop
-
-
-class LazyClients(Mapping[str, ClientCore]):
-    """``client-i`` -> its ClientCore, built on first use: a population of 10,000 holds only
-    the clients that were ever sampled (their data subsets and algorithms), not all of them."""
-
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
-        self._ids = [f"client-{i}" for i in range(cfg.num_clients)]
-        self._index = {cid: i for i, cid in enumerate(self._ids)}
-        self._built: dict[str, ClientCore] = {}
-
-    def __getitem__(self, cid: str) -> ClientCore:
-        if cid not in self._built:
-            self._built[cid] = ClientCore(self.cfg, self._index[cid])
-        return self._built[cid]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._ids)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    @property
-    def num_built(self) -> int:
-        return len(self._built)
-
-
-@dataclass
-class InProcessFederation:
-    """Clients and server in one process, exchanging the same wire arrays as Flower does."""
-
-    cfg: RunConfig
-    evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None
-    server: ServerCore = field(init=False)
-    clients: LazyClients = field(init=False)
-    states: dict[str, State] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.server = ServerCore(self.cfg, self.evaluate_fn)
-        self.clients = LazyClients(self.cfg)
-        self.states = {cid: {} for cid in self.clients}
-        restored = self.server.resume(client_ids_are_stable=True)
-        unknown = set(restored) - set(self.states)
-        if unknown:
-            raise ConfigError(f"resume: checkpoint holds states of clients this run does not have: {sorted(unknown)[:3]}")
-        self.states.update(restored)
-
-    def train_cohort(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Reply]]:
-        """Broadcast round ``server_round`` and let its sampled clients train: (arrays, config, replies)."""
-        arrays, config = self.server.broadcast(server_round)
-        replies = []
-        for cid in self.server.sample(list(self.clients)):
-            out_arrays, metrics, self.states[cid] = self.clients[cid].train(arrays, config, self.states[cid])
-            replies.append(Reply(cid, out_arrays, metrics))
-        return arrays, config, replies
-
-    def run_round(self, server_round: int) -> dict[str, Any]:
-        _, _, replies = self.train_cohort(server_round)
-        if self.server.distributed is None:
-            row = self.server.aggregate(server_round, replies)
-        else:
-            row = self.server.aggregate_secure(server_round, *simulated_secure_sum(replies, self.server.distributed))
-        if self.server.checkpoint_due(server_round):
-            self.server.write_checkpoint(self.states)
-        return row
-
-
-    def run(self, stop_after: int | None = None) -> pd.DataFrame:
-        """Rounds after the last completed one (all of them, or up to ``stop_after``)."""
-        last = self.cfg.num_server_rounds if stop_after is None else min(stop_after, self.cfg.num_server_rounds)
-        for server_round in range(self.server.completed_rounds + 1, last + 1):
-            self.run_round(server_round)
-        return self.server.history()
-
-
-def simulated_secure_sum(replies: list[Reply], mechanism: DistributedSkellam) -> tuple[np.ndarray | None, list[str], list[tuple[str, str]]]:
-    """What secure aggregation gives the server, without the cryptography: the ring sum of the
-    shares, who contributed, and the clients whose share the protocol could not add (wrong shape)."""
-    shares, contributors, failures = [], [], []
-    for reply in replies:
-        try:
-            shares.append(check_share(reply.arrays, mechanism))
-            contributors.append(str(reply.client_id))
-        except ValueError as err:
-            failures.append((str(reply.client_id), str(err)))
-    return (ring_sum(shares, mechanism.modulus) if shares else None), contributors, failures
-
-
-def run_inprocess(cfg: RunConfig, evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None) -> pd.DataFrame:
-    """Run ``cfg`` without Flower or Ray; returns the per-round metrics."""
-    return InProcessFederation(cfg, evaluate_fn).run()

@@ -1,0 +1,134 @@
+"""Regenerate every generated table of README.md and docs/*.md from the registry and the committed CSVs.
+
+A generated table sits between ``<!-- generated: NAME -->`` and ``<!-- /generated -->``; NAME is
+one of :data:`TABLES`. Everything outside the markers is prose and stays as written.
+
+    python -m benchmarks.docs            # rewrite the tables in place
+    python -m benchmarks.docs --check    # exit 1 if any is out of date (tests/test_docs.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from fl_dp.registry import strategies_table
+
+ROOT = Path(__file__).parents[1]
+RESULTS = ROOT / "docs" / "results"
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S)
+
+
+def _eps(value: float) -> str:
+    return "inf (no noise)" if math.isinf(value) else f"{value:g}"
+
+
+def privacy_utility(models: tuple[str, ...]) -> Callable[[], str]:
+    """Test accuracy per (privacy model, epsilon) and strategy, the better server step in parentheses."""
+
+    def table() -> str:
+        best = pd.read_csv(RESULTS / "privacy_utility_best.csv")
+        best = best[best["privacy_model"].isin(models)]
+        strategies = [s for s in ("alpha-normec", "dp-normalized-sgd", "clip21", "dp-fedavg") if s in set(best["strategy"])]
+        lines = ["| privacy model | epsilon | " + " | ".join(strategies) + " | noise multiplier |", "|---|---|" + "---|" * (len(strategies) + 1)]
+        for (model, eps), cell in best.groupby(["privacy_model", "epsilon"], sort=False):
+            by = cell.set_index("strategy")
+            top = by["test_accuracy"].max()
+            values = []
+            for s in strategies:
+                if s not in by.index:
+                    values.append("-")
+                    continue
+                accuracy = f"{by.loc[s, 'test_accuracy']:.3f}"
+                values.append(f"**{accuracy}** ({by.loc[s, 'server_lr']:g})" if by.loc[s, "test_accuracy"] == top else f"{accuracy} ({by.loc[s, 'server_lr']:g})")
+            sigma = by["noise_multiplier"].iloc[0]
+            lines.append(f"| {model} | {_eps(eps)} | " + " | ".join(values) + f" | {sigma:.3g} |")
+        return "\n".join(lines)
+
+    return table
+
+
+def privacy_audit(method: str) -> Callable[[], str]:
+    """The audited lower bounds against the ledger's epsilon, one-run or many-run rows."""
+
+    def table() -> str:
+        audit = pd.read_csv(RESULTS / "privacy_audit.csv")
+        audit = audit[audit["method"].str.startswith(method)]
+        lines = [
+            "| strategy | privacy model | target eps | ledger eps | audited | any mechanism | ideal Gaussian | canaries | runs | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in audit.itertuples(index=False):
+            ideal = "" if pd.isna(row.ideal_mechanism_bound) else f"{row.ideal_mechanism_bound:.2f}"
+            lines.append(
+                f"| {row.strategy} | {row.privacy_model} | {row.target_epsilon:g} | {row.ledger_epsilon:.3f} "
+                f"| {row.audited_epsilon_lower_bound:.2f} | {row.approx_dp_epsilon_lower_bound:.2f} | {ideal} "
+                f"| {row.canaries} | {row.runs} | {row.seconds:.0f} |"
+            )
+        return "\n".join(lines)
+
+    return table
+
+
+def robust_aggregation() -> str:
+    runs = pd.read_csv(RESULTS / "robust_aggregation.csv")
+    table = runs.pivot_table(index=["strategy", "attack"], columns="aggregator", values="test-accuracy-mean", sort=False)
+    columns = [c for c in ("mean", "trimmed-mean", "median") if c in table.columns]
+    lines = ["| strategy | attack | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for (strategy, attack), row in table.iterrows():
+        lines.append(f"| {strategy} | {attack} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "strategies": strategies_table,
+    "privacy-utility": privacy_utility(("central", "distributed", "local")),
+    "privacy-utility-central": privacy_utility(("central",)),
+    "privacy-audit": privacy_audit("one-run"),
+    "privacy-audit-many-run": privacy_audit("many-run"),
+    "robust-aggregation": robust_aggregation,
+}
+
+
+def regenerate(text: str) -> str:
+    """``text`` with every generated block rebuilt; an unknown block name is an error."""
+
+    def rebuild(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise KeyError(f"unknown generated table {name!r}; known: {', '.join(TABLES)}")
+        return match.group(1) + TABLES[name]() + "\n" + match.group(4)
+
+    return BLOCK.sub(rebuild, text)
+
+
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only report pages whose tables are out of date")
+    args = parser.parse_args()
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        fresh = regenerate(text)
+        if fresh != text:
+            stale.append(page)
+            if not args.check:
+                page.write_text(fresh)
+    for page in stale:
+        print(f"{'out of date' if args.check else 'regenerated'}: {page.relative_to(ROOT)}")
+    if args.check and stale:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

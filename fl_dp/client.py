@@ -1,0 +1,127 @@
+"""One client of a run: its data, its rule, its noise, and its own privacy ledger.
+
+:class:`ClientCore` answers one training request from the client's data and persistent state,
+independent of how messages travel: the Flower ClientApp and the in-process loop both call it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from fl_dp.config import RunConfig
+from fl_dp.distributed import RING_KEY, mechanism_for, rotation_signs
+from fl_dp.privacy import PrivacyLedger, Release
+from fl_dp.privacy_floor import PrivacyFloor
+from fl_dp.privacy_policy import client_noise_multiplier, local_postprocessor
+from fl_dp.registry import build_algorithm
+from fl_dp.robustness import BYZANTINE_ATTACKS, HeavyTailedNoise, NoisyGradients, flip, is_byzantine
+from fl_dp.rules.base import ClientTask, State, dense
+from fl_dp.task import client_dataset, make_generator, shared_client_model
+from fl_dp.training import Objective
+from fl_dp.wire import (
+    CLIENT_EPSILON,
+    DP_NOISE,
+    DP_RATE,
+    DP_STEPS,
+    LEDGER_STATE,
+    NUM_EXAMPLES,
+    SERVER_ROUND,
+    STATE_FRESH,
+    TRAIN_LOSS,
+    MalformedMessage,
+    decode,
+    encode,
+)
+
+
+class ClientCore:
+    """One client: its data, its model, the rule's client hook and the local-DP post-processor."""
+
+    def __init__(self, cfg: RunConfig, partition_id: int, floor: PrivacyFloor | None = None) -> None:
+        cfg.require_population()
+        self.cfg = cfg
+        self.partition_id = partition_id
+        self.floor = floor
+        self.objective = Objective(shared_client_model(cfg), client_dataset(cfg, partition_id), cfg.regularizer_lambda)
+        self.oracle: Any = self.objective
+        if cfg.grad_noise != "none":
+            self.oracle = NoisyGradients(
+                self.objective, HeavyTailedNoise(cfg.grad_noise, cfg.grad_noise_kappa, cfg.grad_noise_scale)
+            )
+        self.byzantine = is_byzantine(partition_id, cfg.num_clients, cfg.byzantine_fraction)
+        # the client's noise comes from its own run config, never from the server's say-so
+        self.noise_multiplier = client_noise_multiplier(cfg)
+        self.algorithm = build_algorithm(cfg, self.objective.dim)
+        self.postprocessor = local_postprocessor(cfg, self.noise_multiplier)
+
+    def expected_release(self) -> Release | None:
+        """What this client releases in one round: its post-processor's, or its rule's own noise."""
+        if self.postprocessor is not None:
+            return self.postprocessor.release()
+        return self.algorithm.expected_release(len(self.objective.data))
+
+    def train(
+        self, arrays: dict[str, np.ndarray], config: dict[str, Any], state: State
+    ) -> tuple[dict[str, np.ndarray], dict[str, float], State]:
+        """Answer one training request: (wire arrays, metrics, new state)."""
+        if "x" not in arrays:
+            raise MalformedMessage("training request carries no 'x'")
+        x = torch.from_numpy(np.asarray(arrays["x"], dtype=np.float32).copy())
+        if x.ndim != 1 or x.numel() != self.objective.dim or not torch.isfinite(x).all():
+            raise MalformedMessage(f"global vector must be finite with {self.objective.dim} entries")
+        server_round = int(config[SERVER_ROUND])
+        if not math.isclose(float(config[DP_NOISE]), self.noise_multiplier, rel_tol=1e-9):
+            raise MalformedMessage(
+                f"the server asks for noise multiplier {config[DP_NOISE]}, this client's run config gives "
+                f"{self.noise_multiplier}: refusing to train"
+            )
+        if self.floor is not None:
+            history = [Release(n, r, int(k)) for n, r, k in state.get(LEDGER_STATE, torch.zeros(0, 3)).tolist()]
+            self.floor.admit(self.cfg.privacy_model, self.expected_release(), history)
+        generator = make_generator(self.cfg, self.partition_id, server_round)
+        update = self.algorithm.client_update(
+            ClientTask(x=x, state=state, objective=self.oracle, generator=generator, server_round=server_round)
+        )
+        message, release = update.message, update.release
+        if self.postprocessor is not None:
+            message, release = self.postprocessor(dense(message), generator)
+        if self.byzantine:
+            message = flip(message, BYZANTINE_ATTACKS[self.cfg.byzantine_attack])
+        # the dataset size is treated as public; loss and other statistics only leave the client
+        # of a non-private run, since they would be unaccounted releases of its data
+        metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples}
+        if self.algorithm.client_state_step is not None and "g" not in state:
+            metrics[STATE_FRESH] = 1.0
+        if not self.cfg.is_private:
+            metrics.update({TRAIN_LOSS: update.train_loss, **update.metrics})
+        state = update.state
+        if self.cfg.privacy_model == "distributed":
+            # only the sum of the shares reaches anyone: no metric about this client's data leaves it
+            return {RING_KEY: self._share(message, server_round)}, {}, state
+        if release is not None:
+            metrics.update({DP_NOISE: release.noise_multiplier, DP_RATE: release.sample_rate, DP_STEPS: release.steps})
+            state, metrics[CLIENT_EPSILON] = record_own_release(state, release, self.cfg.delta)
+        return encode(message), metrics, state
+
+    def _share(self, message: Any, server_round: int) -> np.ndarray:
+        """This client's noised share of the round's secure sum (:mod:`fl_dp.distributed`)."""
+        mechanism = mechanism_for(self.cfg)
+        vector = decode(encode(message), self.objective.dim)
+        entropy = None if self.cfg.os_randomness else [self.cfg.seed, self.partition_id, server_round, 0xD15]
+        rng = np.random.default_rng(np.random.SeedSequence(entropy))
+        return mechanism.encode(vector, rotation_signs(self.cfg.seed, server_round, mechanism.padded), rng)
+
+
+def record_own_release(state: State, release: Release, delta: float) -> tuple[State, float]:
+    """Add ``release`` to the client's own ledger, kept in its state as float64 rows
+    (noise multiplier, sample rate, steps): the client knows its epsilon wherever it runs."""
+    ledger = PrivacyLedger(delta)
+    for noise, rate, steps in state.get(LEDGER_STATE, torch.zeros(0, 3, dtype=torch.float64)).tolist():
+        ledger.record("self", Release(noise, rate, int(steps)))
+    ledger.record("self", release)
+    rows = [[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("self")]
+    return {**state, LEDGER_STATE: torch.tensor(rows, dtype=torch.float64)}, ledger.epsilon("self")

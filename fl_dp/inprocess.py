@@ -1,0 +1,117 @@
+"""Clients and server in one process, exchanging the same wire arrays as Flower does.
+
+Tests, benchmarks, audits and notebooks run here; the Flower path gives the same trajectory
+for the same seed (tests/test_flower_path.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fl_dp.client import ClientCore
+from fl_dp.config import ConfigError, RunConfig
+from fl_dp.distributed import DistributedSkellam, check_share, ring_sum
+from fl_dp.rules.base import State
+from fl_dp.server import ServerCore
+from fl_dp.wire import Reply
+
+
+class LazyClients(Mapping[str, ClientCore]):
+    """``client-i`` -> its ClientCore, built on first use: a population of 10,000 holds only
+    the clients that were ever sampled (their data subsets and algorithms), not all of them."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self._ids = [f"client-{i}" for i in range(cfg.num_clients)]
+        self._index = {cid: i for i, cid in enumerate(self._ids)}
+        self._built: dict[str, ClientCore] = {}
+
+    def __getitem__(self, cid: str) -> ClientCore:
+        if cid not in self._built:
+            self._built[cid] = ClientCore(self.cfg, self._index[cid])
+        return self._built[cid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def num_built(self) -> int:
+        return len(self._built)
+
+
+@dataclass
+class InProcessFederation:
+    """Clients and server in one process, exchanging the same wire arrays as Flower does."""
+
+    cfg: RunConfig
+    evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None
+    server: ServerCore = field(init=False)
+    clients: LazyClients = field(init=False)
+    states: dict[str, State] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.server = ServerCore(self.cfg, self.evaluate_fn)
+        self.clients = LazyClients(self.cfg)
+        self.states = {cid: {} for cid in self.clients}
+        restored = self.server.resume(client_ids_are_stable=True)
+        unknown = set(restored) - set(self.states)
+        if unknown:
+            raise ConfigError(f"resume: checkpoint holds states of clients this run does not have: {sorted(unknown)[:3]}")
+        self.states.update(restored)
+
+    def train_cohort(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Reply]]:
+        """Broadcast round ``server_round`` and let its sampled clients train: (arrays, config, replies)."""
+        arrays, config = self.server.broadcast(server_round)
+        replies = []
+        for cid in self.server.sample(list(self.clients)):
+            out_arrays, metrics, self.states[cid] = self.clients[cid].train(arrays, config, self.states[cid])
+            replies.append(Reply(cid, out_arrays, metrics))
+        return arrays, config, replies
+
+    def run_round(self, server_round: int) -> dict[str, Any]:
+        """One round: train the cohort, aggregate, evaluate where due; returns the round's row."""
+        _, _, replies = self.train_cohort(server_round)
+        if self.server.distributed is None:
+            row = self.server.aggregate(server_round, replies)
+        else:
+            row = self.server.aggregate_secure(server_round, *simulated_secure_sum(replies, self.server.distributed))
+        self.server.evaluate_round(server_round)
+        if self.server.checkpoint_due(server_round):
+            self.server.write_checkpoint(self.states)
+        return row
+
+    def run(self, stop_after: int | None = None) -> pd.DataFrame:
+        """Rounds after the last completed one (all of them, or up to ``stop_after``)."""
+        last = self.cfg.num_server_rounds if stop_after is None else min(stop_after, self.cfg.num_server_rounds)
+        for server_round in range(self.server.completed_rounds + 1, last + 1):
+            self.run_round(server_round)
+        return self.server.history()
+
+
+def simulated_secure_sum(
+    replies: list[Reply], mechanism: DistributedSkellam
+) -> tuple[np.ndarray | None, list[str], list[tuple[str, str]]]:
+    """What secure aggregation gives the server, without the cryptography: the ring sum of the
+    shares, who contributed, and the clients whose share the protocol could not add (wrong shape)."""
+    shares, contributors, failures = [], [], []
+    for reply in replies:
+        try:
+            shares.append(check_share(reply.arrays, mechanism))
+            contributors.append(str(reply.client_id))
+        except ValueError as err:
+            failures.append((str(reply.client_id), str(err)))
+    return (ring_sum(shares, mechanism.modulus) if shares else None), contributors, failures
+
+
+def run_inprocess(cfg: RunConfig, evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None) -> pd.DataFrame:
+    """Run ``cfg`` without Flower or Ray; returns the per-round metrics."""
+    return InProcessFederation(cfg, evaluate_fn).run()

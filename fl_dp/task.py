@@ -1,0 +1,73 @@
+"""What both sides of a run share: its data partitions, its model and its seeded randomness."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from fl_dp.config import ConfigError, RunConfig
+from fl_dp.data import ArrayDataset, load_dataset, partition
+from fl_dp.models import build_model
+from fl_dp.seeding import seed_of
+
+
+@lru_cache(maxsize=8)
+def _partitions(cfg_key: tuple) -> tuple[ArrayDataset, list[np.ndarray]]:
+    dataset, data_dir, seed, max_train, num_clients, partitioner, dirichlet_alpha = cfg_key
+    train = load_dataset(dataset, data_dir or None, seed).train
+    if 0 < max_train < len(train):
+        train = train.subset(np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train]))
+    return train, partition(train, num_clients, partitioner, seed, dirichlet_alpha)
+
+
+def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
+    """The training samples of client ``partition_id`` (cached per process)."""
+    if not 0 <= partition_id < cfg.num_clients:
+        raise ConfigError(f"partition-id {partition_id} outside [0, num-clients={cfg.num_clients})")
+    train, parts = _partitions(
+        (cfg.dataset, cfg.data_dir, cfg.seed, cfg.max_train_samples, cfg.num_clients, cfg.partitioner, cfg.dirichlet_alpha)
+    )
+    return train.subset(parts[partition_id])
+
+
+def model_for(cfg: RunConfig) -> torch.nn.Module:
+    """A fresh model of the run (its initial parameters are the run's x_0)."""
+    data = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed)
+    return build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
+
+
+_client_models = threading.local()
+
+
+def shared_client_model(cfg: RunConfig) -> torch.nn.Module:
+    """One model per architecture and thread, shared by the clients this thread serves.
+
+    A client overwrites the parameters from x before every use, so clients handled
+    one after another can share it; a Ray actor serving 1000 partitions then holds
+    one model, not 1000. Per thread, so that concurrent clients never share one.
+    A model with buffers (e.g. BatchNorm statistics) would carry one client's data
+    into the next, so such a model is never shared.
+    """
+    models = _client_models.__dict__.setdefault("models", {})
+    key = (cfg.model, cfg.dataset, cfg.data_dir, cfg.seed)
+    if key not in models:
+        model = model_for(cfg)
+        if any(True for _ in model.buffers()):
+            return model
+        models[key] = model
+    return models[key]
+
+
+#: the stream of the server's own draws (central noise), apart from every client's (partition ids >= 0)
+SERVER_STREAM = 0x5E4
+
+
+def make_generator(cfg: RunConfig, *stream: int) -> torch.Generator:
+    """A torch generator for (seed, *stream), or from the OS with ``os-randomness`` (deployments)."""
+    generator = torch.Generator()
+    generator.manual_seed(secrets.randbits(63) if cfg.os_randomness else seed_of(cfg.seed, *stream))
+    return generator
