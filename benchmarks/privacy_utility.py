@@ -2,24 +2,30 @@
 
 Fashion-MNIST, the small CNN, 1,000 IID clients (60 examples each), about 100 a round,
 user-level (eps, delta = 1e-5). ``local``: every client noises its own message, charged at
-sample rate 1; ``central``: Poisson cohorts at q = 0.1, the server noises the bounded sum once.
-eps = inf is the same run without noise.
+sample rate 1; ``central``: Poisson cohorts at q = 0.1, the server noises the bounded sum once;
+``distributed``: the same noise as Skellam shares under secure aggregation. eps = inf is the
+same run without noise.
 
-Tuning budget, equal for every method: the server step over the two values of ``TUNING``
-(chosen before any run, by the scale of each method's update), at every (privacy model, eps);
-the table keeps the better one per cell, chosen on the reported metric (optimistic for every
-method alike). Everything else is the method's default (alpha 0.1, beta 1, clip 1, DP-FedAvg:
-one local epoch at client-lr 0.05, batch 32).
+Tuning budget, equal for every method: the four settings of :data:`TUNING` (chosen before the
+grid ran, by the scale of each method's update: the error-compensation step beta of alpha-NormEC
+and its counterpart in Clip21, the threshold tau; the server step of DP-NSGD; the clipping norm of
+DP-FedAvg with server steps scaled to it), each at every (privacy model, eps); the table keeps the
+better one per cell, chosen on the reported metric (optimistic for every method alike).
+Everything else is each method's default (alpha 0.1; DP-FedAvg one local epoch at client-lr 0.05,
+batch 32).
 
-    python -m benchmarks.privacy_utility --full     # the issue's regime: 300 rounds (hours on 2 cores)
-    python -m benchmarks.privacy_utility            # 100 rounds, eps {2, 8, inf}, central only
-    python -m benchmarks.privacy_utility --quick    # a smoke test: 100 clients, 5 rounds
+    python -m benchmarks.privacy_utility                       # 100 rounds, eps {2, 8, inf}, central
+    python -m benchmarks.privacy_utility --full                # eps {1, 2, 4, 8, inf}, local and central
+    python -m benchmarks.privacy_utility --rounds 300 --best-of docs/results/privacy_utility_best.csv --epsilons 8 2
+                                                               # each cell's best setting again, 300 rounds
+    python -m benchmarks.privacy_utility --quick               # a smoke test: 100 clients, 5 rounds
     python -m benchmarks.privacy_utility --merge --epsilons 1 4 --models central   # add cells to the table
 
 Writes ``results/privacy_utility.csv`` (one row per run: strategy, privacy_model, num_clients,
-clients_per_round, epsilon, delta, noise_multiplier, rounds, test_accuracy, seed, server_lr,
-seconds), ``results/privacy_utility_best.csv`` (the tuned table), ``results/privacy_utility.png`` and,
-updated after every run, the per-round ``results/privacy_utility_histories.csv``.
+clients_per_round, epsilon, delta, noise_multiplier, rounds, test_accuracy, seed, setting,
+server_lr, seconds, bytes_up_per_client), ``results/privacy_utility_best.csv`` (the tuned table),
+``results/privacy_utility.png`` and, updated after every run, the per-round
+``results/privacy_utility_histories.csv``.
 """
 
 from __future__ import annotations
@@ -32,38 +38,46 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.common import base_parser, markdown_table, run_grid, save_figure
-from fl_dp.privacy_policy import resolve_noise_multiplier
 from fl_dp.config import RunConfig
+from fl_dp.privacy_policy import resolve_noise_multiplier
 
 RESULTS = Path(__file__).parents[1] / "results"
-STRATEGIES = {
-    "alpha-normec": dict(strategy="alpha-normec", alpha=0.1, beta=1.0),
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "alpha-normec": dict(strategy="alpha-normec", alpha=0.1),
     "dp-normalized-sgd": dict(strategy="dp-normalized-sgd", alpha=0.1),
-    "clip21": dict(strategy="clip21", clip=1.0),
-    "dp-fedavg": dict(strategy="dp-fedavg", clip=1.0, client_lr=0.05, local_epochs=1, batch_size=32),
+    "clip21": dict(strategy="clip21"),
+    "dp-fedavg": dict(strategy="dp-fedavg", client_lr=0.05, local_epochs=1, batch_size=32),
 }
-#: server step sizes tried per method (two each: the same budget for every method)
-TUNING = {
-    "alpha-normec": (0.5, 1.0),
-    "dp-normalized-sgd": (0.5, 1.0),
-    "clip21": (0.5, 1.0),
-    "dp-fedavg": (1.0, 3.0),
+#: four settings per method (the same budget for every method), fixed before any run of this grid
+TUNING: dict[str, tuple[dict[str, float], ...]] = {
+    "alpha-normec": tuple(dict(beta=b, server_lr=lr) for b, lr in ((1.0, 0.5), (0.3, 0.5), (0.3, 1.0), (0.1, 2.0))),
+    "clip21": tuple(dict(clip=c, server_lr=lr) for c, lr in ((1.0, 0.5), (0.3, 0.5), (0.3, 1.0), (0.1, 2.0))),
+    "dp-normalized-sgd": tuple(dict(server_lr=lr) for lr in (0.5, 1.0, 2.0, 4.0)),
+    "dp-fedavg": tuple(dict(clip=c, server_lr=lr) for c, lr in ((1.0, 1.0), (0.3, 3.0), (0.1, 3.0), (0.1, 10.0))),
 }
 TASK = dict(dataset="fashion-mnist", model="cnn", batch_size=64, eval_samples=2000, delta=1e-5)
 FULL_EPSILONS = (1.0, 2.0, 4.0, 8.0, math.inf)
 COLUMNS = [
-    "strategy", "privacy_model", "num_clients", "clients_per_round", "epsilon", "delta",
-    "noise_multiplier", "rounds", "test_accuracy", "seed", "server_lr", "seconds", "bytes_up_per_client",
+    "strategy", "privacy_model", "num_clients", "clients_per_round", "epsilon", "delta", "noise_multiplier", "rounds",
+    "test_accuracy", "seed", "setting", "server_lr", "seconds", "bytes_up_per_client",
 ]
-RUN_KEY = ["strategy", "privacy-model", "epsilon", "server_lr", "seed"]
+RUN_KEY = ["strategy", "privacy_model", "epsilon", "setting", "rounds", "seed"]
 
 
-def config(strategy: str, privacy_model: str, eps: float, server_lr: float, seed: int, scale: dict[str, int]) -> RunConfig:
-    settings = {**TASK, **STRATEGIES[strategy]}
+def setting_label(setting: dict[str, float]) -> str:
+    """``beta=0.3 server-lr=1``: a setting as the run-config keys it sets."""
+    return " ".join(f"{key.replace('_', '-')}={value:g}" for key, value in setting.items())
+
+
+def parse_setting(label: str) -> dict[str, float]:
+    return {key.replace("-", "_"): float(value) for key, value in (item.split("=") for item in label.split())}
+
+
+def config(strategy: str, privacy_model: str, eps: float, setting: dict[str, float], seed: int, scale: dict[str, int]) -> RunConfig:
+    settings = {**TASK, **STRATEGIES[strategy], **setting}
     return RunConfig(
         privacy_model=privacy_model,
         target_epsilon=0.0 if math.isinf(eps) else eps,
-        server_lr=server_lr,
         seed=seed,
         eval_every=max(1, scale["rounds"] // 10),
         num_clients=scale["clients"],
@@ -73,14 +87,18 @@ def config(strategy: str, privacy_model: str, eps: float, server_lr: float, seed
     )
 
 
-def jobs(cells: list[tuple[str, str, float]], seeds: int, scale: dict[str, int]) -> list[tuple[RunConfig, dict[str, Any]]]:
-    """(config, labels) for every (strategy, privacy model, eps) cell, step size and seed."""
+def jobs(
+    cells: list[tuple[str, str, float]], seeds: int, scale: dict[str, int], settings: dict[tuple[str, str, float], list[dict[str, float]]] | None = None
+) -> list[tuple[RunConfig, dict[str, Any]]]:
+    """(config, labels) for every (strategy, privacy model, eps) cell, setting and seed; ``settings``
+    replaces the tuning grid of a cell (e.g. its best setting only)."""
     grid = []
     for strategy, privacy_model, eps in cells:
-        for server_lr in TUNING[strategy]:
+        cell_settings = (settings or {}).get((strategy, privacy_model, eps), list(TUNING[strategy]))
+        for setting in cell_settings:
             for seed in range(seeds):
-                cfg = config(strategy, privacy_model, eps, server_lr, seed, scale)
-                grid.append((cfg, {"epsilon": eps, "server_lr": server_lr}))
+                cfg = config(strategy, privacy_model, eps, setting, seed, scale)
+                grid.append((cfg, {"epsilon": eps, "setting": setting_label(setting)}))
     return grid
 
 
@@ -92,7 +110,8 @@ def rows_of(histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]
             (histories["strategy"] == cfg.strategy)
             & (histories["privacy-model"] == cfg.privacy_model)
             & (histories["epsilon"] == labels["epsilon"])
-            & (histories["server_lr"] == labels["server_lr"])
+            & (histories["setting"] == labels["setting"])
+            & (histories["rounds"] == cfg.num_server_rounds)
             & (histories["seed"] == cfg.seed)
         ].sort_values("round")
         last = run.iloc[-1]
@@ -107,7 +126,8 @@ def rows_of(histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]
             "rounds": cfg.num_server_rounds,
             "test_accuracy": float(last["test-accuracy"]),
             "seed": cfg.seed,
-            "server_lr": labels["server_lr"],
+            "setting": labels["setting"],
+            "server_lr": cfg.server_lr,
             "seconds": float(last["run-seconds"]),
             "bytes_up_per_client": bytes_per_client(run),
         })
@@ -121,20 +141,31 @@ def bytes_per_client(run: pd.DataFrame) -> float:
 
 
 def merged(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
-    """Rows of both grids; where a run (strategy, model, eps, step, seed) is in both, the latest."""
-    key = ["strategy", "privacy_model", "epsilon", "server_lr", "seed"]
+    """Rows of both grids; where a run (strategy, model, eps, setting, rounds, seed) is in both, the latest."""
     both = pd.concat([earlier, latest], ignore_index=True)
-    return both.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+    return both.drop_duplicates(subset=RUN_KEY, keep="last").reset_index(drop=True)
 
 
 def best_per_cell(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per step size, then the better step size per (strategy, model, eps)."""
-    by = ["strategy", "privacy_model", "epsilon", "server_lr"]
+    """Mean over seeds per setting, then the better setting per (strategy, model, eps, rounds)."""
+    by = ["strategy", "privacy_model", "epsilon", "rounds", "setting"]
     mean = runs.groupby(by, dropna=False).agg(
-        test_accuracy=("test_accuracy", "mean"), seeds=("seed", "count"), noise_multiplier=("noise_multiplier", "first")
+        test_accuracy=("test_accuracy", "mean"),
+        seeds=("seed", "count"),
+        noise_multiplier=("noise_multiplier", "first"),
+        server_lr=("server_lr", "first"),
     ).reset_index()
-    best = mean.sort_values("test_accuracy").groupby(["strategy", "privacy_model", "epsilon"]).tail(1)
-    return best.sort_values(["privacy_model", "epsilon", "strategy"]).reset_index(drop=True)
+    best = mean.sort_values("test_accuracy").groupby(["strategy", "privacy_model", "epsilon", "rounds"]).tail(1)
+    return best.sort_values(["privacy_model", "rounds", "epsilon", "strategy"]).reset_index(drop=True)
+
+
+def best_settings(best_csv: Path, rounds: int | None = None) -> dict[tuple[str, str, float], list[dict[str, float]]]:
+    """Each cell's best setting in an earlier table (of ``rounds`` rounds where given)."""
+    best = pd.read_csv(best_csv)
+    if rounds is not None and (best["rounds"] == rounds).any():
+        best = best[best["rounds"] == rounds]
+    best = best.sort_values("rounds").groupby(["strategy", "privacy_model", "epsilon"]).tail(1)
+    return {(r.strategy, r.privacy_model, float(r.epsilon)): [parse_setting(r.setting)] for r in best.itertuples(index=False)}
 
 
 def plot(best: pd.DataFrame, path: Path) -> None:
@@ -146,33 +177,33 @@ def plot(best: pd.DataFrame, path: Path) -> None:
     epsilons = sorted(best["epsilon"].unique())
     labels = ["inf" if math.isinf(e) else f"{e:g}" for e in epsilons]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (strategy, model), rows in best.groupby(["strategy", "privacy_model"]):
+    for (strategy, model, rounds), rows in best.groupby(["strategy", "privacy_model", "rounds"]):
         rows = rows.set_index("epsilon").reindex(epsilons)
-        ax.plot(range(len(epsilons)), rows["test_accuracy"], marker="o", linestyle={"central": "-", "distributed": "--"}.get(model, ":"),
-                label=f"{strategy} ({model})")
+        style = {"central": "-", "distributed": "--"}.get(model, ":")
+        ax.plot(range(len(epsilons)), rows["test_accuracy"], marker="o", linestyle=style, label=f"{strategy} ({model}, {rounds} rounds)")
     ax.set_xticks(range(len(epsilons)), labels)
     ax.set_xlabel("epsilon (user level, delta = 1e-5)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    save_figure(fig, ax, path, legend_fontsize=7)
+    save_figure(fig, ax, path, legend_fontsize=6)
 
 
 def main() -> None:
     parser = base_parser(__doc__)
-    parser.add_argument("--full", action="store_true", help="the issue's regime: 300 rounds, eps {1, 2, 4, 8, inf}, both models")
+    parser.add_argument("--full", action="store_true", help="eps {1, 2, 4, 8, inf}, local and central")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--epsilons", nargs="+", type=float, default=None, help="override the epsilons (inf for no noise)")
     parser.add_argument("--models", nargs="+", default=None, choices=["local", "central", "distributed"], help="override the privacy models")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep the runs already in --out (and its histories) and add or replace this grid's")
+    parser.add_argument("--best-of", type=Path, default=None, help="run only each cell's best setting in this earlier best table")
+    parser.add_argument("--merge", action="store_true", help="keep the runs already in --out (and its histories) and add or replace this grid's")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
     args = parser.parse_args()
     if args.quick:
         scale = dict(clients=100, per_round=10, rounds=args.rounds or 5)
         cells = [(s, m, e) for s in args.strategies for m in ("local", "central") for e in (8.0, math.inf)]
     elif args.full:
-        scale = dict(clients=1000, per_round=100, rounds=args.rounds or 300)
+        scale = dict(clients=1000, per_round=100, rounds=args.rounds or 100)
         cells = [(s, m, e) for s in args.strategies for m in ("local", "central") for e in FULL_EPSILONS]
     else:
         scale = dict(clients=1000, per_round=100, rounds=args.rounds or 100)
@@ -181,27 +212,27 @@ def main() -> None:
         epsilons = args.epsilons or sorted({e for _, _, e in cells})
         models = args.models or sorted({m for _, m, _ in cells})
         cells = [(s, m, e) for s in args.strategies for m in models for e in epsilons]
+    settings = None
+    if args.best_of is not None:
+        settings = best_settings(args.best_of)
+        cells = [cell for cell in cells if cell in settings]
     seeds = 1 if args.quick else args.seeds
-    grid = jobs(cells, seeds, scale)
+    grid = jobs(cells, seeds, scale, settings)
+    for _, labels in grid:
+        labels["rounds"] = scale["rounds"]
     print(f"{len(grid)} runs on {args.workers} workers", flush=True)
     started = time.perf_counter()
     histories_csv = args.out.with_name(args.out.stem + "_histories.csv")
     earlier_runs, earlier_histories = None, None
     if args.merge and args.out.exists() and histories_csv.exists():
         earlier_runs, earlier_histories = pd.read_csv(args.out), pd.read_csv(histories_csv)
-        rerun = {(c.strategy, c.privacy_model, labels["epsilon"], labels["server_lr"], c.seed) for c, labels in grid}
-        key = earlier_histories[["strategy", "privacy-model", "epsilon", "server_lr", "seed"]].itertuples(index=False)
+        rerun = {(c.strategy, c.privacy_model, labels["epsilon"], labels["setting"], c.num_server_rounds, c.seed) for c, labels in grid}
+        key = earlier_histories[["strategy", "privacy-model", "epsilon", "setting", "rounds", "seed"]].itertuples(index=False)
         earlier_histories = earlier_histories[[tuple(k) not in rerun for k in key]]
     histories = run_grid(grid, args.workers, partial_csv=histories_csv, prior=earlier_histories)
     runs = rows_of(histories, grid)
     if earlier_runs is not None:
         runs = merged(earlier_runs, runs)
-        missing = runs["bytes_up_per_client"].isna() if "bytes_up_per_client" in runs else pd.Series(True, index=runs.index)
-        for i in runs.index[missing]:
-            row = runs.loc[i]
-            key = (row["strategy"], row["privacy_model"], row["epsilon"], row["server_lr"], row["seed"])
-            run = histories[(histories[RUN_KEY] == pd.Series(key, index=RUN_KEY)).all(axis=1)]
-            runs.loc[i, "bytes_up_per_client"] = bytes_per_client(run) if len(run) else math.nan
     best = best_per_cell(runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     runs.to_csv(args.out, index=False)
