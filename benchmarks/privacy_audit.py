@@ -5,12 +5,15 @@ One-run audits (:mod:`fl_dp.audit`) of runs on Fashion-MNIST with the small CNN,
 - client-level, ``local``: 10 clients all in every round, 5 rounds, + gradient-canary clients
   (alpha-normec, dp-normalized-sgd, clip21, dp-fedavg, sign-vote with dp-sign);
 - client-level, ``central``: 1,000 clients sampled at q = 0.1, 10 rounds, + canary clients;
+- client-level, ``central`` without amplification (q = 1: 10 clients, all in each of 5 rounds), where
+  the audit can be tight: alpha-normec, 16,000 canaries (the four strategies give the same scores by
+  construction, see docs/privacy_audit.md);
 - sample-level (dp-sgd, dp-sgd-rs): 10 clients, 5 rounds, gradient-canary samples in one client.
 
 and the classical many-run Clopper-Pearson audit of one small configuration (breast cancer,
 logistic regression, 2 clients, 3 rounds, one canary client per run) as a cross-check.
 
-    python -m benchmarks.privacy_audit                 # the table in docs/privacy_audit.md (~25 min on 2 cores)
+    python -m benchmarks.privacy_audit                 # the table in docs/privacy_audit.md (~35 min on 2 cores)
     python -m benchmarks.privacy_audit --full          # 4x the canaries, 2x the rounds
     python -m benchmarks.privacy_audit --quick         # smoke test (seconds)
 
@@ -41,6 +44,7 @@ RESULTS = Path(__file__).parents[1] / "results"
 COLUMNS = [
     "strategy", "privacy_model", "target_epsilon", "ledger_epsilon", "audited_epsilon_lower_bound",
     "approx_dp_epsilon_lower_bound", "ideal_mechanism_bound", "confidence", "canaries", "runs", "seconds", "method",
+    "sample_rate",
 ]
 TASK = dict(dataset="fashion-mnist", model="cnn", batch_size=64, eval_samples=200, eval_every=10_000, delta=1e-5)
 CLIENT_LEVEL = {
@@ -56,9 +60,10 @@ EPSILONS = (1.0, 2.0, 4.0, 8.0)
 SCALE = {
     "local": (10, 10, 5, 4000),
     "central": (1000, 100, 10, 2000),
+    "central-full": (10, 10, 5, 16000),
     "sample": (10, 10, 5, 1000),
 }
-QUICK = {"local": (4, 4, 2, 200), "central": (40, 4, 3, 200), "sample": (4, 4, 1, 100)}
+QUICK = {"local": (4, 4, 2, 200), "central": (40, 4, 3, 200), "central-full": (4, 4, 2, 200), "sample": (4, 4, 1, 100)}
 CROSS_CHECK = dict(
     dataset="breast-cancer", model="logreg", strategy="alpha-normec", privacy_model="local",
     num_clients=2, clients_per_round=2, server_lr=0.5, num_server_rounds=3, eval_every=10_000,
@@ -69,6 +74,7 @@ def cells(epsilons: tuple[float, ...]) -> list[tuple[str, str, dict[str, Any]]]:
     """(kind, privacy model, strategy keys) of every audited configuration."""
     grid = [("local", "local", dict(strategy=s, **kw)) for s, kw in {**CLIENT_LEVEL, **LOCAL_ONLY}.items()]
     grid += [("central", "central", dict(strategy=s, **kw)) for s, kw in CLIENT_LEVEL.items()]
+    grid += [("central-full", "central", dict(strategy="alpha-normec", **CLIENT_LEVEL["alpha-normec"]))]
     grid += [("sample", "local", dict(strategy=s, **kw)) for s, kw in SAMPLE_LEVEL.items()]
     return [(kind, model, dict(keys, target_epsilon=eps)) for kind, model, keys in grid for eps in epsilons]
 
@@ -93,7 +99,8 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             continue
         cfg = config(kind, privacy_model, keys, scale, rounds_factor)
         result = audit_run(cfg, scale[kind][3] * canary_factor, seed=args.seed)
-        rows.append({**result.row(), "ideal_mechanism_bound": ideal_bound(cfg, result.members, args.seed), "method": "one-run"})
+        ideal = ideal_bound(cfg, result.members, args.seed)
+        rows.append({**result.row(), "ideal_mechanism_bound": ideal, "method": "one-run", "sample_rate": cfg.client_sample_rate})
         _progress(rows, args.out)
     for eps in (1.0, 2.0):
         cfg = RunConfig(**CROSS_CHECK, target_epsilon=eps, delta=1e-5)
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             "strategy": cfg.strategy, "privacy_model": cfg.privacy_model, "target_epsilon": eps,
             "ledger_epsilon": many.ledger_epsilon, "audited_epsilon_lower_bound": many.epsilon,
             "approx_dp_epsilon_lower_bound": many.epsilon, "ideal_mechanism_bound": math.nan, "confidence": 0.95, "canaries": 1,
-            "runs": many.runs, "seconds": many.seconds, "method": "many-run (Clopper-Pearson)",
+            "runs": many.runs, "seconds": many.seconds, "method": "many-run (Clopper-Pearson)", "sample_rate": 1.0,
         })
         _progress(rows, args.out)
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -142,9 +149,10 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     ax.plot([0, top], [0, top], color="black", lw=1, label="bound = ledger (a bound above is a bug)")
     ax.plot([0, top], [0, top / 2], color="gray", lw=1, ls="--", label="half the ledger")
     markers = {"local": "o", "central": "s"}
-    for (strategy, model, method), group in table.groupby(["strategy", "privacy_model", "method"]):
+    for (strategy, model, method, rate), group in table.groupby(["strategy", "privacy_model", "method", "sample_rate"]):
         marker = "x" if method != "one-run" else markers.get(model, "o")
-        ax.plot(group["ledger_epsilon"], group["audited_epsilon_lower_bound"], marker=marker, ls=":", label=f"{strategy} ({model}, {method})")
+        label = f"{strategy} ({model}{'' if rate == 1 or model == 'local' else f', q = {rate:g}'}, {method})"
+        ax.plot(group["ledger_epsilon"], group["audited_epsilon_lower_bound"], marker=marker, ls=":", label=label)
     ax.set_xlabel("ledger epsilon (Opacus RDP)")
     ax.set_ylabel("audited lower bound on epsilon (95%)")
     ax.set_title("Privacy audit with canaries")

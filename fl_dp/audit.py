@@ -1,8 +1,8 @@
 """Empirical privacy audits: canaries in a run exactly as a user runs it, scored against the ledger.
 
 Client-level (every client-level private strategy, ``local`` and ``central``): m canary clients,
-each a gradient canary whose gradient (and local-training step) is a fixed random unit direction
-u_i times a magnitude far beyond any clip or normalisation, so that its message is the largest the
+each a gradient canary whose gradient (and local-training step) is a fixed unit direction u_i
+(a coordinate axis of its own: :func:`canary_directions`) times a magnitude far beyond any clip or normalisation, so that its message is the largest the
 mechanism lets through, along u_i. A fair coin per canary decides its membership:
 
 - ``local`` (neighbours replace one client's data, sensitivity 2S): a member's gradient is +u_i, a
@@ -45,8 +45,14 @@ CANARY_MAGNITUDE = 1e6
 
 
 def canary_directions(count: int, dim: int, seed: int) -> torch.Tensor:
-    """``count`` random unit vectors in R^dim (rows), from ``seed``."""
+    """``count`` unit vectors in R^dim (rows), from ``seed``: distinct coordinate axes where
+    count <= dim (Dirac canaries, Steinke et al. 2023: orthogonal, so under a shared noised sum
+    no canary's score carries another's message), else random directions."""
     generator = torch.Generator().manual_seed(seed)
+    if count <= dim:
+        directions = torch.zeros(count, dim)
+        directions[torch.arange(count), torch.randperm(dim, generator=generator)[:count]] = 1.0
+        return directions
     directions = torch.randn(count, dim, generator=generator, dtype=torch.float64)
     return (directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)).float()
 
