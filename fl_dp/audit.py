@@ -2,8 +2,9 @@
 
 Client-level (every client-level private strategy, ``local`` and ``central``): m canary clients,
 each a gradient canary whose gradient (and local-training step) is a fixed unit direction u_i
-(a coordinate axis of its own: :func:`canary_directions`) times a magnitude far beyond any clip or normalisation, so that its message is the largest the
-mechanism lets through, along u_i. A fair coin per canary decides its membership:
+(a coordinate axis of its own: :func:`canary_directions`) times a magnitude far beyond any clip
+or normalisation, so that its message is the largest the mechanism lets through, along u_i.
+A fair coin per canary decides its membership:
 
 - ``local`` (neighbours replace one client's data, sensitivity 2S): a member's gradient is +u_i, a
   non-member's -u_i. Canaries take part in every round. The auditor sees each canary's own noisy
