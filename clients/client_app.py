@@ -109,7 +109,12 @@ def state_store_of(context: Context, cfg: RunConfig, partition_id: int) -> Clien
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    partition_id, cfg = partition_of(context, RunConfig.from_flwr(context.run_config))
+    return train_with(msg, context, RunConfig.from_flwr(context.run_config))
+
+
+def train_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message:
+    """Answer one training message of the run ``run_cfg`` (this node's partition from its node config)."""
+    partition_id, cfg = partition_of(context, run_cfg)
     client = _client(cfg, partition_id, privacy_floor_of(context))
     arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
     config: dict[str, Any] = dict(msg.content.config_records[CONFIG_KEY].items())

@@ -240,6 +240,19 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Train
 # ---------------------------------------------------------------- partitioners
 
 
+def require_datasets(*names: str, data_dir: str | None = None) -> None:
+    """Stop (``SystemExit``, with what to install) unless every dataset in ``names`` loads offline:
+    a notebook's first cell says what is missing instead of a traceback deep in a later cell."""
+    missing = []
+    for name in names:
+        try:
+            load_dataset(name, data_dir)
+        except (OSError, ValueError) as err:
+            missing.append(f"- {name}: {err}")
+    if missing:
+        raise SystemExit("this needs data that is not installed here:\n" + "\n".join(missing))
+
+
 def iid_partition(num_samples: int, num_partitions: int, seed: int) -> list[np.ndarray]:
     """Shuffle with ``seed`` and cut into ``num_partitions`` near-equal parts."""
     _check_partitions(num_samples, num_partitions)

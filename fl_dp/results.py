@@ -74,10 +74,19 @@ def save(history: pd.DataFrame, csv_path: str | Path) -> tuple[Path, Path]:
 
 
 def plot(history: pd.DataFrame, path: Path) -> None:
-    """Test accuracy, epsilon and cumulative upload per round, one panel each."""
+    """:func:`figure` saved as a PNG (without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(history)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(history: pd.DataFrame) -> Any:
+    """Test accuracy, epsilon and cumulative upload per round, one panel each (a matplotlib Figure)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
@@ -100,8 +109,7 @@ def plot(history: pd.DataFrame, path: Path) -> None:
     title = " ".join(str(history[c].iloc[0]) for c in ("strategy", "privacy-model") if c in history and len(history))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _megabytes(num_bytes: float) -> str:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -58,10 +59,15 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    run_server(grid, RunConfig.from_flwr(context.run_config))
+
+
+def run_server(grid: Grid, cfg: RunConfig) -> tuple[ServerCore, pd.DataFrame]:
+    """The whole server side of a run on ``grid``: wait for the nodes, run the strategy, write the
+    CSV, PNG and log. Returns the server core and the per-round table (from Flower's ``Result``)."""
     # In a simulation the ServerApp shares its process with the engine's in-memory LinkState;
     # elsewhere (a SuperLink of a deployment) this changes nothing the run uses.
     flower_linkstate.install()
-    cfg = RunConfig.from_flwr(context.run_config)
     log_path = configure_logging(cfg)
     if cfg.num_clients:
         cfg = cfg.for_federation(cfg.num_clients)
@@ -92,3 +98,4 @@ def main(grid: Grid, context: Context) -> None:
     log.info("final: test-accuracy=%s epsilon-max=%s", final.get("test-accuracy"), final.get("epsilon-max"))
     log.info("per-round metrics written to %s, plot to %s", csv_path.resolve(), png_path.resolve())
     log.info("Flower's full log: %s", Path(log_path).resolve() if log_path else "-")
+    return core, history
