@@ -8,6 +8,8 @@ One-run audits (:mod:`fl_dp.audit`) of runs on Fashion-MNIST with the small CNN,
 - client-level, ``central`` without amplification (q = 1: 10 clients, all in each of 5 rounds), where
   the audit can be tight: alpha-normec, 16,000 canaries (the four strategies give the same scores by
   construction, see docs/privacy_audit.md);
+- client-level, ``distributed`` (alpha-normec, dp-fedavg): as ``central`` at q = 0.1, the auditor seeing the
+  decoded secure sum minus the other clients' noiseless messages;
 - sample-level (dp-sgd, dp-sgd-rs): 10 clients, 5 rounds, gradient-canary samples in one client.
 
 and the classical many-run Clopper-Pearson audit of one small configuration (breast cancer,
@@ -75,6 +77,7 @@ def cells(epsilons: tuple[float, ...]) -> list[tuple[str, str, dict[str, Any]]]:
     grid = [("local", "local", dict(strategy=s, **kw)) for s, kw in {**CLIENT_LEVEL, **LOCAL_ONLY}.items()]
     grid += [("central", "central", dict(strategy=s, **kw)) for s, kw in CLIENT_LEVEL.items()]
     grid += [("central-full", "central", dict(strategy="alpha-normec", **CLIENT_LEVEL["alpha-normec"]))]
+    grid += [("central", "distributed", dict(strategy=s, **CLIENT_LEVEL[s])) for s in ("alpha-normec", "dp-fedavg")]
     grid += [("sample", "local", dict(strategy=s, **kw)) for s, kw in SAMPLE_LEVEL.items()]
     return [(kind, model, dict(keys, target_epsilon=eps)) for kind, model, keys in grid for eps in epsilons]
 

@@ -37,9 +37,10 @@ from fl_dp.audit_bounds import OneRunBound, best_one_run_bound, clopper_pearson_
 from fl_dp.central import CentralGaussianSum, project_to_ball
 from fl_dp.client import ClientCore
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.inprocess import InProcessFederation
+from fl_dp.distributed import DistributedSkellam
+from fl_dp.inprocess import InProcessFederation, simulated_secure_sum
 from fl_dp.privacy_policy import is_client_level_private, is_sample_level_private
-from fl_dp.wire import CLIENT_EPSILON, Reply, decode
+from fl_dp.wire import CLIENT_EPSILON, Reply, decode, encode
 
 #: a canary's gradient norm: far beyond every clip and normalisation, so the message saturates them
 CANARY_MAGNITUDE = 1e6
@@ -163,6 +164,8 @@ def canary_scores(cfg: RunConfig, members: np.ndarray, seed: int = 0) -> tuple[n
         return _local_scores(cfg, members, seed)
     if is_client_level_private(cfg) and cfg.privacy_model == "central":
         return _central_scores(cfg, members, seed)
+    if is_client_level_private(cfg) and cfg.privacy_model == "distributed":
+        return _distributed_scores(cfg, members, seed)
     raise ConfigError(f"no audit for strategy {cfg.strategy!r} under privacy-model {cfg.privacy_model!r}")
 
 
@@ -318,6 +321,80 @@ def _subsampled_gaussian_log_ratio(y: torch.Tensor, sigma: float, rate: float) -
     return torch.logaddexp(
         torch.full_like(y, math.log1p(-rate)) if rate < 1 else torch.full_like(y, -math.inf), math.log(rate) + shift
     )
+
+
+def _distributed_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
+    """As :func:`_central_scores`, from what secure aggregation reveals: the decoded ring sum of the
+    shares, minus the other clients' noiseless messages (the adversary knows their data, not their
+    noise shares, which are part of the noise). Scored with the Gaussian likelihood ratio at the
+    noise the sum of the calibrated number of shares carries."""
+    federation = InProcessFederation(cfg)
+    server = federation.server
+    assert server.distributed is not None  # a distributed run
+    dim = server.dim
+    directions = canary_directions(len(members), dim, seed)
+    template = federation.clients["client-0"]
+    ids = [cid for cid, member in zip(_canary_ids(len(members)), members) if member]
+    clients = {
+        cid: _canary_client(template, GradientCanary(directions[int(cid.split("-")[1])]), cfg.num_clients + i)
+        for i, cid in enumerate(ids)
+    }
+    states: dict[str, dict[str, torch.Tensor]] = {cid: {} for cid in ids}
+    decoder = _RecordingDecoder(server.distributed)
+    server.distributed = decoder  # type: ignore[assignment]
+    bound, sigma, rate = decoder.bound, decoder.effective_noise_multiplier, cfg.client_sample_rate
+    messages: dict[str, torch.Tensor] = {}
+    scores = torch.zeros(len(members), dtype=torch.float64)
+    for server_round in range(1, cfg.num_server_rounds + 1):
+        arrays, config = server.broadcast(server_round)
+        replies, others = [], torch.zeros(dim, dtype=torch.float64)
+        for cid in server.sample(list(federation.clients) + ids):
+            if cid in clients:
+                out, metrics, states[cid] = clients[cid].train(arrays, config, states[cid])
+            else:
+                client = federation.clients[cid]
+                out, metrics, federation.states[cid] = _recording_share(client, messages, cid).train(
+                    arrays, config, federation.states[cid]
+                )
+                others += project_to_ball(messages.pop(cid).double(), bound)
+            replies.append(Reply(cid, out, metrics))
+        server.aggregate_secure(server_round, *simulated_secure_sum(replies, decoder))
+        if decoder.last is None:  # the round was skipped: nothing was released
+            continue
+        y = (directions.double() @ (decoder.last.double() - others)) / bound
+        scores += _subsampled_gaussian_log_ratio(y, sigma, rate)
+        decoder.last = None
+    server.distributed = decoder.mechanism
+    epsilon = max(server.ledger.epsilon(cid) for cid in ids) if ids else server.ledger.summary()[0]
+    return scores.numpy(), epsilon
+
+
+def _recording_share(client: ClientCore, messages: dict[str, torch.Tensor], cid: str) -> ClientCore:
+    """A copy of ``client`` that notes, under ``cid``, the noiseless message it turns into its share."""
+    recorder = copy.copy(client)
+    encode_share = client._share
+
+    def share(message: Any, server_round: int) -> np.ndarray:
+        messages[cid] = decode(encode(message), client.objective.dim)
+        return encode_share(message, server_round)
+
+    recorder._share = share  # type: ignore[method-assign]
+    return recorder
+
+
+class _RecordingDecoder:
+    """The run's distributed mechanism, keeping the last decoded sum it gave the server."""
+
+    def __init__(self, mechanism: DistributedSkellam) -> None:
+        self.mechanism = mechanism
+        self.last: torch.Tensor | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.mechanism, name)
+
+    def decode(self, total: np.ndarray, signs: torch.Tensor) -> torch.Tensor:
+        self.last = self.mechanism.decode(total, signs)
+        return self.last
 
 
 class _RecordingSum:

@@ -44,6 +44,10 @@ def central_cfg(strategy: str, eps: float) -> RunConfig:
                      num_server_rounds=3, target_epsilon=eps, **CLIENT_LEVEL[strategy])
 
 
+def distributed_cfg(strategy: str, eps: float) -> RunConfig:
+    return central_cfg(strategy, eps).replace(privacy_model="distributed")
+
+
 def caught(cfg: RunConfig, canaries: int = 400) -> bool:
     result = audit_run(cfg, canaries)
     return result.bound.epsilon > result.ledger_epsilon and result.bound.gdp_epsilon > result.ledger_epsilon
@@ -85,6 +89,14 @@ def test_central_noise_off_is_caught(strategy, monkeypatch):
     assert caught(central_cfg(strategy, 2.0))
 
 
+@pytest.mark.parametrize("strategy", ["alpha-normec", "clip21"])
+def test_distributed_noise_shares_off_are_caught(strategy, monkeypatch):
+    import fl_dp.distributed as distributed
+
+    monkeypatch.setattr(distributed, "skellam_noise", lambda length, variance, rng: np.zeros(length, np.int64))
+    assert caught(distributed_cfg(strategy, 2.0))
+
+
 @pytest.mark.parametrize("strategy", ["dp-sgd", "dp-sgd-rs"])
 def test_sample_level_noise_off_is_caught(strategy, monkeypatch):
     real = dpsgd_rule.masked_noisy_sum
@@ -98,6 +110,7 @@ def test_sample_level_noise_off_is_caught(strategy, monkeypatch):
     "cfg_of",
     [*(lambda e, s=s: local_cfg(s, e) for s in CLIENT_LEVEL),
      *(lambda e, s=s: central_cfg(s, e) for s in CLIENT_LEVEL),
+     *(lambda e, s=s: distributed_cfg(s, e) for s in ("alpha-normec", "dp-fedavg")),
      lambda e: local_cfg("sign-vote", e, sign_compressor="dp-sign", server_lr=0.01),
      *(lambda e, s=s: local_cfg(s, e, dataset="fashion-mnist", max_train_samples=400, client_lr=0.05, num_server_rounds=1)
        for s in ("dp-sgd", "dp-sgd-rs"))],
