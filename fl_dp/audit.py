@@ -358,7 +358,7 @@ def _distributed_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple
                 )
                 others += project_to_ball(messages.pop(cid).double(), bound)
             replies.append(Reply(cid, out, metrics))
-        server.aggregate_secure(server_round, *simulated_secure_sum(replies, decoder))
+        server.aggregate_secure(server_round, *simulated_secure_sum(replies, decoder.mechanism))
         if decoder.last is None:  # the round was skipped: nothing was released
             continue
         y = (directions.double() @ (decoder.last.double() - others)) / bound

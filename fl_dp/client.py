@@ -16,7 +16,7 @@ from fl_dp.config import RunConfig
 from fl_dp.distributed import RING_KEY, mechanism_for, rotation_signs
 from fl_dp.privacy import PrivacyLedger, Release
 from fl_dp.privacy_floor import PrivacyFloor
-from fl_dp.privacy_policy import client_noise_multiplier, local_postprocessor
+from fl_dp.privacy_policy import client_noise_multiplier, local_postprocessor, round_release
 from fl_dp.registry import build_algorithm
 from fl_dp.robustness import BYZANTINE_ATTACKS, HeavyTailedNoise, NoisyGradients, flip, is_byzantine
 from fl_dp.rules.base import ClientTask, State, dense
@@ -60,9 +60,7 @@ class ClientCore:
 
     def expected_release(self) -> Release | None:
         """What this client releases in one round: its post-processor's, or its rule's own noise."""
-        if self.postprocessor is not None:
-            return self.postprocessor.release()
-        return self.algorithm.expected_release(len(self.objective.data))
+        return round_release(self.algorithm, self.postprocessor, len(self.objective.data))
 
     def train(
         self, arrays: dict[str, np.ndarray], config: dict[str, Any], state: State

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.mechanisms import LocalGaussianNoise
-from fl_dp.privacy import NoiseBeyondUse, analytic_gaussian_noise_multiplier, calibrate_noise_multiplier
+from fl_dp.privacy import NoiseBeyondUse, Release, analytic_gaussian_noise_multiplier, calibrate_noise_multiplier
 from fl_dp.registry import CLIENT, SAMPLE, spec_of
+from fl_dp.rules import Algorithm
 
 
 def is_client_level_private(cfg: RunConfig) -> bool:
@@ -81,6 +82,14 @@ def client_noise_multiplier(cfg: RunConfig) -> float:
     """The Gaussian noise multiplier a client adds itself: the run's under ``local``; none under
     ``central`` (the server adds it) and ``distributed`` (Skellam shares, :mod:`fl_dp.distributed`)."""
     return resolve_noise_multiplier(cfg) if cfg.privacy_model == "local" else 0.0
+
+
+def round_release(algorithm: Algorithm, postprocessor: LocalGaussianNoise | None, num_examples: int) -> Release | None:
+    """What one client of ``num_examples`` examples releases in a round: its post-processor's noise,
+    or the rule's own (dp-sign, DP-SGD); None where it releases nothing private itself."""
+    if postprocessor is not None:
+        return postprocessor.release()
+    return algorithm.expected_release(num_examples)
 
 
 def local_postprocessor(cfg: RunConfig, noise_multiplier: float | None = None) -> LocalGaussianNoise | None:

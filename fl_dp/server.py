@@ -35,7 +35,13 @@ from fl_dp.distributed import DistributedSkellam, mechanism_for, rotation_signs
 from fl_dp.mechanisms import message_norm_limit
 from fl_dp.models import build_model, get_flat_params, num_params
 from fl_dp.privacy import PrivacyLedger, Release
-from fl_dp.privacy_policy import client_noise_multiplier, local_postprocessor, message_bound, resolve_noise_multiplier
+from fl_dp.privacy_policy import (
+    client_noise_multiplier,
+    local_postprocessor,
+    message_bound,
+    resolve_noise_multiplier,
+    round_release,
+)
 from fl_dp.registry import build_algorithm
 from fl_dp.results import progress_line
 from fl_dp.robustness import robust_mean
@@ -131,9 +137,7 @@ class ServerCore:
 
     def expected_release(self, num_examples: int) -> Release | None:
         """What an honest client of this run releases in one round (None: nothing private)."""
-        if self.postprocessor is not None:
-            return self.postprocessor.release()
-        return self.algorithm.expected_release(num_examples)
+        return round_release(self.algorithm, self.postprocessor, num_examples)
 
     def _message_norm_limit(self) -> float | None:
         """An L2 norm no honest message exceeds (except with probability 1e-9), or None if unbounded."""
