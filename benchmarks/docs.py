@@ -30,14 +30,16 @@ def _eps(value: float) -> str:
 
 
 def privacy_utility(models: tuple[str, ...]) -> Callable[[], str]:
-    """Test accuracy per (privacy model, epsilon) and strategy, the better server step in parentheses."""
+    """Test accuracy per (privacy model, rounds, epsilon) and strategy, each cell's tuned setting in parentheses."""
 
     def table() -> str:
         best = pd.read_csv(RESULTS / "privacy_utility_best.csv")
         best = best[best["privacy_model"].isin(models)]
-        strategies = [s for s in ("alpha-normec", "dp-normalized-sgd", "clip21", "dp-fedavg") if s in set(best["strategy"])]
-        lines = ["| privacy model | epsilon | " + " | ".join(strategies) + " | noise multiplier |", "|---|---|" + "---|" * (len(strategies) + 1)]
-        for (model, eps), cell in best.groupby(["privacy_model", "epsilon"], sort=False):
+        order = ("alpha-normec", "dp-normalized-sgd", "clip21", "dp-fedavg")
+        strategies = [s for s in order if s in set(best["strategy"])]
+        head = "| privacy model | rounds | epsilon | " + " | ".join(strategies) + " | noise multiplier |"
+        lines = [head, "|---|---|---|" + "---|" * (len(strategies) + 1)]
+        for (model, rounds, eps), cell in best.groupby(["privacy_model", "rounds", "epsilon"], sort=False):
             by = cell.set_index("strategy")
             top = by["test_accuracy"].max()
             values = []
@@ -46,9 +48,10 @@ def privacy_utility(models: tuple[str, ...]) -> Callable[[], str]:
                     values.append("-")
                     continue
                 accuracy = f"{by.loc[s, 'test_accuracy']:.3f}"
-                values.append(f"**{accuracy}** ({by.loc[s, 'server_lr']:g})" if by.loc[s, "test_accuracy"] == top else f"{accuracy} ({by.loc[s, 'server_lr']:g})")
+                shown = f"**{accuracy}**" if by.loc[s, "test_accuracy"] == top else accuracy
+                values.append(f"{shown} ({by.loc[s, 'setting']})")
             sigma = by["noise_multiplier"].iloc[0]
-            lines.append(f"| {model} | {_eps(eps)} | " + " | ".join(values) + f" | {sigma:.3g} |")
+            lines.append(f"| {model} | {rounds} | {_eps(eps)} | " + " | ".join(values) + f" | {sigma:.3g} |")
         return "\n".join(lines)
 
     return table
