@@ -294,9 +294,10 @@ def _central_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.
     bound, sigma, rate = recorder.bound, server.noise_multiplier, cfg.client_sample_rate
     scores = torch.zeros(len(members), dtype=torch.float64)
     for server_round in range(1, cfg.num_server_rounds + 1):
+        cohort = server.sample(list(federation.clients) + ids)
         arrays, config = server.broadcast(server_round)
         replies, others = [], torch.zeros(dim, dtype=torch.float64)
-        for cid in server.sample(list(federation.clients) + ids):
+        for cid in cohort:
             if cid in clients:
                 out, metrics, states[cid] = clients[cid].train(arrays, config, states[cid])
             else:
@@ -346,9 +347,10 @@ def _distributed_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple
     messages: dict[str, torch.Tensor] = {}
     scores = torch.zeros(len(members), dtype=torch.float64)
     for server_round in range(1, cfg.num_server_rounds + 1):
+        cohort = server.sample(list(federation.clients) + ids)
         arrays, config = server.broadcast(server_round)
         replies, others = [], torch.zeros(dim, dtype=torch.float64)
-        for cid in server.sample(list(federation.clients) + ids):
+        for cid in cohort:
             if cid in clients:
                 out, metrics, states[cid] = clients[cid].train(arrays, config, states[cid])
             else:
@@ -374,9 +376,9 @@ def _recording_share(client: ClientCore, messages: dict[str, torch.Tensor], cid:
     recorder = copy.copy(client)
     encode_share = client._share
 
-    def share(message: Any, server_round: int) -> np.ndarray:
+    def share(message: Any, server_round: int, cohort: Any) -> np.ndarray:
         messages[cid] = decode(encode(message), client.objective.dim)
-        return encode_share(message, server_round)
+        return encode_share(message, server_round, cohort)
 
     recorder._share = share  # type: ignore[method-assign]
     return recorder

@@ -24,6 +24,7 @@ from fl_dp.task import client_dataset, make_generator, shared_client_model
 from fl_dp.training import Objective
 from fl_dp.wire import (
     CLIENT_EPSILON,
+    COHORT_SIZE,
     DP_NOISE,
     DP_RATE,
     DP_STEPS,
@@ -99,19 +100,24 @@ class ClientCore:
         state = update.state
         if self.cfg.privacy_model == "distributed":
             # only the sum of the shares reaches anyone: no metric about this client's data leaves it
-            return {RING_KEY: self._share(message, server_round)}, {}, state
+            return {RING_KEY: self._share(message, server_round, config.get(COHORT_SIZE))}, {}, state
         if release is not None:
             metrics.update({DP_NOISE: release.noise_multiplier, DP_RATE: release.sample_rate, DP_STEPS: release.steps})
             state, metrics[CLIENT_EPSILON] = record_own_release(state, release, self.cfg.delta)
         return encode(message), metrics, state
 
-    def _share(self, message: Any, server_round: int) -> np.ndarray:
-        """This client's noised share of the round's secure sum (:mod:`fl_dp.distributed`)."""
+    def _share(self, message: Any, server_round: int, cohort: Any) -> np.ndarray:
+        """This client's noised share of the round's secure sum in a cohort of ``cohort`` clients
+        (:mod:`fl_dp.distributed`); a cohort size the run cannot have is refused."""
         mechanism = mechanism_for(self.cfg)
+        if isinstance(cohort, bool) or not isinstance(cohort, int) or not 1 <= cohort <= mechanism.max_cohort:
+            raise MalformedMessage(
+                f"the server announces a cohort of {cohort!r} clients; this run's cohorts have 1 to {mechanism.max_cohort}"
+            )
         vector = decode(encode(message), self.objective.dim)
         entropy = None if self.cfg.os_randomness else [self.cfg.seed, self.partition_id, server_round, 0xD15]
         rng = np.random.default_rng(np.random.SeedSequence(entropy))
-        return mechanism.encode(vector, rotation_signs(self.cfg.seed, server_round, mechanism.padded), rng)
+        return mechanism.encode(vector, rotation_signs(self.cfg.seed, server_round, mechanism.padded), rng, cohort)
 
 
 def record_own_release(state: State, release: Release, delta: float) -> tuple[State, float]:

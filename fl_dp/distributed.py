@@ -1,22 +1,27 @@
 """Distributed DP: each client adds a share of Skellam noise on the integer ring; the server sees only the sum.
 
-A client's bounded message m (||m|| <= S) becomes a vector of Z_M, M = 2^bits:
+A client of a round's cohort of n clients turns its bounded message m (||m|| <= S) into a vector
+of Z_M, M = 2^bits:
 
-    x = (round(scale * H D pad(m)) + Sk(share_variance)) mod M,
+    x = (round(scale * H D pad(m)) + Sk(V / n)) mod M,     V = (z D2)^2 / s,
 
 H D a randomized Walsh-Hadamard rotation (public signs D, fresh each round; pad to a power of two),
-``round`` unbiased stochastic rounding, Sk Skellam noise. Secure aggregation (Flower's SecAgg+, or
-:func:`ring_sum` in the in-process loop) reveals sum_i x_i mod M only; reducing it to (-M/2, M/2],
-dividing by ``scale`` and rotating back gives sum_i m_i plus noise of total variance
-n * share_variance / scale^2 per coordinate (n surviving clients) and the rounding errors.
+``round`` unbiased stochastic rounding, Sk Skellam noise, s = ``secagg-survivors``. Secure
+aggregation (Flower's SecAgg+, or :func:`ring_sum` in the in-process loop) reveals sum_i x_i mod M
+only. The server adds Sk((n - n_s) V / n) for the n - n_s shares that did not survive, reduces the
+sum to (-M/2, M/2], divides by ``scale`` and rotates back: sum_i m_i plus Skellam noise of variance
+exactly V / scale^2 per coordinate, whatever the cohort and the dropouts, and the rounding errors.
 
 Privacy (add or remove one client): the rounded message has integer L2 norm at most
 D2 = scale * S + sqrt(d') (each coordinate moves by less than 1) and L1 norm at most
-D2 * min(sqrt(d'), D2); each share has variance (z D2)^2 / t, so any t surviving shares carry
-the variance (z D2)^2 that :mod:`fl_dp.skellam` accounts, more survivors only more. The modular
-sum is a post-processing of the exact integer sum, so wrap-around never costs privacy; it costs
-accuracy, and ``scale`` is chosen so that its probability per round is below
-:data:`WRAP_PROBABILITY` for cohorts up to ``max_cohort`` (see :meth:`DistributedSkellam.wrap_bound`).
+D2 * min(sqrt(d'), D2). The released sum's noise is Sk(V) with or without the client (its share
+replaces a part of the others', it does not add variance an energy test could see), so the pair
+is the same noise shifted by its message: a symmetric pair, accounted by :mod:`fl_dp.skellam` at
+the variance (z D2)^2 <= V. The server's own view, before its top-up, holds n_s V / n >= (z D2)^2
+once n_s >= s n shares survive (rounds with fewer are skipped). The modular sum is a
+post-processing of the exact integer sum, so wrap-around never costs privacy; it costs accuracy,
+and ``scale`` is chosen so that its probability per round is below :data:`WRAP_PROBABILITY` for
+cohorts up to ``max_cohort`` (see :meth:`DistributedSkellam.wrap_bound`).
 """
 
 from __future__ import annotations
@@ -105,15 +110,15 @@ def ring_sum(shares: list[np.ndarray], modulus: int) -> np.ndarray:
 class DistributedSkellam:
     """The distributed Skellam mechanism of one run (client encoder and server decoder).
 
-    ``noise_multiplier`` z is relative to the integer sensitivity D2; ``min_survivors`` t is the
-    number of shares the noise is calibrated for; ``max_cohort`` bounds the clients whose shares
-    are summed, for the wrap-around bound.
+    ``noise_multiplier`` z is relative to the integer sensitivity D2; ``survivor_fraction`` s is the
+    fraction of a cohort's shares the noise is calibrated for; ``max_cohort`` bounds the clients
+    whose shares are summed, for the wrap-around bound (and the cohort a client believes).
     """
 
     bound: float
     noise_multiplier: float
     dim: int
-    min_survivors: int
+    survivor_fraction: float
     max_cohort: int
     bits: int = 20
     padded: int = field(init=False)
@@ -122,15 +127,17 @@ class DistributedSkellam:
     def __post_init__(self) -> None:
         if not self.bound > 0 or not self.noise_multiplier >= 0 or self.dim < 1:
             raise ValueError("bound > 0, noise multiplier >= 0 and dim >= 1 are needed")
-        if not 1 <= self.min_survivors <= self.max_cohort:
-            raise ValueError(f"need 1 <= min survivors ({self.min_survivors}) <= max cohort ({self.max_cohort})")
+        if not 0 < self.survivor_fraction <= 1 or self.max_cohort < 1:
+            raise ValueError(
+                f"need a survivor fraction in (0, 1] ({self.survivor_fraction}) and max cohort >= 1 ({self.max_cohort})"
+            )
         if not 8 <= self.bits <= 30:
             raise ValueError(f"bits must be in [8, 30], got {self.bits}")
         object.__setattr__(self, "padded", padded_dim(self.dim))
         object.__setattr__(
             self,
             "scale",
-            _largest_scale(self.bound, self.noise_multiplier, self.padded, self.min_survivors, self.max_cohort, self.bits),
+            _largest_scale(self.bound, self.noise_multiplier, self.padded, self.survivor_fraction, self.max_cohort, self.bits),
         )
 
     @property
@@ -147,13 +154,31 @@ class DistributedSkellam:
         return self.l2 * min(math.sqrt(self.padded), self.l2)
 
     @property
-    def share_variance(self) -> float:
-        return (self.noise_multiplier * self.l2) ** 2 / self.min_survivors
+    def total_variance(self) -> float:
+        """V = (z D2)^2 / s: the integer noise variance of every released sum."""
+        return (self.noise_multiplier * self.l2) ** 2 / self.survivor_fraction
+
+    def share_variance(self, cohort: int) -> float:
+        """The noise variance of one share of a cohort of ``cohort`` clients: V / cohort."""
+        if not 1 <= cohort <= self.max_cohort:
+            raise ValueError(f"a cohort of {cohort} clients is outside [1, {self.max_cohort}]")
+        return self.total_variance / cohort
+
+    def min_survivors(self, cohort: int) -> int:
+        """The shares of a cohort that carry the calibrated variance (z D2)^2: ceil(s * cohort)."""
+        return max(1, math.ceil(self.survivor_fraction * cohort - 1e-9))
+
+    def top_up(self, cohort: int, survivors: int, rng: np.random.Generator) -> np.ndarray:
+        """The server's Skellam noise for the ``cohort - survivors`` shares that did not arrive, so that
+        the released sum carries the variance V whoever dropped (int64, ``padded`` values)."""
+        if not 0 <= survivors <= cohort:
+            raise ValueError(f"{survivors} survivors of a cohort of {cohort}")
+        return skellam_noise(self.padded, (cohort - survivors) * self.share_variance(cohort), rng)
 
     @property
     def effective_noise_multiplier(self) -> float:
-        """Noise std of the sum of t shares in message units, over S: what the model sees."""
-        return self.noise_multiplier * self.l2 / (self.scale * self.bound)
+        """Noise std of a released sum in message units, over S: what the model sees."""
+        return math.sqrt(self.total_variance) / (self.scale * self.bound)
 
     @property
     def share_bytes(self) -> int:
@@ -163,7 +188,7 @@ class DistributedSkellam:
     def sum_norm_limit(self, survivors: int) -> float:
         """The norm that the decoded sum of ``survivors`` honest shares stays below except with
         probability 1e-9: their messages, rounding errors, and the noise (a chi tail with 10% slack)."""
-        noise_std = math.sqrt(survivors * self.share_variance) / self.scale if self.scale else 0.0
+        noise_std = math.sqrt(self.total_variance) / self.scale if self.scale else 0.0
         rounding = survivors * math.sqrt(self.padded) / self.scale
         noise = 1.1 * noise_std * (math.sqrt(self.padded) + math.sqrt(2 * math.log(1e9)))
         return survivors * self.bound + rounding + noise
@@ -171,18 +196,19 @@ class DistributedSkellam:
     def wrap_bound(self, cohort: int) -> float:
         """Upper bound on the probability that the sum of ``cohort`` shares wraps in some coordinate."""
         return _wrap_probability(
-            self.scale, self.bound, self.noise_multiplier, self.padded, self.min_survivors, cohort, self.bits
+            self.scale, self.bound, self.noise_multiplier, self.padded, self.survivor_fraction, cohort, self.bits
         )
 
-    def encode(self, message: torch.Tensor, signs: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
-        """One client's share: its message projected to the ball, rotated, scaled, rounded and noised, mod M."""
+    def encode(self, message: torch.Tensor, signs: torch.Tensor, rng: np.random.Generator, cohort: int) -> np.ndarray:
+        """One client's share in a cohort of ``cohort``: its message projected to the ball, rotated,
+        scaled, rounded and noised with Sk(V / cohort), mod M."""
         if message.numel() != self.dim or signs.numel() != self.padded:
             raise ValueError(f"message of {message.numel()} entries and {signs.numel()} signs for dim {self.dim}")
         bounded = project_to_ball(message.double(), self.bound)
         padded = torch.zeros(self.padded, dtype=torch.float64)
         padded[: self.dim] = bounded
         rotated = hadamard(signs * padded) * self.scale
-        shares = stochastic_round(rotated, rng) + skellam_noise(self.padded, self.share_variance, rng)
+        shares = stochastic_round(rotated, rng) + skellam_noise(self.padded, self.share_variance(cohort), rng)
         return np.mod(shares, self.modulus)
 
     def decode(self, total: np.ndarray, signs: torch.Tensor) -> torch.Tensor:
@@ -216,10 +242,10 @@ def _noise_tail(variance: float, log_tail: float) -> float:
 
 
 def _needed_half_range(
-    scale: float, bound: float, noise: float, padded: int, survivors: int, cohort: int, log_tail: float
+    scale: float, bound: float, noise: float, padded: int, fraction: float, cohort: int, log_tail: float
 ) -> float:
     l2 = scale * bound + math.sqrt(padded)
-    variance = cohort * (noise * l2) ** 2 / survivors
+    variance = (noise * l2) ** 2 / fraction  # every sum's, the server's top-up included
     # Hoeffding for the rotated sum of messages (norm <= cohort * scale * bound), Bernstein for the
     # noise, and the rounding errors (< 1 each)
     signal = scale * cohort * bound * math.sqrt(2 * log_tail / padded)
@@ -227,17 +253,17 @@ def _needed_half_range(
 
 
 @lru_cache(maxsize=256)
-def _largest_scale(bound: float, noise: float, padded: int, survivors: int, cohort: int, bits: int) -> float:
+def _largest_scale(bound: float, noise: float, padded: int, fraction: float, cohort: int, bits: int) -> float:
     """The largest scale whose sums of ``cohort`` shares stay in (-M/2, M/2] except with probability
     :data:`WRAP_PROBABILITY` per round (bisection; the needed range grows with the scale)."""
     half = (1 << bits) / 2 - 1
     log_tail = _log_tail(padded, WRAP_PROBABILITY)
     low, high = 0.0, half / bound
-    if _needed_half_range(1e-9, bound, noise, padded, survivors, cohort, log_tail) > half:
+    if _needed_half_range(1e-9, bound, noise, padded, fraction, cohort, log_tail) > half:
         raise ValueError(f"{bits} bits cannot hold the noise of {cohort} shares: use more bits or fewer clients a round")
     for _ in range(100):
         middle = (low + high) / 2
-        if _needed_half_range(middle, bound, noise, padded, survivors, cohort, log_tail) <= half:
+        if _needed_half_range(middle, bound, noise, padded, fraction, cohort, log_tail) <= half:
             low = middle
         else:
             high = middle
@@ -249,18 +275,18 @@ def _largest_scale(bound: float, noise: float, padded: int, survivors: int, coho
     return low
 
 
-def _wrap_probability(scale: float, bound: float, noise: float, padded: int, survivors: int, cohort: int, bits: int) -> float:
+def _wrap_probability(scale: float, bound: float, noise: float, padded: int, fraction: float, cohort: int, bits: int) -> float:
     """The union bound behind :func:`_largest_scale`, evaluated for a given cohort."""
     half = (1 << bits) / 2 - 1
     l2 = scale * bound + math.sqrt(padded)
-    variance = cohort * (noise * l2) ** 2 / survivors
+    variance = (noise * l2) ** 2 / fraction
     # split the range between signal and noise as the calibration does, and bound each tail
     signal_scale = scale * cohort * bound / math.sqrt(padded)
     room = half - cohort
     if room <= 0:
         return 1.0
     best = 1.0
-    for share in np.linspace(0.01, 0.99, 99):
+    for share in np.linspace(0.001, 0.999, 999):
         a, b = share * room, (1 - share) * room
         p_signal = 2 * math.exp(-(a**2) / (2 * signal_scale**2)) if signal_scale > 0 else 0.0
         p_noise = 2 * math.exp(-(b**2) / (2 * (variance + b / 3))) if variance > 0 else 0.0
@@ -274,10 +300,10 @@ SECAGG_MODULUS = 1 << 32
 
 @lru_cache(maxsize=16)
 def mechanism_for(cfg: RunConfig) -> DistributedSkellam:
-    """The run's mechanism: noise calibrated to ``target-epsilon`` (or ``noise-multiplier``) for
-    ceil(secagg-survivors * clients-per-round) surviving shares, composed over the planned rounds at
-    the Poisson rate q; the cohort bound is the one Binomial(num-clients, q) exceeds with probability
-    below :data:`WRAP_PROBABILITY`."""
+    """The run's mechanism: noise calibrated to ``target-epsilon`` (or ``noise-multiplier``), which
+    ceil(secagg-survivors * n) surviving shares of a cohort of n carry, composed over the planned
+    rounds at the Poisson rate q; the cohort bound is the one Binomial(num-clients, q) exceeds with
+    probability below :data:`WRAP_PROBABILITY`."""
     from scipy.stats import binom
 
     from fl_dp.models import num_params
@@ -286,8 +312,7 @@ def mechanism_for(cfg: RunConfig) -> DistributedSkellam:
 
     cfg.require_population()
     rate = cfg.client_sample_rate
-    survivors = max(2, math.ceil(cfg.secagg_survivors * cfg.clients_per_round - 1e-9))
-    max_cohort = max(survivors, int(binom.isf(WRAP_PROBABILITY, cfg.num_clients, rate)) + 1)
+    max_cohort = max(2, int(binom.isf(WRAP_PROBABILITY, cfg.num_clients, rate)) + 1)
     if max_cohort << cfg.secagg_bits >= SECAGG_MODULUS:
         raise ConfigError(
             f"secagg-bits {cfg.secagg_bits}: cohorts of up to {max_cohort} clients times 2^{cfg.secagg_bits} overflow SecAgg+'s "
@@ -301,7 +326,7 @@ def mechanism_for(cfg: RunConfig) -> DistributedSkellam:
                 bound=message_bound(cfg),
                 noise_multiplier=noise,
                 dim=dim,
-                min_survivors=survivors,
+                survivor_fraction=cfg.secagg_survivors,
                 max_cohort=max_cohort,
                 bits=cfg.secagg_bits,
             )

@@ -70,9 +70,10 @@ class InProcessFederation:
 
     def train_cohort(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Reply]]:
         """Broadcast round ``server_round`` and let its sampled clients train: (arrays, config, replies)."""
+        cohort = self.server.sample(list(self.clients))
         arrays, config = self.server.broadcast(server_round)
         replies = []
-        for cid in self.server.sample(list(self.clients)):
+        for cid in cohort:
             out_arrays, metrics, self.states[cid] = self.clients[cid].train(arrays, config, self.states[cid])
             replies.append(Reply(cid, out_arrays, metrics))
         return arrays, config, replies

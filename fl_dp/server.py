@@ -51,6 +51,7 @@ from fl_dp.training import Objective
 from fl_dp.wire import (
     ALWAYS_REPORTED,
     CLIENT_EPSILON,
+    COHORT_SIZE,
     DP_NOISE,
     DP_RATE,
     DP_STEPS,
@@ -110,6 +111,7 @@ class ServerCore:
         self.distributed: DistributedSkellam | None = mechanism_for(cfg) if cfg.privacy_model == "distributed" else None
         self._population: list[Any] = []
         self._cohort: frozenset[str] = frozenset()
+        self._cohort_size = 0
         self._skip = ""
         # each client's share of the server's error-feedback state (the sum of its step * messages),
         # so that a client that lost its state can be taken out of G when it starts again
@@ -168,6 +170,7 @@ class ServerCore:
         else:
             cohort = self._rng.sample(sorted(client_ids), min(self.cfg.clients_per_round, len(client_ids)))
         self._cohort = frozenset(str(client) for client in cohort)
+        self._cohort_size = len(self._cohort)
         return cohort
 
     def broadcast(self, server_round: int, x: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -180,6 +183,9 @@ class ServerCore:
                 raise ValueError(f"the global vector must be finite with {self.dim} entries, got {vector.numel()}")
             self.x = vector
         config = {SERVER_ROUND: server_round, DP_NOISE: self.client_noise_multiplier, RESUMED_FROM: self.resumed_from}
+        if self.distributed is not None:
+            # each share's noise is V / n: the sum carries V whoever of the population took part
+            config[COHORT_SIZE] = self._cohort_size
         return {"x": self.x.numpy().copy()}, config
 
     # -- round: aggregate
@@ -290,15 +296,21 @@ class ServerCore:
             skipped = "secure sum names clients not addressed this round, or one twice: discarded"
         self.ledger.record_many(self._population, mechanism.release(self.cfg.client_sample_rate))
         self._cohort = frozenset()
-        if not skipped and len(ids) < mechanism.min_survivors:
-            skipped = f"{len(ids)} shares survived, the noise needs {mechanism.min_survivors} (secagg-survivors)"
+        cohort, self._cohort_size = self._cohort_size, 0
+        needed = mechanism.min_survivors(max(cohort, 1))
+        if not skipped and len(ids) < needed:
+            skipped = f"{len(ids)} shares survived, the noise needs {needed} of the {cohort} (secagg-survivors)"
         if not skipped and total is None:
             skipped = "secure aggregation revealed no sum"
         noisy_sum = None
         if not skipped:
             try:
                 assert total is not None  # a missing sum skipped the round above
-                noisy_sum = mechanism.decode(total, rotation_signs(self.cfg.seed, server_round, mechanism.padded))
+                if total.shape != (mechanism.padded,) or total.dtype != np.int64:
+                    raise ValueError(f"a ring sum is {mechanism.padded} int64 values")
+                # the dropped shares' noise, so that the released sum's variance does not depend on who took part
+                topped_up = np.mod(total + mechanism.top_up(cohort, len(ids), self._top_up_rng(server_round)), mechanism.modulus)
+                noisy_sum = mechanism.decode(topped_up, rotation_signs(self.cfg.seed, server_round, mechanism.padded))
             except ValueError as err:
                 skipped = f"secure sum: {err}"
         if skipped:
@@ -317,6 +329,10 @@ class ServerCore:
             skipped=skipped,
             bytes_up=len(ids) * mechanism.share_bytes,
         )
+
+    def _top_up_rng(self, server_round: int) -> np.random.Generator:
+        entropy = None if self.cfg.os_randomness else [self.cfg.seed, server_round, SERVER_STREAM, 0x70F]
+        return np.random.default_rng(np.random.SeedSequence(entropy))
 
     def _commit(self, server_round: int, candidate: torch.Tensor, candidate_state: State, rejected: list[str]) -> bool:
         """Adopt the round's model and state if they are finite; else keep both and say why."""

@@ -32,6 +32,8 @@ LEDGER_RECORD = "fl-dp-ledger"
 SERVER_ROUND = "server-round"
 #: the checkpoint round a resumed run started after (clients restore their state as of that round)
 RESUMED_FROM = "resumed-from"
+#: ``distributed``: the number of clients of the round's cohort (each share carries 1/n of the noise)
+COHORT_SIZE = "cohort-size"
 
 # reply metric keys (kebab-case, as Flower records them)
 NUM_EXAMPLES = "num-examples"

@@ -29,8 +29,8 @@ def _task_identity():
     yield
 
 
-def _mechanism(noise=0.0, dim=1000, survivors=4, cohort=10, bits=20):
-    return DistributedSkellam(bound=1.0, noise_multiplier=noise, dim=dim, min_survivors=survivors, max_cohort=cohort, bits=bits)
+def _mechanism(noise=0.0, dim=1000, survivors=0.4, cohort=10, bits=20):
+    return DistributedSkellam(bound=1.0, noise_multiplier=noise, dim=dim, survivor_fraction=survivors, max_cohort=cohort, bits=bits)
 
 
 def test_hadamard_is_orthonormal_and_its_own_inverse():
@@ -45,7 +45,7 @@ def test_noiseless_shares_sum_to_the_central_sum_up_to_the_stated_rounding_error
     rng = np.random.default_rng(0)
     messages = [torch.randn(1000) * s for s in (0.1, 0.5, 2.0, 5.0, 0.01, 1.0)]
     signs = rotation_signs(0, 3, mechanism.padded)
-    total = ring_sum([mechanism.encode(m, signs, rng) for m in messages], mechanism.modulus)
+    total = ring_sum([mechanism.encode(m, signs, rng, len(messages)) for m in messages], mechanism.modulus)
     central = CentralGaussianSum(bound=1.0, noise_multiplier=0.0)(messages, 1000, torch.Generator())
     error = float(torch.linalg.vector_norm(mechanism.decode(total, signs) - central))
     # each of the n shares is off by < 1 per rotated coordinate: ||error|| <= n sqrt(d') / scale
@@ -54,14 +54,26 @@ def test_noiseless_shares_sum_to_the_central_sum_up_to_the_stated_rounding_error
 
 
 def test_noise_of_the_surviving_shares_has_the_calibrated_variance():
-    mechanism = _mechanism(noise=1.5, survivors=5)
+    mechanism = _mechanism(noise=1.5, survivors=0.5)
     rng = np.random.default_rng(1)
     signs = rotation_signs(0, 1, mechanism.padded)
     zero = torch.zeros(1000)
-    total = ring_sum([mechanism.encode(zero, signs, rng) for _ in range(5)], mechanism.modulus)
+    total = ring_sum([mechanism.encode(zero, signs, rng, 10) for _ in range(mechanism.min_survivors(10))], mechanism.modulus)
     noise = mechanism.decode(total, signs)
-    expected_std = mechanism.noise_multiplier * mechanism.l2 / mechanism.scale  # t shares: exactly (z D2)^2
+    expected_std = mechanism.noise_multiplier * mechanism.l2 / mechanism.scale  # s n shares: exactly (z D2)^2
     assert float(noise.std()) == pytest.approx(expected_std, rel=0.08)
+
+
+@pytest.mark.parametrize("cohort, survivors", [(4, 4), (10, 10), (10, 6), (7, 5)])
+def test_the_released_noise_is_the_same_whatever_the_cohort_and_the_dropouts(cohort, survivors):
+    # a client's presence must not change the sum's variance: an energy test would reveal it
+    mechanism = _mechanism(noise=1.5, survivors=0.5)
+    rng = np.random.default_rng(cohort * 100 + survivors)
+    signs = rotation_signs(0, 1, mechanism.padded)
+    shares = [mechanism.encode(torch.zeros(1000), signs, rng, cohort) for _ in range(survivors)]
+    total = np.mod(ring_sum(shares, mechanism.modulus) + mechanism.top_up(cohort, survivors, rng), mechanism.modulus)
+    noise = mechanism.decode(total, signs)
+    assert float(noise.std()) == pytest.approx(mechanism.effective_noise_multiplier * mechanism.bound, rel=0.08)
 
 
 def test_scale_keeps_the_wrap_probability_below_its_bound_and_refuses_too_few_bits():
@@ -100,7 +112,7 @@ def test_fewer_survivors_than_the_noise_needs_skips_the_round_and_keeps_the_mode
     mechanism = server.distributed
     rng = np.random.default_rng(0)
     signs = rotation_signs(cfg.seed, 1, mechanism.padded)
-    shares = [mechanism.encode(torch.zeros(server.dim), signs, rng) for _ in cohort[:-1]]
+    shares = [mechanism.encode(torch.zeros(server.dim), signs, rng, len(cohort)) for _ in cohort[:-1]]
     row = server.aggregate_secure(1, ring_sum(shares, mechanism.modulus), cohort[:-1])
     assert "shares survived" in row["skipped"] and torch.equal(server.x, x0)
     assert server.ledger.summary()[0] > 0  # the population is charged all the same
