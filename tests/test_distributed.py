@@ -229,3 +229,19 @@ def test_flower_secagg_survives_a_dropped_client_and_skips_below_the_threshold(t
     core, _ = _flower_secure_run(cfg, 1, drop={101})
     assert core.history()["skipped"].iloc[0] != ""
     assert torch.equal(core.x, x0)
+
+
+def test_a_client_refuses_a_cohort_size_its_run_cannot_have(tiny_cfg):
+    from fl_dp.wire import COHORT_SIZE, MalformedMessage
+
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0)
+    federation = InProcessFederation(cfg)
+    cohort = federation.server.sample(list(federation.clients))
+    arrays, config = federation.server.broadcast(1)
+    assert config[COHORT_SIZE] == len(cohort)
+    client = federation.clients[cohort[0]]
+    client.train(arrays, config, {})  # the honest request is answered
+    limit = mechanism_for(cfg).max_cohort
+    for bad in (0, limit + 1, None, 2.5, True):
+        with pytest.raises(MalformedMessage, match="cohort"):
+            client.train(arrays, {**config, COHORT_SIZE: bad}, {})
