@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fl_dp.data import DATASETS, PARTITIONERS
+from fl_dp.data import DATASETS
 from fl_dp.errors import ConfigError
 from fl_dp.models import MODELS
+from fl_dp.partitioning import PARTITIONERS, PartitionSpec
 from fl_dp.privacy import MAX_NOISE_MULTIPLIER
 from fl_dp.registry import PRIVACY_MODELS, REGISTRY, STRATEGIES, spec_of
 from fl_dp.robustness import AGGREGATORS, BYZANTINE_ATTACKS, NOISE_KINDS
@@ -41,6 +42,9 @@ class RunConfig:
     data_dir: str = ""
     partitioner: str = "iid"
     dirichlet_alpha: float = 0.5
+    # classes a client holds (pathological) and shards a client holds (shard)
+    pathological_classes: int = 2
+    shard_count: int = 2
     max_train_samples: int = 0
     eval_samples: int = 2000
     model: str = "cnn"
@@ -167,6 +171,16 @@ class RunConfig:
         return self.clients_per_round / self.num_clients
 
     @property
+    def partition_spec(self) -> PartitionSpec:
+        return PartitionSpec(
+            name=self.partitioner,
+            seed=self.seed,
+            dirichlet_alpha=self.dirichlet_alpha,
+            pathological_classes=self.pathological_classes,
+            shard_count=self.shard_count,
+        )
+
+    @property
     def label(self) -> str:
         return self.run_name or self.strategy
 
@@ -179,6 +193,9 @@ class RunConfig:
             fail(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.partitioner not in PARTITIONERS:
             fail(f"unknown partitioner {self.partitioner!r}; choose one of {', '.join(PARTITIONERS)}")
+        for name in ("pathological_classes", "shard_count"):
+            if getattr(self, name) < 1:
+                fail(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
         if self.model not in MODELS:
             fail(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.sign_compressor not in SIGN_COMPRESSORS:

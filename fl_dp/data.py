@@ -1,4 +1,4 @@
-"""Datasets that are available offline, torchvision-format readers, and seeded partitioners.
+"""Datasets that are available offline, and torchvision-format readers (splits: :mod:`fl_dp.partitioning`).
 
 Offline sources (see README, "Data"):
 
@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "breast-cancer", "synthetic")
-PARTITIONERS = ("iid", "dirichlet")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Per-channel statistics of the training sets, so that inputs are roughly standardised.
 _NORMALISATION = {
@@ -251,57 +250,3 @@ def require_datasets(*names: str, data_dir: str | None = None) -> None:
             missing.append(f"- {name}: {err}")
     if missing:
         raise SystemExit("this needs data that is not installed here:\n" + "\n".join(missing))
-
-
-def iid_partition(num_samples: int, num_partitions: int, seed: int) -> list[np.ndarray]:
-    """Shuffle with ``seed`` and cut into ``num_partitions`` near-equal parts."""
-    _check_partitions(num_samples, num_partitions)
-    order = np.random.default_rng(seed).permutation(num_samples)
-    return [np.sort(part) for part in np.array_split(order, num_partitions)]
-
-
-def dirichlet_partition(
-    labels: np.ndarray, num_partitions: int, alpha: float, seed: int, min_size: int = 10, max_tries: int = 100
-) -> list[np.ndarray]:
-    """Per class, split its samples across partitions in proportions drawn from Dir(alpha).
-
-    Redraws (up to ``max_tries``) until every partition has at least ``min_size`` samples.
-    """
-    if alpha <= 0:
-        raise ValueError(f"dirichlet-alpha must be positive, got {alpha}")
-    labels = np.asarray(labels)
-    _check_partitions(len(labels), num_partitions)
-    min_size = min(min_size, len(labels) // num_partitions)
-    rng = np.random.default_rng(seed)
-    for _ in range(max_tries):
-        parts: list[list[int]] = [[] for _ in range(num_partitions)]
-        for cls in np.unique(labels):
-            members = rng.permutation(np.flatnonzero(labels == cls))
-            shares = rng.dirichlet(np.full(num_partitions, alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
-            for part, chunk in zip(parts, np.split(members, cuts)):
-                part.extend(chunk.tolist())
-        if min(len(p) for p in parts) >= min_size:
-            return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise ValueError(
-        f"could not draw a Dirichlet({alpha}) partition with {min_size}+ samples in each of "
-        f"{num_partitions} partitions in {max_tries} tries; raise dirichlet-alpha or lower the number of clients"
-    )
-
-
-def _check_partitions(num_samples: int, num_partitions: int) -> None:
-    if num_partitions < 1:
-        raise ValueError(f"number of partitions must be >= 1, got {num_partitions}")
-    if num_partitions > num_samples:
-        raise ValueError(f"{num_partitions} partitions for only {num_samples} samples")
-
-
-def partition(
-    dataset: ArrayDataset, num_partitions: int, partitioner: str, seed: int, dirichlet_alpha: float = 0.5
-) -> list[np.ndarray]:
-    """Index sets of each partition of ``dataset``."""
-    if partitioner == "iid":
-        return iid_partition(len(dataset), num_partitions, seed)
-    if partitioner == "dirichlet":
-        return dirichlet_partition(dataset.y.numpy(), num_partitions, dirichlet_alpha, seed)
-    raise ValueError(f"unknown partitioner {partitioner!r}; choose one of {', '.join(PARTITIONERS)}")

