@@ -10,6 +10,7 @@ from typing import Any
 
 from fl_dp.data import DATASETS
 from fl_dp.errors import ConfigError
+from fl_dp.external_data import is_external
 from fl_dp.models import MODELS
 from fl_dp.partitioning import PARTITIONERS, PartitionSpec
 from fl_dp.privacy import MAX_NOISE_MULTIPLIER
@@ -45,6 +46,9 @@ class RunConfig:
     # classes a client holds (pathological) and shards a client holds (shard)
     pathological_classes: int = 2
     shard_count: int = 2
+    # hub:<name> / files:<path> datasets: the label column, and the id column of natural-id clients
+    label_column: str = "label"
+    id_column: str = ""
     max_train_samples: int = 0
     eval_samples: int = 2000
     model: str = "cnn"
@@ -189,8 +193,10 @@ class RunConfig:
             raise ConfigError(message)
 
         spec = spec_of(self.strategy)
-        if self.dataset not in DATASETS:
-            fail(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.dataset not in DATASETS and not (is_external(self.dataset) and self.dataset.split(":", 1)[1]):
+            fail(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}, hub:<name> or files:<path>")
+        if not self.label_column:
+            fail("label-column must name a column")
         if self.partitioner not in PARTITIONERS:
             fail(f"unknown partitioner {self.partitioner!r}; choose one of {', '.join(PARTITIONERS)}")
         for name in ("pathological_classes", "shard_count"):

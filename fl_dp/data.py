@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fl_dp.external_data import is_external, load_external
+
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "breast-cancer", "synthetic")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Per-channel statistics of the training sets, so that inputs are roughly standardised.
@@ -36,11 +38,13 @@ _NORMALISATION = {
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Inputs ``x`` (float32, N x input_shape) and integer labels ``y`` (N)."""
+    """Inputs ``x`` (float32, N x input_shape), integer labels ``y`` (N) and, for data with an id
+    column, each row's natural client ``groups`` (N strings)."""
 
     x: torch.Tensor
     y: torch.Tensor
     num_classes: int
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
@@ -55,7 +59,8 @@ class ArrayDataset:
 
     def subset(self, indices: np.ndarray | torch.Tensor) -> ArrayDataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return ArrayDataset(self.x[idx], self.y[idx], self.num_classes)
+        groups = None if self.groups is None else self.groups[idx.numpy()]
+        return ArrayDataset(self.x[idx], self.y[idx], self.num_classes, groups)
 
 
 @dataclass(frozen=True)
@@ -221,8 +226,14 @@ def _split_tabular(features: np.ndarray, labels: np.ndarray, seed: int, test_fra
 
 
 @lru_cache(maxsize=4)
-def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> TrainTest:
-    """Train and test splits of dataset ``name``; cached per process (clients share it)."""
+def load_dataset(
+    name: str, data_dir: str | None = None, seed: int = 0, label_column: str = "label", id_column: str = ""
+) -> TrainTest:
+    """Train and test splits of dataset ``name`` (an offline one, ``hub:<name>`` or ``files:<path>``:
+    :mod:`fl_dp.external_data`); cached per process (clients share it)."""
+    if is_external(name):
+        ((x, y, groups), (x_test, y_test, groups_test)), num_classes = load_external(name, seed, label_column, id_column)
+        return TrainTest(ArrayDataset(x, y, num_classes, groups), ArrayDataset(x_test, y_test, num_classes, groups_test))
     if name == "fashion-mnist":
         return _load_fashion_mnist(data_dir)
     if name == "mnist":
@@ -233,7 +244,7 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Train
         return _load_breast_cancer(seed)
     if name == "synthetic":
         return make_synthetic(seed=seed)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, hub:<name> or files:<path>")
 
 
 # ---------------------------------------------------------------- partitioners

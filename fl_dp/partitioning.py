@@ -68,21 +68,35 @@ def _check_partitions(num_samples: int, num_partitions: int) -> None:
         raise ValueError(f"{num_partitions} partitions for only {num_samples} samples")
 
 
-def partitions(labels: np.ndarray, num_partitions: int, spec: PartitionSpec) -> Callable[[int], np.ndarray]:
+def partitions(
+    labels: np.ndarray, num_partitions: int, spec: PartitionSpec, groups: np.ndarray | None = None
+) -> Callable[[int], np.ndarray]:
     """``partition_id -> sorted row indices`` of the split; ValueError (naming the key) for a split
-    these labels cannot give (an empty partition, more partitions than samples, no id column)."""
+    these labels cannot give (an empty partition, more partitions than samples, no id column).
+    ``groups`` are the rows' natural client ids, for ``natural-id``."""
     labels = np.asarray(labels)
     _check_partitions(len(labels), num_partitions)
     if spec.name == "iid":
         parts = iid_partition(len(labels), num_partitions, spec.seed)
         return parts.__getitem__
-    if spec.name == "natural-id":
-        raise ValueError("partitioner 'natural-id' needs a dataset with a client-id column; the offline datasets have none")
-    partitioner = _flower_partitioner(spec, num_partitions, int(labels.max()) + 1)
     rows = np.arange(len(labels))
-    if spec.name in ("linear", "square", "exponential"):
-        rows = np.random.default_rng(spec.seed).permutation(len(labels))  # sizes by id, contents shuffled
-    partitioner.dataset = _label_dataset(labels[rows], rows)
+    if spec.name == "natural-id":
+        if groups is None:
+            raise ValueError(
+                "partitioner 'natural-id' needs a dataset with a client-id column (set id-column); the offline datasets have none"
+            )
+        ids = np.unique(groups)
+        if len(ids) != num_partitions:
+            raise ValueError(f"natural-id gives one client per id: the data has {len(ids)} ids, num-clients is {num_partitions}")
+        from flwr_datasets.partitioner import NaturalIdPartitioner
+
+        partitioner: Any = NaturalIdPartitioner(partition_by="group")
+        partitioner.dataset = _label_dataset(labels, rows, groups=groups)
+    else:
+        partitioner = _flower_partitioner(spec, num_partitions, int(labels.max()) + 1)
+        if spec.name in ("linear", "square", "exponential"):
+            rows = np.random.default_rng(spec.seed).permutation(len(labels))  # sizes by id, contents shuffled
+        partitioner.dataset = _label_dataset(labels[rows], rows)
 
     @cache
     def lookup(partition_id: int) -> np.ndarray:
@@ -101,10 +115,13 @@ def partitions(labels: np.ndarray, num_partitions: int, spec: PartitionSpec) -> 
     return lookup
 
 
-def _label_dataset(labels: np.ndarray, rows: np.ndarray) -> Any:
+def _label_dataset(labels: np.ndarray, rows: np.ndarray, groups: np.ndarray | None = None) -> Any:
     from datasets import Dataset
 
-    return Dataset.from_dict({"label": labels, "row": rows})
+    columns: dict[str, Any] = {"label": labels, "row": rows}
+    if groups is not None:
+        columns["group"] = groups
+    return Dataset.from_dict(columns)
 
 
 def _flower_partitioner(spec: PartitionSpec, num_partitions: int, num_classes: int) -> Any:

@@ -30,7 +30,6 @@ from fl_dp.checkpoint import (
     write_checkpoint,
 )
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.data import load_dataset
 from fl_dp.distributed import DistributedSkellam, mechanism_for, rotation_signs
 from fl_dp.mechanisms import message_norm_limit
 from fl_dp.models import build_model, get_flat_params, num_params
@@ -46,7 +45,7 @@ from fl_dp.registry import build_algorithm
 from fl_dp.results import progress_line
 from fl_dp.robustness import robust_mean
 from fl_dp.rules.base import Algorithm, State
-from fl_dp.task import SERVER_STREAM, make_generator, model_for, partition_lookup
+from fl_dp.task import SERVER_STREAM, dataset_of, make_generator, model_for, partition_lookup
 from fl_dp.training import Objective
 from fl_dp.wire import (
     ALWAYS_REPORTED,
@@ -75,7 +74,7 @@ def preflight(cfg: RunConfig) -> None:
     """Refuse, before any client trains, a config that validates but cannot run: data that
     cannot be loaded or split, a model that does not fit the data, an unreachable privacy target."""
     try:
-        data = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed)
+        data = dataset_of(cfg)
     except (OSError, ValueError) as err:
         raise ConfigError(f"dataset {cfg.dataset!r} cannot be loaded: {err}") from None
     num_train = len(data.train) if cfg.max_train_samples == 0 else min(cfg.max_train_samples, len(data.train))
@@ -132,7 +131,7 @@ class ServerCore:
         self.rows: list[dict[str, Any]] = []
         self._rng = random.SystemRandom() if cfg.os_randomness else random.Random(cfg.seed)
         if evaluate_fn is None:
-            test = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed).test
+            test = dataset_of(cfg).test
             if 0 < cfg.eval_samples < len(test):
                 test = test.subset(np.arange(cfg.eval_samples))
             evaluator = Objective(model, test, cfg.regularizer_lambda)

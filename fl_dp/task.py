@@ -11,26 +11,43 @@ import numpy as np
 import torch
 
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.data import ArrayDataset, load_dataset
+from fl_dp.data import ArrayDataset, TrainTest, load_dataset
 from fl_dp.models import build_model
-from fl_dp.partitioning import PartitionSpec, partitions
+from fl_dp.partitioning import partitions
 from fl_dp.seeding import seed_of
 
 
 @lru_cache(maxsize=8)
 def _partitions(cfg_key: tuple) -> tuple[ArrayDataset, Callable[[int], np.ndarray]]:
-    dataset, data_dir, seed, max_train, num_clients, spec = cfg_key
-    train = load_dataset(dataset, data_dir or None, seed).train
+    dataset, data_dir, seed, max_train, num_clients, spec, label_column, id_column = cfg_key
+    train = load_dataset(dataset, data_dir or None, seed, label_column, id_column).train
     if 0 < max_train < len(train):
         train = train.subset(np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train]))
-    return train, partitions(train.y.numpy(), num_clients, spec)
+    return train, partitions(train.y.numpy(), num_clients, spec, train.groups)
+
+
+def dataset_of(cfg: RunConfig) -> TrainTest:
+    """The run's train and test splits (cached per process)."""
+    return load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed, cfg.label_column, cfg.id_column)
+
+
+def _split_key(cfg: RunConfig) -> tuple:
+    return (
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.seed,
+        cfg.max_train_samples,
+        cfg.num_clients,
+        cfg.partition_spec,
+        cfg.label_column,
+        cfg.id_column,
+    )
 
 
 def partition_lookup(cfg: RunConfig) -> Callable[[int], np.ndarray]:
     """``partition_id -> row indices`` of the run's split (one split per process and run)."""
-    spec: PartitionSpec = cfg.partition_spec
     try:
-        return _partitions((cfg.dataset, cfg.data_dir, cfg.seed, cfg.max_train_samples, cfg.num_clients, spec))[1]
+        return _partitions(_split_key(cfg))[1]
     except ValueError as err:
         raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
 
@@ -39,7 +56,7 @@ def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
     """The training samples of client ``partition_id`` (cached per process)."""
     if not 0 <= partition_id < cfg.num_clients:
         raise ConfigError(f"partition-id {partition_id} outside [0, num-clients={cfg.num_clients})")
-    train, _ = _partitions((cfg.dataset, cfg.data_dir, cfg.seed, cfg.max_train_samples, cfg.num_clients, cfg.partition_spec))
+    train, _ = _partitions(_split_key(cfg))
     try:
         rows = partition_lookup(cfg)(partition_id)
     except ValueError as err:
@@ -49,7 +66,7 @@ def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
 
 def model_for(cfg: RunConfig) -> torch.nn.Module:
     """A fresh model of the run (its initial parameters are the run's x_0)."""
-    data = load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed)
+    data = dataset_of(cfg)
     return build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
 
 

@@ -1,0 +1,112 @@
+"""Datasets beyond the offline ones: ``hub:<name>`` (the Hugging Face hub, needs the network) and
+``files:<path>`` (local CSV, Parquet, or an image folder with one subfolder per class), read with
+the ``datasets`` library (Flower Datasets' own loader) and turned into the in-memory arrays every
+client and the server use.
+
+- images (an ``Image`` column): C x H x W float32, standardised per channel with the training
+  split's statistics; tables: every numeric column but the label and id columns, standardised;
+- labels: ``label-column`` (a ClassLabel, or any values, numbered in sorted order);
+- ids: ``id-column`` (optional): one natural client per value (``partitioner = "natural-id"``);
+- splits: the data's own ``train`` / ``test`` splits, else a seeded 80 / 20 split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HUB, FILES = "hub:", "files:"
+
+
+def is_external(name: str) -> bool:
+    return name.startswith((HUB, FILES))
+
+
+def load_external(name: str, seed: int, label_column: str = "label", id_column: str = "") -> tuple[Any, Any]:
+    """((train x, y, groups), (test x, y, groups)) as tensors, and the number of classes, from ``name``;
+    ValueError (or OSError) with the reason when it cannot be read."""
+    splits = _read(name)
+    if "train" in splits and "test" in splits:
+        train, test = splits["train"], splits["test"]
+    else:
+        only = splits[next(iter(splits))]
+        parts = only.train_test_split(test_size=0.2, seed=seed)
+        train, test = parts["train"], parts["test"]
+    for column in [label_column] + ([id_column] if id_column else []):
+        if column not in train.column_names:
+            key = "label-column" if column == label_column else "id-column"
+            raise ValueError(f"{key} {column!r} is not a column of {name!r} (its columns: {', '.join(train.column_names)})")
+    values = set(train[label_column]) | set(test[label_column])
+    try:
+        classes = sorted(values)
+    except TypeError:  # mixed types: any fixed order will do
+        classes = sorted(values, key=str)
+    code = {value: i for i, value in enumerate(classes)}
+    image_columns = [c for c, feature in train.features.items() if type(feature).__name__ == "Image"]
+    if image_columns:
+        x_train, x_test = _images(train, image_columns[0]), _images(test, image_columns[0])
+        mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+        std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6)
+    else:
+        features = [
+            c for c, f in train.features.items() if c not in (label_column, id_column) and getattr(f, "dtype", "") in _NUMERIC
+        ]
+        if not features:
+            raise ValueError(f"{name!r} has no numeric feature column beside {label_column!r}")
+        x_train, x_test = _table(train, features), _table(test, features)
+        mean, std = x_train.mean(0, keepdim=True), x_train.std(0, keepdim=True).clamp(min=1e-6)
+    out = []
+    for split, x in ((train, x_train), (test, x_test)):
+        y = torch.tensor([code[v] for v in split[label_column]], dtype=torch.long)
+        groups = None
+        if id_column:
+            groups = np.asarray([str(v) for v in split[id_column]])
+        out.append(((x - mean) / std, y, groups))
+    return tuple(out), len(classes)
+
+
+_NUMERIC = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64", "bool"}
+
+
+def _read(name: str) -> Any:
+    import datasets
+
+    if name.startswith(HUB):
+        source = name[len(HUB) :]
+        if not source:
+            raise ValueError("dataset 'hub:' names no dataset")
+        try:
+            return datasets.load_dataset(source)
+        except Exception as err:  # noqa: BLE001 - network, missing dataset, auth: all say the same to the user
+            raise ValueError(
+                f"hub dataset {source!r} cannot be loaded (the hub needs the network): {type(err).__name__}: {err}"
+            ) from None
+    path = Path(name[len(FILES) :])
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {name!r}: {path} does not exist")
+    if path.is_dir():
+        return datasets.load_dataset("imagefolder", data_dir=str(path))
+    builder = {".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(f"dataset {name!r}: files: reads a .csv, a .parquet or an image folder, not {path.suffix or path.name}")
+    return datasets.load_dataset(builder, data_files=str(path))
+
+
+def _images(split: Any, column: str) -> torch.Tensor:
+    arrays = [np.asarray(image, dtype=np.float32) / 255.0 for image in split[column]]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"images of different sizes in column {column!r}: {sorted(shapes)[:3]}")
+    stacked = np.stack(arrays)
+    if stacked.ndim == 3:
+        stacked = stacked[:, None]  # grey: one channel
+    else:
+        stacked = stacked.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(stacked))
+
+
+def _table(split: Any, columns: list[str]) -> torch.Tensor:
+    return torch.tensor(np.column_stack([np.asarray(split[c], dtype=np.float32) for c in columns]), dtype=torch.float32)

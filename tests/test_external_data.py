@@ -1,0 +1,93 @@
+"""hub:<name> and files:<path> datasets through the datasets library, on fixtures the tests write."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fl_dp.config import ConfigError, RunConfig
+from fl_dp.data import load_dataset
+from fl_dp.inprocess import InProcessFederation
+from fl_dp.server import ServerCore
+
+
+def _table(rows: int = 120, users: int = 6, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 3))
+    return pd.DataFrame({
+        "f1": x[:, 0], "f2": x[:, 1], "f3": x[:, 2],
+        "kind": np.where(x[:, 0] + x[:, 1] > 0, "yes", "no"),  # a text label: numbered in sorted order
+        "user": [f"u{i % users}" for i in range(rows)],
+    })
+
+
+def test_a_csv_file_trains_one_client_per_user_with_natural_id(tmp_path):
+    path = tmp_path / "data.csv"
+    frame = _table()
+    frame.to_csv(path, index=False)
+    cfg = RunConfig(dataset=f"files:{path}", model="logreg", label_column="kind", id_column="user", partitioner="natural-id",
+                    num_clients=6, clients_per_round=6, num_server_rounds=2, batch_size=0, eval_samples=0, strategy="fedavg")
+    data = load_dataset(cfg.dataset, None, 0, "kind", "user")
+    assert data.train.input_shape == (3,) and data.train.num_classes == 2 and len(data.train) + len(data.test) == 120
+    federation = InProcessFederation(cfg)
+    history = federation.run()
+    assert list(history["accepted"]) == [6, 6]
+    for cid in federation.clients:
+        rows = federation.clients[cid].objective.data
+        assert len(set(rows.groups.tolist())) == 1  # each client holds one user's rows, and only them
+
+
+def test_a_parquet_file_and_bad_columns_are_named(tmp_path):
+    path = tmp_path / "data.parquet"
+    _table().to_parquet(path)
+    cfg = RunConfig(dataset=f"files:{path}", model="logreg", label_column="kind", num_clients=4, clients_per_round=4, eval_samples=0)
+    ServerCore(cfg)
+    with pytest.raises(ConfigError, match="label-column 'label' is not a column"):
+        ServerCore(cfg.replace(label_column="label"))
+    with pytest.raises(ConfigError, match="the data has 6 ids, num-clients is 4"):
+        ServerCore(cfg.replace(id_column="user", partitioner="natural-id"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        ServerCore(cfg.replace(dataset=f"files:{tmp_path / 'missing.csv'}"))
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        RunConfig(dataset="files:")
+
+
+def test_an_image_folder_becomes_standardised_channel_first_images(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+    cfg = RunConfig(dataset=f"files:{tmp_path / 'images'}", model="cnn", num_clients=2, clients_per_round=2, num_server_rounds=1,
+                    eval_samples=0, strategy="fedavg", batch_size=4)
+    data = load_dataset(cfg.dataset)
+    assert data.train.input_shape == (3, 16, 16) and data.train.num_classes == 2
+    assert abs(float(data.train.x.mean())) < 0.05
+    assert InProcessFederation(cfg).run()["accepted"].tolist() == [2]
+
+
+def test_a_hub_dataset_is_read_through_the_datasets_library(monkeypatch):
+    import datasets
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((8, 8), 40 * i, np.uint8)) for i in range(6)]
+    split = datasets.Dataset.from_dict({"img": images, "label": [0, 1, 2, 0, 1, 2]}).cast_column("img", datasets.Image())
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: datasets.DatasetDict({"train": split, "test": split}))
+    data = load_dataset("hub:someone/tiny-grey", None, 0)
+    assert data.train.input_shape == (1, 8, 8) and data.train.num_classes == 3 and len(data.test) == 6
+
+
+def test_a_hub_dataset_without_network_is_refused_before_round_1(monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="dataset 'hub:nobody/no-such-set' cannot be loaded.*needs the network"):
+        ServerCore(RunConfig(dataset="hub:nobody/no-such-set", model="logreg", num_clients=2, clients_per_round=2))
