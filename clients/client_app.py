@@ -14,7 +14,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_dp.client import ClientCore
+from fl_dp.client import ClientCore, local_data
 from fl_dp.client_state import ClientStateStore
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.privacy_floor import PrivacyFloor
@@ -42,20 +42,21 @@ app = ClientApp(mods=[secure_aggregation_mod])
 
 
 @lru_cache(maxsize=4)
-def _clients_of_run(cfg: RunConfig, floor: PrivacyFloor | None) -> dict[int, ClientCore]:
+def _clients_of_run(cfg: RunConfig, floor: PrivacyFloor | None, data_path: str = "") -> dict[int, ClientCore]:
     return {}
 
 
-def _client(cfg: RunConfig, partition_id: int, floor: PrivacyFloor | None = None) -> ClientCore:
+def _client(cfg: RunConfig, partition_id: int, floor: PrivacyFloor | None = None, data_path: str = "") -> ClientCore:
     """The process's ClientCore of this partition, built on its first message.
 
     A Ray actor serves every partition in turn, so a cache bounded below num-clients
     would miss on every message; all partitions of a run are kept (each holds its
     samples and the algorithm, the model is shared).
     """
-    clients = _clients_of_run(cfg, floor)
+    clients = _clients_of_run(cfg, floor, data_path)
     if partition_id not in clients:
-        clients[partition_id] = ClientCore(cfg, partition_id, floor)
+        data = local_data(cfg, data_path) if data_path else None
+        clients[partition_id] = ClientCore(cfg, partition_id, floor, data)
     return clients[partition_id]
 
 
@@ -115,7 +116,8 @@ def train(msg: Message, context: Context) -> Message:
 def train_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message:
     """Answer one training message of the run ``run_cfg`` (this node's partition from its node config)."""
     partition_id, cfg = partition_of(context, run_cfg)
-    client = _client(cfg, partition_id, privacy_floor_of(context))
+    # a SuperNode with its own files trains on them (node config data-path); they never leave it
+    client = _client(cfg, partition_id, privacy_floor_of(context), str(context.node_config.get("data-path", "")))
     arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
     config: dict[str, Any] = dict(msg.content.config_records[CONFIG_KEY].items())
     store = state_store_of(context, cfg, partition_id)

@@ -12,15 +12,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_dp.config import RunConfig
+from fl_dp.config import ConfigError, RunConfig
+from fl_dp.data import ArrayDataset
 from fl_dp.distributed import RING_KEY, mechanism_for, rotation_signs
+from fl_dp.external_data import FILES, load_external
 from fl_dp.privacy import PrivacyLedger, Release
 from fl_dp.privacy_floor import PrivacyFloor
 from fl_dp.privacy_policy import client_noise_multiplier, local_postprocessor, round_release
 from fl_dp.registry import build_algorithm
 from fl_dp.robustness import BYZANTINE_ATTACKS, HeavyTailedNoise, NoisyGradients, flip, is_byzantine
 from fl_dp.rules.base import ClientTask, State, dense
-from fl_dp.task import client_dataset, make_generator, shared_client_model
+from fl_dp.task import client_dataset, dataset_of, make_generator, shared_client_model
 from fl_dp.training import Objective
 from fl_dp.wire import (
     CLIENT_EPSILON,
@@ -42,12 +44,21 @@ from fl_dp.wire import (
 class ClientCore:
     """One client: its data, its model, the rule's client hook and the local-DP post-processor."""
 
-    def __init__(self, cfg: RunConfig, partition_id: int, floor: PrivacyFloor | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, partition_id: int, floor: PrivacyFloor | None = None, data: ArrayDataset | None = None
+    ) -> None:
+        """``data``: the client's own training data (a SuperNode's local files), instead of partition
+        ``partition_id`` of the run's dataset."""
         cfg.require_population()
         self.cfg = cfg
         self.partition_id = partition_id
         self.floor = floor
-        self.objective = Objective(shared_client_model(cfg), client_dataset(cfg, partition_id), cfg.regularizer_lambda)
+        model = shared_client_model(cfg)
+        if data is None:
+            data = client_dataset(cfg, partition_id)
+        else:
+            check_fits(data, model, cfg)
+        self.objective = Objective(model, data, cfg.regularizer_lambda)
         self.oracle: Any = self.objective
         if cfg.grad_noise != "none":
             self.oracle = NoisyGradients(
@@ -118,6 +129,32 @@ class ClientCore:
         entropy = None if self.cfg.os_randomness else [self.cfg.seed, self.partition_id, server_round, 0xD15]
         rng = np.random.default_rng(np.random.SeedSequence(entropy))
         return mechanism.encode(vector, rotation_signs(self.cfg.seed, server_round, mechanism.padded), rng, cohort)
+
+
+def local_data(cfg: RunConfig, path: str) -> ArrayDataset:
+    """A SuperNode's own training data: every row of the file or folder at ``path`` (``files:`` formats,
+    the run's label and id columns). The rows never leave the node."""
+    try:
+        ((x, y, _), _), num_classes = load_external(f"{FILES}{path}", cfg.seed, cfg.label_column, cfg.id_column, held_out=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"node config data-path {path!r}: {err}") from None
+    if len(y) == 0:
+        raise ConfigError(f"node config data-path {path!r} holds no rows")
+    return ArrayDataset(x, y, num_classes)
+
+
+def check_fits(data: ArrayDataset, model: torch.nn.Module, cfg: RunConfig) -> None:
+    """A client's own data must have the run's input shape and labels the run's model can output."""
+    expected = dataset_of(cfg).train
+    if data.input_shape != expected.input_shape:
+        raise ConfigError(
+            f"node config data-path: inputs of shape {data.input_shape}; the run's model takes {expected.input_shape} "
+            f"({cfg.dataset!r})"
+        )
+    if int(data.y.max()) >= expected.num_classes:
+        raise ConfigError(
+            f"node config data-path: label {int(data.y.max())}; the run's {cfg.dataset!r} has {expected.num_classes} classes"
+        )
 
 
 def record_own_release(state: State, release: Release, delta: float) -> tuple[State, float]:

@@ -3,9 +3,11 @@
 the ``datasets`` library (Flower Datasets' own loader) and turned into the in-memory arrays every
 client and the server use.
 
-- images (an ``Image`` column): C x H x W float32, standardised per channel with the training
-  split's statistics; tables: every numeric column but the label and id columns, standardised;
-- labels: ``label-column`` (a ClassLabel, or any values, numbered in sorted order);
+- images (an ``Image`` column): C x H x W float32, pixels mapped to [-1, 1]; tables: every
+  numeric column but the label and id columns, as they are (standardise them beforehand: a
+  SuperNode's own files and the server's test set must agree, so nothing here depends on a file);
+- labels: ``label-column``: integers 0..K-1 as they are (what several files must use), other
+  values numbered in sorted order;
 - ids: ``id-column`` (optional): one natural client per value (``partitioner = "natural-id"``);
 - splits: the data's own ``train`` / ``test`` splits, else a seeded 80 / 20 split.
 """
@@ -25,31 +27,41 @@ def is_external(name: str) -> bool:
     return name.startswith((HUB, FILES))
 
 
-def load_external(name: str, seed: int, label_column: str = "label", id_column: str = "") -> tuple[Any, Any]:
+def load_external(
+    name: str, seed: int, label_column: str = "label", id_column: str = "", held_out: bool = True
+) -> tuple[Any, Any]:
     """((train x, y, groups), (test x, y, groups)) as tensors, and the number of classes, from ``name``;
-    ValueError (or OSError) with the reason when it cannot be read."""
+    ValueError (or OSError) with the reason when it cannot be read. ``held_out=False``: every row in
+    train (a SuperNode's own files), the test split empty."""
     splits = _read(name)
-    if "train" in splits and "test" in splits:
+    if "train" in splits and "test" in splits and held_out:
         train, test = splits["train"], splits["test"]
     else:
-        only = splits[next(iter(splits))]
-        parts = only.train_test_split(test_size=0.2, seed=seed)
-        train, test = parts["train"], parts["test"]
+        import datasets
+
+        only = datasets.concatenate_datasets([splits[key] for key in splits]) if len(splits) > 1 else splits[next(iter(splits))]
+        if held_out:
+            parts = only.train_test_split(test_size=0.2, seed=seed)
+            train, test = parts["train"], parts["test"]
+        else:
+            train, test = only, only.select([])
     for column in [label_column] + ([id_column] if id_column else []):
         if column not in train.column_names:
             key = "label-column" if column == label_column else "id-column"
             raise ValueError(f"{key} {column!r} is not a column of {name!r} (its columns: {', '.join(train.column_names)})")
     values = set(train[label_column]) | set(test[label_column])
-    try:
-        classes = sorted(values)
-    except TypeError:  # mixed types: any fixed order will do
-        classes = sorted(values, key=str)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
+        classes = list(range(int(max(values)) + 1))  # integer labels keep their meaning across files
+    else:
+        try:
+            classes = sorted(values)
+        except TypeError:  # mixed types: any fixed order will do
+            classes = sorted(values, key=str)
     code = {value: i for i, value in enumerate(classes)}
     image_columns = [c for c, feature in train.features.items() if type(feature).__name__ == "Image"]
     if image_columns:
-        x_train, x_test = _images(train, image_columns[0]), _images(test, image_columns[0])
-        mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
-        std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6)
+        x_train = _images(train, image_columns[0]) * 2 - 1
+        x_test = _images(test, image_columns[0]) * 2 - 1 if len(test) else x_train[:0]
     else:
         features = [
             c for c, f in train.features.items() if c not in (label_column, id_column) and getattr(f, "dtype", "") in _NUMERIC
@@ -57,14 +69,13 @@ def load_external(name: str, seed: int, label_column: str = "label", id_column: 
         if not features:
             raise ValueError(f"{name!r} has no numeric feature column beside {label_column!r}")
         x_train, x_test = _table(train, features), _table(test, features)
-        mean, std = x_train.mean(0, keepdim=True), x_train.std(0, keepdim=True).clamp(min=1e-6)
     out = []
     for split, x in ((train, x_train), (test, x_test)):
         y = torch.tensor([code[v] for v in split[label_column]], dtype=torch.long)
         groups = None
         if id_column:
             groups = np.asarray([str(v) for v in split[id_column]])
-        out.append(((x - mean) / std, y, groups))
+        out.append((x, y, groups))
     return tuple(out), len(classes)
 
 
@@ -109,4 +120,6 @@ def _images(split: Any, column: str) -> torch.Tensor:
 
 
 def _table(split: Any, columns: list[str]) -> torch.Tensor:
+    if len(split) == 0:
+        return torch.zeros(0, len(columns))
     return torch.tensor(np.column_stack([np.asarray(split[c], dtype=np.float32) for c in columns]), dtype=torch.float32)

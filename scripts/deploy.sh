@@ -12,6 +12,8 @@
 # FL_DP_NODE_PRIVACY (e.g. "max-epsilon=8.0 min-noise-multiplier=0.5") is added to every
 # SuperNode's node config: the client operator's own privacy floor (README, "Privacy").
 # FL_DP_CLIENT_STATE_DIR (default results/client-state) holds each SuperNode's state-dir.
+# FL_DP_NODE_DATA (e.g. "/data/site-%i.csv"; %i is the node's index) gives every SuperNode its own
+# local files (node config data-path): it trains on them instead of a partition of the run's dataset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 num_nodes="${1:-2}"
@@ -53,6 +55,8 @@ export FL_DP_SUPERLINK=tls-local
 state_dir="${FL_DP_CLIENT_STATE_DIR:-$PWD/results/client-state}"
 
 for i in $(seq 0 $((num_nodes - 1))); do
+  node_data=""
+  if [ -n "${FL_DP_NODE_DATA:-}" ]; then node_data="data-path='${FL_DP_NODE_DATA//%i/$i}'"; fi
   ssh-keygen -q -t ecdsa -b 384 -N "" -f "$work/node-$i" -C "fl-dp-node-$i"
   # the SuperLink may still be starting: registration is retried for up to 30 s
   for attempt in $(seq 30); do
@@ -62,7 +66,7 @@ for i in $(seq 0 $((num_nodes - 1))); do
   flower-supernode \
     --superlink "127.0.0.1:$port" --root-certificates "$work/certs/ca.crt" \
     --auth-supernode-private-key "$work/node-$i" \
-    --node-config "partition-id=$i num-partitions=$num_nodes state-dir='$state_dir/node-$i' ${FL_DP_NODE_PRIVACY:-}" \
+    --node-config "partition-id=$i num-partitions=$num_nodes state-dir='$state_dir/node-$i' $node_data ${FL_DP_NODE_PRIVACY:-}" \
     --host 127.0.0.1 --port $((port + 1 + i)) >"$work/supernode-$i.log" 2>&1 &
   pids+=($!)
 done

@@ -177,3 +177,32 @@ def test_configure_train_broadcasts_the_arrays_flower_hands_it(tiny_cfg):
     assert np.array_equal(message.content.array_records["arrays"]["x"].numpy(), elsewhere)
     with pytest.raises(ValueError, match="finite with"):
         strategy.configure_train(1, ArrayRecord({"x": Array(np.zeros(3, np.float32))}), ConfigRecord(), FakeGrid([1, 2, 3, 4]))
+
+
+def _site_file(path, rows, label_of_row, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 3))
+    pd.DataFrame({"f1": x[:, 0], "f2": x[:, 1], "f3": x[:, 2], "label": [label_of_row(r) for r in x]}).to_csv(path, index=False)
+
+
+def test_a_supernode_with_its_own_files_trains_on_them(tiny_cfg, tmp_path):
+    _site_file(tmp_path / "server.csv", 60, lambda r: int(r[0] > 0), 0)
+    _site_file(tmp_path / "site-0.csv", 30, lambda r: int(r[0] > 0), 1)
+    _site_file(tmp_path / "site-1.csv", 12, lambda r: int(r[0] > 0), 2)
+    cfg = tiny_cfg.replace(dataset=f"files:{tmp_path / 'server.csv'}", num_clients=2, clients_per_round=2, num_server_rounds=2)
+    node_ids = [101, 102]
+    contexts = _contexts(cfg, node_ids)
+    for i, node in enumerate(node_ids):
+        contexts[node].node_config["data-path"] = str(tmp_path / f"site-{i}.csv")
+    strategy = FlDpStrategy(ServerCore(cfg))
+    messages = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), FakeGrid(node_ids)))
+    replies = [client_train(m, contexts[m.metadata.dst_node_id]) for m in messages]
+    counts = sorted(int(r.content.metric_records["metrics"]["num-examples"]) for r in replies)
+    assert counts == [12, 30]  # every row of each site's own file, and only those
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["accepted"] == 2
+    pd.DataFrame({"f1": [0.1], "label": [1]}).to_csv(tmp_path / "site-bad.csv", index=False)
+    contexts[101].node_config["data-path"] = str(tmp_path / "site-bad.csv")
+    bad = Context(run_id=2, node_id=101, node_config=contexts[101].node_config, state=RecordDict(), run_config=cfg.to_flwr())
+    with pytest.raises(ConfigError, match="data-path: inputs of shape"):
+        client_train(messages[0], bad)
