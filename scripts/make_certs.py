@@ -1,4 +1,9 @@
-"""Write a throw-away CA and a server certificate for 127.0.0.1 / localhost into DIR (for local TLS tests)."""
+"""Write a CA and a SuperLink certificate into DIR: for 127.0.0.1 / localhost (local TLS tests), and
+for every further name or IP given (a SuperLink on another host: its SAN must hold the address the
+SuperNodes dial).
+
+    python scripts/make_certs.py DIR [NAME_OR_IP ...]
+"""
 
 import datetime
 import ipaddress
@@ -16,7 +21,17 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.chmod(0o600)
 
 
-def main(directory: str) -> None:
+def _san(names: list[str]) -> list[x509.GeneralName]:
+    entries: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    for name in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return entries
+
+
+def main(directory: str, names: list[str] | None = None) -> None:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -43,7 +58,7 @@ def main(directory: str) -> None:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=7))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            x509.SubjectAlternativeName(_san(names or [])),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -56,4 +71,4 @@ def main(directory: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])
