@@ -5,7 +5,7 @@
 - ``iid`` (default): a seeded shuffle cut into near-equal parts (this project's own; kept so that
   every run and result measured before the partitioners came keeps its split);
 - ``dirichlet`` (``dirichlet-alpha``): per class, proportions from Dir(alpha) (Flower Datasets'
-  ``DirichletPartitioner``, at least 10 samples a client);
+  ``DirichletPartitioner``, at least 10 samples a client, or half the mean where that is fewer);
 - ``pathological`` (``pathological-classes``): each client holds that many classes
   (``PathologicalPartitioner``);
 - ``shard`` (``shard-count``): the label-sorted data cut into shards, that many a client
@@ -93,7 +93,7 @@ def partitions(
         partitioner: Any = NaturalIdPartitioner(partition_by="group")
         partitioner.dataset = _label_dataset(labels, rows, groups=groups)
     else:
-        partitioner = _flower_partitioner(spec, num_partitions, int(labels.max()) + 1)
+        partitioner = _flower_partitioner(spec, num_partitions, int(labels.max()) + 1, len(labels))
         if spec.name in ("linear", "square", "exponential"):
             rows = np.random.default_rng(spec.seed).permutation(len(labels))  # sizes by id, contents shuffled
         partitioner.dataset = _label_dataset(labels[rows], rows)
@@ -124,12 +124,18 @@ def _label_dataset(labels: np.ndarray, rows: np.ndarray, groups: np.ndarray | No
     return Dataset.from_dict(columns)
 
 
-def _flower_partitioner(spec: PartitionSpec, num_partitions: int, num_classes: int) -> Any:
+def _flower_partitioner(spec: PartitionSpec, num_partitions: int, num_classes: int, num_samples: int) -> Any:
     from flwr_datasets import partitioner as fp
 
     if spec.name == "dirichlet":
+        # at least 10 samples a client, or half the mean where clients are smaller than 20 on average
+        smallest = max(1, min(10, num_samples // (2 * num_partitions)))
         return fp.DirichletPartitioner(
-            num_partitions=num_partitions, partition_by="label", alpha=spec.dirichlet_alpha, seed=spec.seed
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=spec.dirichlet_alpha,
+            seed=spec.seed,
+            min_partition_size=smallest,
         )
     if spec.name == "pathological":
         if spec.pathological_classes > num_classes:
