@@ -8,7 +8,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
-STORIES = {"getting_started", "privacy_models", "ef21_reproduction", "sign_methods", "dp_sgd_rs"}
+STORIES = {"getting_started", "privacy_models", "ef21_reproduction", "sign_methods", "dp_sgd_rs", "heterogeneity"}
 
 
 def _images(notebook) -> list:
