@@ -56,10 +56,6 @@ class StrategySpec:
     def can_be_private(self, cfg: RunConfig) -> bool:
         return self.privacy != NONE and (self.private_when is None or self.private_when(cfg))
 
-    def privacy_level(self, cfg: RunConfig) -> str:
-        """The level of this run's guarantee: NONE for a run without noise."""
-        return self.privacy if cfg.is_private and self.can_be_private(cfg) else NONE
-
     def validate(self, cfg: RunConfig) -> None:
         if self.check is not None:
             self.check(cfg)
