@@ -25,6 +25,7 @@ server's, for the canaries themselves.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from fl_dp.audit_bounds import OneRunBound, best_one_run_bound, clopper_pearson_
 from fl_dp.central import CentralGaussianSum, project_to_ball
 from fl_dp.client import ClientCore
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.distributed import DistributedSkellam
+from fl_dp.distributed import WRAP_PROBABILITY, DistributedSkellam, mechanism_for
 from fl_dp.inprocess import InProcessFederation, simulated_secure_sum
 from fl_dp.privacy_policy import is_client_level_private, is_sample_level_private
 from fl_dp.wire import CLIENT_EPSILON, Reply, decode, encode
@@ -275,19 +276,25 @@ def _local_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.nd
     return totals.numpy(), float(spent.max())
 
 
-def _central_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
+def _canary_members(
+    cfg: RunConfig, members: np.ndarray, seed: int
+) -> tuple[InProcessFederation, torch.Tensor, list[str], dict[str, ClientCore], dict[str, dict[str, torch.Tensor]]]:
+    """The run, the canaries' directions, and the member canaries: their ids, clients and states
+    (they join the population the server samples from; non-members stay out)."""
     federation = InProcessFederation(cfg)
-    server = federation.server
-    assert server.central is not None
-    dim = server.dim
-    directions = canary_directions(len(members), dim, seed)
+    directions = canary_directions(len(members), federation.server.dim, seed)
     template = federation.clients["client-0"]
     ids = [cid for cid, member in zip(_canary_ids(len(members)), members) if member]
     clients = {
         cid: _canary_client(template, GradientCanary(directions[int(cid.split("-")[1])]), cfg.num_clients + i)
         for i, cid in enumerate(ids)
     }
-    states: dict[str, dict[str, torch.Tensor]] = {cid: {} for cid in ids}
+    return federation, directions, ids, clients, {cid: {} for cid in ids}
+
+
+def _central_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
+    federation, directions, ids, clients, states = _canary_members(cfg, members, seed)
+    server, dim = federation.server, federation.server.dim
     assert server.central is not None  # a central run
     recorder = _RecordingSum(server.central)
     server.central = recorder  # type: ignore[assignment]
@@ -329,19 +336,31 @@ def _distributed_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple
     shares, minus the other clients' noiseless messages (the adversary knows their data, not their
     noise shares, which are part of the noise). Scored with the Gaussian likelihood ratio at the
     noise the sum of the calibrated number of shares carries."""
-    federation = InProcessFederation(cfg)
-    server = federation.server
+    # the canaries join the population: the protocol's cohort bound (which a client checks the
+    # announced cohort size against) must admit them, with the shares' scale it implies
+    from scipy.stats import binom
+
+    import fl_dp.client as client_module
+
+    population = cfg.num_clients + int(members.sum())
+    mechanism = dataclasses.replace(
+        mechanism_for(cfg), max_cohort=max(2, int(binom.isf(WRAP_PROBABILITY, population, cfg.client_sample_rate)) + 1)
+    )
+    original = client_module.mechanism_for
+    client_module.mechanism_for = lambda _cfg: mechanism  # type: ignore[assignment]
+    try:
+        return _distributed_rounds(cfg, members, seed, mechanism)
+    finally:
+        client_module.mechanism_for = original
+
+
+def _distributed_rounds(
+    cfg: RunConfig, members: np.ndarray, seed: int, mechanism: DistributedSkellam
+) -> tuple[np.ndarray, float]:
+    federation, directions, ids, clients, states = _canary_members(cfg, members, seed)
+    server, dim = federation.server, federation.server.dim
     assert server.distributed is not None  # a distributed run
-    dim = server.dim
-    directions = canary_directions(len(members), dim, seed)
-    template = federation.clients["client-0"]
-    ids = [cid for cid, member in zip(_canary_ids(len(members)), members) if member]
-    clients = {
-        cid: _canary_client(template, GradientCanary(directions[int(cid.split("-")[1])]), cfg.num_clients + i)
-        for i, cid in enumerate(ids)
-    }
-    states: dict[str, dict[str, torch.Tensor]] = {cid: {} for cid in ids}
-    decoder = _RecordingDecoder(server.distributed)
+    decoder = _RecordingDecoder(mechanism)
     server.distributed = decoder  # type: ignore[assignment]
     bound, sigma, rate = decoder.bound, decoder.effective_noise_multiplier, cfg.client_sample_rate
     messages: dict[str, torch.Tensor] = {}
@@ -366,7 +385,7 @@ def _distributed_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple
         y = (directions.double() @ (decoder.last.double() - others)) / bound
         scores += _subsampled_gaussian_log_ratio(y, sigma, rate)
         decoder.last = None
-    server.distributed = decoder.mechanism
+    server.distributed = mechanism
     epsilon = max(server.ledger.epsilon(cid) for cid in ids) if ids else server.ledger.summary()[0]
     return scores.numpy(), epsilon
 
