@@ -16,8 +16,10 @@ batch 32).
 
     python -m benchmarks.privacy_utility                       # 100 rounds, eps {2, 8, inf}, central
     python -m benchmarks.privacy_utility --full                # eps {1, 2, 4, 8, inf}, local and central
-    python -m benchmarks.privacy_utility --rounds 300 --best-of docs/results/privacy_utility_best.csv --epsilons 8 2
-                                                               # each cell's best setting again, 300 rounds
+    python -m benchmarks.privacy_utility --rounds 200 --best-of results/privacy_utility_best.csv --epsilons 8 --merge
+                                                               # each cell's best setting again, 200 rounds
+    python -m benchmarks.privacy_utility --models distributed --best-of results/privacy_utility_best.csv --best-model central --merge
+                                                               # distributed DP at central's best settings
     python -m benchmarks.privacy_utility --quick               # a smoke test: 100 clients, 5 rounds
     python -m benchmarks.privacy_utility --merge --epsilons 1 4 --models central   # add cells to the table
 
@@ -196,6 +198,8 @@ def main() -> None:
     parser.add_argument("--epsilons", nargs="+", type=float, default=None, help="override the epsilons (inf for no noise)")
     parser.add_argument("--models", nargs="+", default=None, choices=["local", "central", "distributed"], help="override the privacy models")
     parser.add_argument("--best-of", type=Path, default=None, help="run only each cell's best setting in this earlier best table")
+    parser.add_argument("--best-model", default=None, choices=["local", "central", "distributed"],
+                        help="with --best-of: take every cell's setting from this privacy model's cells (e.g. distributed from central)")
     parser.add_argument("--merge", action="store_true", help="keep the runs already in --out (and its histories) and add or replace this grid's")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
     args = parser.parse_args()
@@ -214,7 +218,8 @@ def main() -> None:
         cells = [(s, m, e) for s in args.strategies for m in models for e in epsilons]
     settings = None
     if args.best_of is not None:
-        settings = best_settings(args.best_of)
+        best = best_settings(args.best_of)
+        settings = {(s, m, e): best[(s, args.best_model or m, e)] for s, m, e in cells if (s, args.best_model or m, e) in best}
         cells = [cell for cell in cells if cell in settings]
     seeds = 1 if args.quick else args.seeds
     grid = jobs(cells, seeds, scale, settings)
