@@ -142,6 +142,21 @@ def bytes_per_client(run: pd.DataFrame) -> float:
     return float((sent["bytes-up"] / sent["accepted"]).mean()) if len(sent) else math.nan
 
 
+def finished_runs(
+    histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]]
+) -> tuple[pd.DataFrame, list[tuple[RunConfig, dict[str, Any]]]]:
+    """The histories of the runs that reached their last round, and the grid's jobs still to run."""
+    key = ["strategy", "privacy-model", "epsilon", "setting", "rounds", "seed"]
+    histories = histories.drop_duplicates(subset=key + ["round"], keep="last")
+    complete = {tuple(k) for k in histories[histories["round"] == histories["rounds"]][key].itertuples(index=False)}
+    todo = [
+        (cfg, labels) for cfg, labels in grid
+        if (cfg.strategy, cfg.privacy_model, labels["epsilon"], labels["setting"], cfg.num_server_rounds, cfg.seed) not in complete
+    ]
+    kept = histories[[tuple(k) in complete for k in histories[key].itertuples(index=False)]]
+    return kept.reset_index(drop=True), todo
+
+
 def merged(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
     """Rows of both grids; where a run (strategy, model, eps, setting, rounds, seed) is in both, the latest."""
     both = pd.concat([earlier, latest], ignore_index=True)
@@ -201,6 +216,8 @@ def main() -> None:
     parser.add_argument("--best-model", default=None, choices=["local", "central", "distributed"],
                         help="with --best-of: take every cell's setting from this privacy model's cells (e.g. distributed from central)")
     parser.add_argument("--merge", action="store_true", help="keep the runs already in --out (and its histories) and add or replace this grid's")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the runs that --out's histories already hold to their last round (a grid stopped early)")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
     args = parser.parse_args()
     if args.quick:
@@ -234,7 +251,11 @@ def main() -> None:
         rerun = {(c.strategy, c.privacy_model, labels["epsilon"], labels["setting"], c.num_server_rounds, c.seed) for c, labels in grid}
         key = earlier_histories[["strategy", "privacy-model", "epsilon", "setting", "rounds", "seed"]].itertuples(index=False)
         earlier_histories = earlier_histories[[tuple(k) not in rerun for k in key]]
-    histories = run_grid(grid, args.workers, partial_csv=histories_csv, prior=earlier_histories)
+    todo = grid
+    if args.resume and histories_csv.exists():
+        earlier_histories, todo = finished_runs(pd.concat([earlier_histories, pd.read_csv(histories_csv)]), grid)
+        print(f"resuming: {len(todo)} of {len(grid)} runs left", flush=True)
+    histories = run_grid(todo, args.workers, partial_csv=histories_csv, prior=earlier_histories)
     runs = rows_of(histories, grid)
     if earlier_runs is not None:
         runs = merged(earlier_runs, runs)

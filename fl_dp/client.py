@@ -32,6 +32,7 @@ from fl_dp.wire import (
     DP_STEPS,
     LEDGER_STATE,
     NUM_EXAMPLES,
+    PARTITION_ID,
     SERVER_ROUND,
     STATE_FRESH,
     TRAIN_LOSS,
@@ -103,7 +104,7 @@ class ClientCore:
             message = flip(message, BYZANTINE_ATTACKS[self.cfg.byzantine_attack])
         # the dataset size is treated as public; loss and other statistics only leave the client
         # of a non-private run, since they would be unaccounted releases of its data
-        metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples}
+        metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples, PARTITION_ID: float(self.partition_id)}
         if self.algorithm.client_state_step is not None and "g" not in state:
             metrics[STATE_FRESH] = 1.0
         if not self.cfg.is_private:

@@ -22,17 +22,28 @@ from fl_dp.server import ServerCore
 from fl_dp.wire import Reply
 
 
-class LazyClients(Mapping[str, ClientCore]):
+class LazyClients(Mapping[Any, ClientCore]):
     """``client-i`` -> its ClientCore, built on first use: a population of 10,000 holds only
-    the clients that were ever sampled (their data subsets and algorithms), not all of them."""
+    the clients that were ever sampled (their data subsets and algorithms), not all of them.
 
-    def __init__(self, cfg: RunConfig) -> None:
+    ``partitions`` (client id -> partition id, e.g. a Flower simulation's node ids from
+    :meth:`ServerCore.client_partitions`) names the clients as that run did, so that the
+    server samples the same cohorts.
+    """
+
+    def __init__(self, cfg: RunConfig, partitions: Mapping[Any, int] | None = None) -> None:
         self.cfg = cfg
-        self._ids = [f"client-{i}" for i in range(cfg.num_clients)]
-        self._index = {cid: i for i, cid in enumerate(self._ids)}
-        self._built: dict[str, ClientCore] = {}
+        if partitions is None:
+            partitions = {f"client-{i}": i for i in range(cfg.num_clients)}
+        elif sorted(partitions.values()) != list(range(cfg.num_clients)):
+            raise ConfigError(
+                f"client partitions must map {cfg.num_clients} clients one to one onto the partitions of num-clients"
+            )
+        self._ids = list(partitions)
+        self._index = dict(partitions)
+        self._built: dict[Any, ClientCore] = {}
 
-    def __getitem__(self, cid: str) -> ClientCore:
+    def __getitem__(self, cid: Any) -> ClientCore:
         if cid not in self._built:
             self._built[cid] = ClientCore(self.cfg, self._index[cid])
         return self._built[cid]
@@ -54,19 +65,21 @@ class InProcessFederation:
 
     cfg: RunConfig
     evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None
+    #: client id -> partition id (default ``client-i`` -> i); see :class:`LazyClients`
+    partitions: Mapping[Any, int] | None = None
     server: ServerCore = field(init=False)
     clients: LazyClients = field(init=False)
-    states: dict[str, State] = field(init=False)
+    states: dict[Any, State] = field(init=False)
 
     def __post_init__(self) -> None:
         self.server = ServerCore(self.cfg, self.evaluate_fn)
-        self.clients = LazyClients(self.cfg)
+        self.clients = LazyClients(self.cfg, self.partitions)
         self.states = {cid: {} for cid in self.clients}
         restored = self.server.resume(client_ids_are_stable=True)
-        unknown = set(restored) - set(self.states)
+        unknown = set(restored) - {str(cid) for cid in self.states}
         if unknown:
             raise ConfigError(f"resume: checkpoint holds states of clients this run does not have: {sorted(unknown)[:3]}")
-        self.states.update(restored)
+        self.states.update({cid: restored[str(cid)] for cid in self.clients if str(cid) in restored})
 
     def train_cohort(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Reply]]:
         """Broadcast round ``server_round`` and let its sampled clients train: (arrays, config, replies)."""
@@ -113,6 +126,11 @@ def simulated_secure_sum(
     return (ring_sum(shares, mechanism.modulus) if shares else None), contributors, failures
 
 
-def run_inprocess(cfg: RunConfig, evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None) -> pd.DataFrame:
-    """Run ``cfg`` without Flower or Ray; returns the per-round metrics."""
-    return InProcessFederation(cfg, evaluate_fn).run()
+def run_inprocess(
+    cfg: RunConfig,
+    evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None,
+    partitions: Mapping[Any, int] | None = None,
+) -> pd.DataFrame:
+    """Run ``cfg`` without Flower or Ray; returns the per-round metrics. ``partitions``: the
+    clients' ids as a Flower run named them (``run.core.client_partitions()``), to replay it."""
+    return InProcessFederation(cfg, evaluate_fn, partitions).run()

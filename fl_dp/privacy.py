@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -174,10 +174,11 @@ class PrivacyLedger:
             history.append(release)
         self._epsilon_cache.pop(client, None)
 
-    def record_many(self, clients: list[str], release: Release) -> None:
-        """Charge every client in ``clients`` the same ``release`` (a population-wide round)."""
+    def record_many(self, clients: Sequence[Any], release: Release) -> None:
+        """Charge every client in ``clients`` the same ``release`` (a population-wide round); the
+        ledger names clients by ``str(id)``, as the replies do."""
         for client in clients:
-            self.record(client, release)
+            self.record(str(client), release)
 
     def releases(self, client: str) -> list[Release]:
         return list(self._releases.get(client, []))

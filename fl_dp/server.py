@@ -56,6 +56,7 @@ from fl_dp.wire import (
     DP_STEPS,
     NON_PRIVATE_STATISTICS,
     NUM_EXAMPLES,
+    PARTITION_ID,
     PRIVACY_RECORD,
     RESUMED_FROM,
     SERVER_ROUND,
@@ -116,6 +117,8 @@ class ServerCore:
             self.central = CentralGaussianSum(bound=message_bound(cfg), noise_multiplier=self.noise_multiplier)
         self.distributed: DistributedSkellam | None = mechanism_for(cfg) if cfg.privacy_model == "distributed" else None
         self._population: list[Any] = []
+        self._connected: list[Any] = []
+        self._partitions: dict[str, int] = {}
         self._cohort: frozenset[str] = frozenset()
         self._cohort_size = 0
         self._skip = ""
@@ -166,6 +169,7 @@ class ServerCore:
         """
         self._skip = ""
         self._population = []
+        self._connected = sorted(client_ids)
         if len(client_ids) < self.cfg.min_clients_per_round:
             self._skip = f"{len(client_ids)} clients connected, min-clients-per-round is {self.cfg.min_clients_per_round}"
             self._cohort = frozenset()
@@ -178,6 +182,28 @@ class ServerCore:
         self._cohort = frozenset(str(client) for client in cohort)
         self._cohort_size = len(self._cohort)
         return cohort
+
+    def _note_partition(self, client: str, metrics: Mapping[str, float]) -> None:
+        partition = metrics.get(PARTITION_ID)
+        if partition is not None and partition.is_integer() and 0 <= partition < self.cfg.num_clients:
+            self._partitions[client] = int(partition)
+
+    def client_partitions(self) -> dict[Any, int]:
+        """Node id -> partition id of the clients connected at the last sampling, for replaying a
+        Flower simulation in the in-process loop (:class:`fl_dp.inprocess.InProcessFederation`).
+
+        A node's partition is the one its replies reported (diagnostic only: it never weighs in on
+        aggregation or accounting); nodes that never replied get the unreported partitions in order,
+        which cannot change the trajectory since they never contributed.
+        """
+        known = {node: self._partitions.get(str(node)) for node in self._connected}
+        free = iter(sorted(set(range(self.cfg.num_clients)) - {p for p in known.values() if p is not None}))
+        mapping: dict[Any, int] = {}
+        for node, partition in known.items():
+            partition = partition if partition is not None else next(free, None)
+            if partition is not None:  # more nodes than partitions: the surplus has none
+                mapping[node] = partition
+        return mapping
 
     def broadcast(self, server_round: int, x: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and config of this round's training request, for the global vector ``x`` (Flower's
@@ -231,7 +257,10 @@ class ServerCore:
             except (MalformedMessage, ValueError, TypeError, OverflowError) as err:
                 rejected.append(f"{client}: {err}")
                 continue
+            self._note_partition(client, metrics)
             accepted.append((Reply(client, reply.arrays, metrics), vector))
+        # the sum in one order whatever order the replies arrived in (floating-point addition)
+        accepted.sort(key=lambda item: item[0].client_id)
         for reason in rejected:
             log.warning("round %d: rejected reply from %s", server_round, reason)
         if self.central is not None:

@@ -48,7 +48,10 @@ STATE_FRESH = "state-fresh"
 LEDGER_STATE = "privacy-ledger"
 
 #: what an honest client reports: always, under ``local`` privacy, and only without privacy
-ALWAYS_REPORTED = frozenset({NUM_EXAMPLES, STATE_FRESH})
+#: the node's partition id under Flower (node config), so that the in-process loop can replay a
+#: simulation whose SuperNodes got random node ids; never used for aggregation or accounting
+PARTITION_ID = "partition-id"
+ALWAYS_REPORTED = frozenset({NUM_EXAMPLES, STATE_FRESH, PARTITION_ID})
 PRIVACY_RECORD = frozenset({DP_NOISE, DP_RATE, DP_STEPS, CLIENT_EPSILON})
 NON_PRIVATE_STATISTICS = frozenset({TRAIN_LOSS, "grad-norm"})
 

@@ -120,11 +120,11 @@ def test_clients_send_their_noiseless_bounded_message(tiny_cfg):
         reference, _, _ = noiseless.clients[cid].train(arrays, config, {})
         assert np.array_equal(sent["dense"], reference["dense"])
         assert float(torch.linalg.vector_norm(decode(sent, fed.server.dim))) < 1.0
-        # no loss or other statistic leaves a client of a private run (only its example count and,
-        # from an empty error-feedback state, that it started empty); no client-side ledger
-        assert set(metrics) == {"num-examples", "state-fresh"} and "privacy-ledger" not in state
+        # no loss or other statistic leaves a client of a private run (only its example count, its
+        # partition id and, from an empty error-feedback state, that it started empty); no client-side ledger
+        assert set(metrics) == {"num-examples", "partition-id", "state-fresh"} and "privacy-ledger" not in state
         _, again, _ = fed.clients[cid].train(arrays, config, state)
-        assert set(again) == {"num-examples"}
+        assert set(again) == {"num-examples", "partition-id"}
 
 
 # ---------------------------------------------------------------- accounting

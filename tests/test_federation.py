@@ -102,10 +102,12 @@ def test_fedavg_learns_the_synthetic_task(tiny_cfg):
 
 
 def test_private_clients_send_only_accounted_metrics(tiny_cfg):
+    """Nothing computed from the data leaves a private client: its (public) size and partition id,
+    and the record of its release."""
     private = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", server_lr=0.1, noise_multiplier=1.0))
     arrays, config = private.server.broadcast(1)
     _, metrics, state = private.clients["client-0"].train(arrays, config, {})
-    accounted = {"num-examples", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "client-epsilon"}
+    accounted = {"num-examples", "partition-id", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "client-epsilon"}
     assert set(metrics) == accounted | {"state-fresh"}  # its first round: it started empty
     _, metrics, _ = private.clients["client-0"].train(arrays, config, state)
     assert set(metrics) == accounted
