@@ -57,6 +57,19 @@ def privacy_utility(models: tuple[str, ...]) -> Callable[[], str]:
     return table
 
 
+def privacy_utility_runs() -> str:
+    """Every run of the grid: one row per (strategy, setting), one column per (model, rounds, eps)."""
+    runs = pd.read_csv(RESULTS / "privacy_utility.csv")
+    runs["cell"] = [f"{m} {r} rounds, eps {_eps(e)}" for m, r, e in zip(runs["privacy_model"], runs["rounds"], runs["epsilon"])]
+    cells = list(dict.fromkeys(runs.sort_values(["privacy_model", "rounds", "epsilon"])["cell"]))
+    table = runs.pivot_table(index=["strategy", "setting"], columns="cell", values="test_accuracy", aggfunc="mean", sort=False)
+    lines = ["| strategy | setting | " + " | ".join(cells) + " |", "|---|---|" + "---|" * len(cells)]
+    for (strategy, setting), row in table.iterrows():
+        values = ["" if pd.isna(row.get(c)) else f"{row[c]:.3f}" for c in cells]
+        lines.append(f"| {strategy} | {setting} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def privacy_audit(method: str) -> Callable[[], str]:
     """The audited lower bounds against the ledger's epsilon, one-run or many-run rows."""
 
@@ -93,6 +106,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "strategies": strategies_table,
     "privacy-utility": privacy_utility(("central", "distributed", "local")),
     "privacy-utility-central": privacy_utility(("central",)),
+    "privacy-utility-runs": privacy_utility_runs,
     "privacy-audit": privacy_audit("one-run"),
     "privacy-audit-many-run": privacy_audit("many-run"),
     "robust-aggregation": robust_aggregation,

@@ -42,8 +42,9 @@ def _contexts(cfg, node_ids):
     }
 
 
-def _run_flower(cfg, rounds, corrupt=None):
-    node_ids = [101 + i for i in range(cfg.num_clients)]  # sorted like the in-process client ids
+def _run_flower(cfg, rounds, corrupt=None, node_ids=None):
+    # default: sorted like the in-process client ids; node_ids[i] serves partition i
+    node_ids = node_ids or [101 + i for i in range(cfg.num_clients)]
     strategy = FlDpStrategy(ServerCore(cfg))
     contexts = _contexts(cfg, node_ids)
     grid = FakeGrid(node_ids)
@@ -137,6 +138,35 @@ def test_flower_path_and_in_process_loop_agree_under_central_dp(tiny_cfg, strate
     # both ledgers charge all six clients at q = 1/2 every round
     assert sorted(flower_strategy.core.ledger.epsilons().values()) == sorted(fed.server.ledger.epsilons().values())
     assert len(fed.server.ledger.epsilons()) == 6
+
+
+@pytest.mark.parametrize("privacy_model", ["local", "central"])
+def test_a_flower_run_with_unordered_node_ids_replays_in_process(tiny_cfg, privacy_model):
+    # Flower's simulation gives SuperNodes random ids: sorted, they are not in partition order
+    cfg = tiny_cfg.replace(strategy="alpha-normec", privacy_model=privacy_model, num_clients=6, clients_per_round=3,
+                           server_lr=0.3, noise_multiplier=0.7)
+    node_ids = [907, 13, 555, 42, 318, 76]
+    trajectory, flower_strategy, _, _ = _run_flower(cfg, 4, node_ids=node_ids)
+    partitions = flower_strategy.core.client_partitions()
+    assert sorted(partitions) == sorted(node_ids) and sorted(partitions.values()) == list(range(6))
+    fed = InProcessFederation(cfg, partitions=partitions)
+    for server_round, x in enumerate(trajectory, start=1):
+        fed.run_round(server_round)
+        assert torch.allclose(fed.server.x, x, atol=1e-6)
+    assert flower_strategy.core.ledger.epsilons() == pytest.approx(fed.server.ledger.epsilons())
+    # without the mapping the in-process loop samples other partitions: another trajectory
+    plain = InProcessFederation(cfg)
+    for server_round in range(1, 5):
+        plain.run_round(server_round)
+    assert not torch.allclose(plain.server.x, trajectory[-1], atol=1e-6)
+
+
+def test_client_partitions_ignore_what_is_not_a_partition(tiny_cfg):
+    core = ServerCore(tiny_cfg.replace(num_clients=3, clients_per_round=3))
+    core.sample([30, 10, 20])
+    for node, claimed in ((10, 2.0), (20, 7.0), (30, 0.5)):  # 7: out of range, 0.5: not an index
+        core._note_partition(str(node), {"partition-id": claimed})
+    assert core.client_partitions() == {10: 2, 20: 0, 30: 1}
 
 
 class LoopbackGrid(FakeGrid):
