@@ -102,7 +102,7 @@ class ClientCore:
             message, release = self.postprocessor(dense(message), generator)
         if self.byzantine:
             message = flip(message, BYZANTINE_ATTACKS[self.cfg.byzantine_attack])
-        # the dataset size is treated as public; loss and other statistics only leave the client
+        # the dataset size and partition id are treated as public; loss and other statistics only leave the client
         # of a non-private run, since they would be unaccounted releases of its data
         metrics: dict[str, float] = {NUM_EXAMPLES: update.num_examples, PARTITION_ID: float(self.partition_id)}
         if self.algorithm.client_state_step is not None and "g" not in state:

@@ -47,10 +47,11 @@ STATE_FRESH = "state-fresh"
 #: the client's own ledger rows inside its state (kept in :data:`LEDGER_RECORD` by the ClientApp)
 LEDGER_STATE = "privacy-ledger"
 
-#: what an honest client reports: always, under ``local`` privacy, and only without privacy
-#: the node's partition id under Flower (node config), so that the in-process loop can replay a
-#: simulation whose SuperNodes got random node ids; never used for aggregation or accounting
+#: reply metric: the client's partition id (node config under Flower), so that the in-process loop
+#: can replay a simulation whose SuperNodes got random node ids; never used to aggregate or account
 PARTITION_ID = "partition-id"
+
+#: what an honest client reports: always, under ``local`` privacy, and only without privacy
 ALWAYS_REPORTED = frozenset({NUM_EXAMPLES, STATE_FRESH, PARTITION_ID})
 PRIVACY_RECORD = frozenset({DP_NOISE, DP_RATE, DP_STEPS, CLIENT_EPSILON})
 NON_PRIVATE_STATISTICS = frozenset({TRAIN_LOSS, "grad-norm"})
