@@ -73,23 +73,31 @@ def save(history: pd.DataFrame, csv_path: str | Path) -> tuple[Path, Path]:
     return csv_path, png_path
 
 
+FIGSIZE = (12, 3.4)
+
+
 def plot(history: pd.DataFrame, path: Path) -> None:
-    """:func:`figure` saved as a PNG (without a display)."""
-    import matplotlib
+    """:func:`figure` saved as a PNG, drawn without pyplot: the process's backend (a notebook's
+    inline display, say) is left as it is."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = figure(history)
+    fig = Figure(figsize=FIGSIZE)
+    _draw(fig, history)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def figure(history: pd.DataFrame) -> Any:
-    """Test accuracy, epsilon and cumulative upload per round, one panel each (a matplotlib Figure)."""
+    """Test accuracy, epsilon and cumulative upload per round, one panel each (a pyplot Figure, shown
+    by a notebook)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig = plt.figure(figsize=FIGSIZE)
+    _draw(fig, history)
+    return fig
+
+
+def _draw(fig: Any, history: pd.DataFrame) -> None:
+    axes = fig.subplots(1, 3)
     panels = [
         ("test-accuracy", "test accuracy", history.get("test-accuracy")),
         ("epsilon-max", "epsilon (max over clients)", history.get("epsilon-max")),
@@ -109,7 +117,6 @@ def figure(history: pd.DataFrame) -> Any:
     title = " ".join(str(history[c].iloc[0]) for c in ("strategy", "privacy-model") if c in history and len(history))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return fig
 
 
 def _megabytes(num_bytes: float) -> str:
