@@ -36,3 +36,25 @@ def test_the_better_setting_is_kept_per_cell_from_the_seed_mean(tmp_path):
     best.to_csv(tmp_path / "best.csv", index=False)
     assert best_settings(tmp_path / "best.csv") == {("alpha-normec", "central", 8.0): [{"beta": 1.0, "server_lr": 0.5}]}
     assert parse_setting(setting_label({"clip": 0.3, "server_lr": 3.0})) == {"clip": 0.3, "server_lr": 3.0}
+
+
+def test_a_resumed_grid_runs_only_what_did_not_reach_its_last_round():
+    from benchmarks.privacy_utility import finished_runs
+
+    scale = dict(clients=1000, per_round=100, rounds=3)
+    grid = jobs([("clip21", "central", 8.0)], seeds=1, scale=scale)
+    for _, labels in grid:
+        labels["rounds"] = 3
+    first, second = grid[0][1]["setting"], grid[1][1]["setting"]
+
+    def history(setting, rounds):
+        return pd.DataFrame({
+            "round": list(rounds), "strategy": "clip21", "privacy-model": "central", "epsilon": 8.0,
+            "setting": setting, "rounds": 3, "seed": 0,
+        })
+
+    # the first run finished (and was written twice), the second stopped after round 2
+    done = pd.concat([history(first, (1, 2, 3)), history(first, (1, 2, 3)), history(second, (1, 2))])
+    kept, todo = finished_runs(done, grid)
+    assert [labels["setting"] for _, labels in todo] == [labels["setting"] for _, labels in grid[1:]]
+    assert set(kept["setting"]) == {first} and len(kept) == 3
