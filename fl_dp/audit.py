@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,6 +293,33 @@ def _canary_members(
     return federation, directions, ids, clients, {cid: {} for cid in ids}
 
 
+def _canary_round(
+    server_round: int,
+    federation: InProcessFederation,
+    ids: list[str],
+    clients: dict[str, ClientCore],
+    states: dict[str, dict[str, torch.Tensor]],
+    other: Callable[[str, dict[str, np.ndarray], dict[str, Any]], tuple[Reply, torch.Tensor]],
+    bound: float,
+) -> tuple[list[Reply], torch.Tensor]:
+    """One round with the member canaries in the population: every sampled client's reply, and the
+    sum of the other clients' noiseless messages (``other`` trains one: (reply, message)), which the
+    adversary of DP knows, since it knows their data."""
+    server = federation.server
+    cohort = server.sample(list(federation.clients) + ids)
+    arrays, config = server.broadcast(server_round)
+    replies, others = [], torch.zeros(server.dim, dtype=torch.float64)
+    for cid in cohort:
+        if cid in clients:
+            out, metrics, states[cid] = clients[cid].train(arrays, config, states[cid])
+            replies.append(Reply(cid, out, metrics))
+        else:
+            reply, message = other(cid, arrays, config)
+            replies.append(reply)
+            others += project_to_ball(message.double(), bound)
+    return replies, others
+
+
 def _central_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
     federation, directions, ids, clients, states = _canary_members(cfg, members, seed)
     server, dim = federation.server, federation.server.dim
@@ -300,18 +328,13 @@ def _central_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.
     server.central = recorder  # type: ignore[assignment]
     bound, sigma, rate = recorder.bound, server.noise_multiplier, cfg.client_sample_rate
     scores = torch.zeros(len(members), dtype=torch.float64)
+
+    def other(cid: str, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[Reply, torch.Tensor]:
+        out, metrics, federation.states[cid] = federation.clients[cid].train(arrays, config, federation.states[cid])
+        return Reply(cid, out, metrics), decode(out, dim, server.algorithm.wire_layouts)
+
     for server_round in range(1, cfg.num_server_rounds + 1):
-        cohort = server.sample(list(federation.clients) + ids)
-        arrays, config = server.broadcast(server_round)
-        replies, others = [], torch.zeros(dim, dtype=torch.float64)
-        for cid in cohort:
-            if cid in clients:
-                out, metrics, states[cid] = clients[cid].train(arrays, config, states[cid])
-            else:
-                out, metrics, federation.states[cid] = federation.clients[cid].train(arrays, config, federation.states[cid])
-                # the adversary of DP knows every other client's data, hence its message
-                others += project_to_ball(decode(out, dim, server.algorithm.wire_layouts), bound).double()
-            replies.append(Reply(cid, out, metrics))
+        replies, others = _canary_round(server_round, federation, ids, clients, states, other, bound)
         server.aggregate(server_round, replies)
         released = recorder.last.double() - others
         y = (directions.double() @ released) / bound
@@ -358,27 +381,21 @@ def _distributed_rounds(
     cfg: RunConfig, members: np.ndarray, seed: int, mechanism: DistributedSkellam
 ) -> tuple[np.ndarray, float]:
     federation, directions, ids, clients, states = _canary_members(cfg, members, seed)
-    server, dim = federation.server, federation.server.dim
+    server = federation.server
     assert server.distributed is not None  # a distributed run
     decoder = _RecordingDecoder(mechanism)
     server.distributed = decoder  # type: ignore[assignment]
     bound, sigma, rate = decoder.bound, decoder.effective_noise_multiplier, cfg.client_sample_rate
     messages: dict[str, torch.Tensor] = {}
     scores = torch.zeros(len(members), dtype=torch.float64)
+
+    def other(cid: str, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[Reply, torch.Tensor]:
+        client = _recording_share(federation.clients[cid], messages, cid)
+        out, metrics, federation.states[cid] = client.train(arrays, config, federation.states[cid])
+        return Reply(cid, out, metrics), messages.pop(cid)
+
     for server_round in range(1, cfg.num_server_rounds + 1):
-        cohort = server.sample(list(federation.clients) + ids)
-        arrays, config = server.broadcast(server_round)
-        replies, others = [], torch.zeros(dim, dtype=torch.float64)
-        for cid in cohort:
-            if cid in clients:
-                out, metrics, states[cid] = clients[cid].train(arrays, config, states[cid])
-            else:
-                client = federation.clients[cid]
-                out, metrics, federation.states[cid] = _recording_share(client, messages, cid).train(
-                    arrays, config, federation.states[cid]
-                )
-                others += project_to_ball(messages.pop(cid).double(), bound)
-            replies.append(Reply(cid, out, metrics))
+        replies, others = _canary_round(server_round, federation, ids, clients, states, other, bound)
         server.aggregate_secure(server_round, *simulated_secure_sum(replies, decoder.mechanism))
         if decoder.last is None:  # the round was skipped: nothing was released
             continue
