@@ -64,6 +64,13 @@ COLUMNS = [
     "test_accuracy", "seed", "setting", "server_lr", "seconds", "bytes_up_per_client",
 ]
 RUN_KEY = ["strategy", "privacy_model", "epsilon", "setting", "rounds", "seed"]
+#: the same key in the per-round histories' column names
+HISTORY_KEY = ["strategy", "privacy-model", "epsilon", "setting", "rounds", "seed"]
+
+
+def run_key(cfg: RunConfig, labels: dict[str, Any]) -> tuple[Any, ...]:
+    """A job's values of :data:`HISTORY_KEY`."""
+    return (cfg.strategy, cfg.privacy_model, labels["epsilon"], labels["setting"], cfg.num_server_rounds, cfg.seed)
 
 
 def setting_label(setting: dict[str, float]) -> str:
@@ -146,14 +153,11 @@ def finished_runs(
     histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]]
 ) -> tuple[pd.DataFrame, list[tuple[RunConfig, dict[str, Any]]]]:
     """The histories of the runs that reached their last round, and the grid's jobs still to run."""
-    key = ["strategy", "privacy-model", "epsilon", "setting", "rounds", "seed"]
-    histories = histories.drop_duplicates(subset=key + ["round"], keep="last")
-    complete = {tuple(k) for k in histories[histories["round"] == histories["rounds"]][key].itertuples(index=False)}
-    todo = [
-        (cfg, labels) for cfg, labels in grid
-        if (cfg.strategy, cfg.privacy_model, labels["epsilon"], labels["setting"], cfg.num_server_rounds, cfg.seed) not in complete
-    ]
-    kept = histories[[tuple(k) in complete for k in histories[key].itertuples(index=False)]]
+    histories = histories.drop_duplicates(subset=HISTORY_KEY + ["round"], keep="last")
+    last_rounds = histories[histories["round"] == histories["rounds"]]
+    complete = {tuple(k) for k in last_rounds[HISTORY_KEY].itertuples(index=False)}
+    todo = [(cfg, labels) for cfg, labels in grid if run_key(cfg, labels) not in complete]
+    kept = histories[[tuple(k) in complete for k in histories[HISTORY_KEY].itertuples(index=False)]]
     return kept.reset_index(drop=True), todo
 
 
@@ -248,8 +252,8 @@ def main() -> None:
     earlier_runs, earlier_histories = None, None
     if args.merge and args.out.exists() and histories_csv.exists():
         earlier_runs, earlier_histories = pd.read_csv(args.out), pd.read_csv(histories_csv)
-        rerun = {(c.strategy, c.privacy_model, labels["epsilon"], labels["setting"], c.num_server_rounds, c.seed) for c, labels in grid}
-        key = earlier_histories[["strategy", "privacy-model", "epsilon", "setting", "rounds", "seed"]].itertuples(index=False)
+        rerun = {run_key(cfg, labels) for cfg, labels in grid}
+        key = earlier_histories[HISTORY_KEY].itertuples(index=False)
         earlier_histories = earlier_histories[[tuple(k) not in rerun for k in key]]
     todo = grid
     if args.resume and histories_csv.exists():
