@@ -1,4 +1,5 @@
-"""The Flower ClientApp: one training request in, one compressed / noised message out.
+"""The Flower ClientApp: one training request in, one compressed / noised message out (and, under
+federated evaluation, one evaluation request in, the held-out loss and accuracy out).
 
 The client's persistent state (error-feedback vector g_i, momentum) and its own privacy ledger
 live in two records of ``context.state``, so that they survive across rounds, including rounds
@@ -111,6 +112,22 @@ def state_store_of(context: Context, cfg: RunConfig, partition_id: int) -> Clien
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     return train_with(msg, context, RunConfig.from_flwr(context.run_config))
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return evaluate_with(msg, context, RunConfig.from_flwr(context.run_config))
+
+
+def evaluate_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message:
+    """Answer one evaluation message (``evaluation = "federated"``): the global vector's loss and
+    accuracy on this client's held-out examples; the client's state is not touched."""
+    partition_id, cfg = partition_of(context, run_cfg)
+    client = _client(cfg, partition_id, privacy_floor_of(context), str(context.node_config.get("data-path", "")))
+    arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
+    config: dict[str, Any] = dict(msg.content.config_records[CONFIG_KEY].items())
+    metrics = client.evaluate(arrays, config)
+    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metric_values(metrics))}), reply_to=msg)
 
 
 def train_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message:

@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = frozenset(
         "node-wait-timeout",
         "min-clients-per-round",
         "eval-every",
+        "evaluation-clients",
         "verbose",
     }
 )

@@ -16,6 +16,7 @@ from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset
 from fl_dp.distributed import RING_KEY, mechanism_for, rotation_signs
 from fl_dp.external_data import FILES, load_external
+from fl_dp.federated_evaluation import TEST_ACCURACY, TEST_LOSS, split_held_out
 from fl_dp.privacy import PrivacyLedger, Release
 from fl_dp.privacy_floor import PrivacyFloor
 from fl_dp.privacy_policy import client_noise_multiplier, local_postprocessor, round_release
@@ -59,6 +60,11 @@ class ClientCore:
             data = client_dataset(cfg, partition_id)
         else:
             check_fits(data, model, cfg)
+        #: under federated evaluation, the examples kept out of training to test the global model on
+        self.held_out: Objective | None = None
+        if cfg.evaluation == "federated":
+            data, held_out = split_held_out(data, cfg.held_out_fraction, cfg.seed, partition_id)
+            self.held_out = Objective(model, held_out, cfg.regularizer_lambda)
         self.objective = Objective(model, data, cfg.regularizer_lambda)
         self.oracle: Any = self.objective
         if cfg.grad_noise != "none":
@@ -79,11 +85,7 @@ class ClientCore:
         self, arrays: dict[str, np.ndarray], config: dict[str, Any], state: State
     ) -> tuple[dict[str, np.ndarray], dict[str, float], State]:
         """Answer one training request: (wire arrays, metrics, new state)."""
-        if "x" not in arrays:
-            raise MalformedMessage("training request carries no 'x'")
-        x = torch.from_numpy(np.asarray(arrays["x"], dtype=np.float32).copy())
-        if x.ndim != 1 or x.numel() != self.objective.dim or not torch.isfinite(x).all():
-            raise MalformedMessage(f"global vector must be finite with {self.objective.dim} entries")
+        x = self._global_vector(arrays)
         server_round = int(config[SERVER_ROUND])
         if not math.isclose(float(config[DP_NOISE]), self.noise_multiplier, rel_tol=1e-9):
             raise MalformedMessage(
@@ -117,6 +119,23 @@ class ClientCore:
             metrics.update({DP_NOISE: release.noise_multiplier, DP_RATE: release.sample_rate, DP_STEPS: release.steps})
             state, metrics[CLIENT_EPSILON] = record_own_release(state, release, self.cfg.delta)
         return encode(message), metrics, state
+
+    def evaluate(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, float]:
+        """Test the global vector on this client's held-out examples (federated evaluation only):
+        its report, :data:`fl_dp.federated_evaluation.REPORT_KEYS`."""
+        if self.held_out is None:
+            raise MalformedMessage("this run evaluates on the server (evaluation = 'central'): refusing to report metrics")
+        x = self._global_vector(arrays)
+        metrics = self.held_out.evaluate(x)
+        return {NUM_EXAMPLES: float(len(self.held_out.data)), TEST_LOSS: metrics["loss"], TEST_ACCURACY: metrics["accuracy"]}
+
+    def _global_vector(self, arrays: dict[str, np.ndarray]) -> torch.Tensor:
+        if "x" not in arrays:
+            raise MalformedMessage("request carries no 'x'")
+        x = torch.from_numpy(np.asarray(arrays["x"], dtype=np.float32).copy())
+        if x.ndim != 1 or x.numel() != self.objective.dim or not torch.isfinite(x).all():
+            raise MalformedMessage(f"global vector must be finite with {self.objective.dim} entries")
+        return x
 
     def _share(self, message: Any, server_round: int, cohort: Any) -> np.ndarray:
         """This client's noised share of the round's secure sum in a cohort of ``cohort`` clients

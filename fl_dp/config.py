@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fl_dp.data import DATASETS
+from fl_dp.data import DATASETS, is_schema, parse_schema
 from fl_dp.errors import ConfigError
 from fl_dp.external_data import is_external
 from fl_dp.models import MODELS
@@ -21,6 +21,7 @@ from fl_dp.rules.sign import SIGN_COMPRESSORS
 #: strategies whose client message is a norm-bounded vector that the server may sum and noise once
 CENTRAL_DP_STRATEGIES = tuple(key for key, spec in REGISTRY.items() if "central" in spec.privacy_models)
 COMPRESSORS = ("identity", "top-k", "rand-k", "rand-k-unbiased")
+EVALUATIONS = ("central", "federated")
 
 __all__ = ["CENTRAL_DP_STRATEGIES", "COMPRESSORS", "ConfigError", "PRIVACY_MODELS", "RunConfig", "STRATEGIES"]
 
@@ -110,6 +111,11 @@ class RunConfig:
     node_wait_timeout: float = 120.0
     # evaluate the global model every k rounds (and after the last)
     eval_every: int = 1
+    # central: on the server's test split; federated: each client on a held-out share of its own
+    # data, evaluation-clients of them (0: all connected) reporting (non-private runs only)
+    evaluation: str = "central"
+    evaluation_clients: int = 0
+    held_out_fraction: float = 0.2
     # faults: a round needs this many connected clients (and, without central DP, accepted
     # replies) within round-timeout seconds, else it is skipped with its reason
     min_clients_per_round: int = 1
@@ -193,8 +199,16 @@ class RunConfig:
             raise ConfigError(message)
 
         spec = spec_of(self.strategy)
-        if self.dataset not in DATASETS and not (is_external(self.dataset) and self.dataset.split(":", 1)[1]):
-            fail(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}, hub:<name> or files:<path>")
+        if is_schema(self.dataset):
+            try:
+                parse_schema(self.dataset)
+            except ValueError as err:
+                fail(f"dataset: {err}")
+        elif self.dataset not in DATASETS and not (is_external(self.dataset) and self.dataset.split(":", 1)[1]):
+            fail(
+                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}, hub:<name>, files:<path> "
+                "or schema:<shape>:<classes>"
+            )
         if not self.label_column:
             fail("label-column must name a column")
         if self.partitioner not in PARTITIONERS:
@@ -261,7 +275,7 @@ class RunConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 fail(f"{_key(name)} must be >= 0 and finite, got {value}")
-        for name in ("batch_size", "max_train_samples", "eval_samples", "compress_k"):
+        for name in ("batch_size", "max_train_samples", "eval_samples", "compress_k", "evaluation_clients"):
             if getattr(self, name) < 0:
                 fail(f"{_key(name)} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.momentum < 1:
@@ -279,6 +293,7 @@ class RunConfig:
         if self.round_epsilon > 0 and not (self.strategy == "sign-vote" and self.sign_compressor == "dp-sign"):
             fail("round-epsilon is the per-round epsilon of dp-sign only")
         self._validate_privacy_model()
+        self._validate_evaluation()
         self._validate_variants(spec.variants)
         spec.validate(self)
 
@@ -290,6 +305,23 @@ class RunConfig:
                 name = key.replace("-", "_")
                 if key not in own and getattr(self, name) != defaults[name].default:
                     raise ConfigError(f"{key} is a key of {other.key} only (strategy is {self.strategy!r})")
+
+    def _validate_evaluation(self) -> None:
+        if self.evaluation not in EVALUATIONS:
+            raise ConfigError(f"unknown evaluation {self.evaluation!r}; choose one of {', '.join(EVALUATIONS)}")
+        if not 0 < self.held_out_fraction < 1:
+            raise ConfigError(f"held-out-fraction must be in (0, 1), got {self.held_out_fraction}")
+        if self.evaluation == "federated" and (self.is_private or self.privacy_model != "local"):
+            raise ConfigError(
+                "evaluation = 'federated' has every client report its accuracy on its own held-out data, a release "
+                "the privacy ledger does not charge (and that secure aggregation would not hide): a private run "
+                "evaluates on the server's test set (evaluation = 'central')"
+            )
+        if self.evaluation == "central" and is_schema(self.dataset):
+            raise ConfigError(
+                f"dataset {self.dataset!r} names the data's shape only, so the server has no test set: "
+                "set evaluation = 'federated', or name a dataset the server holds"
+            )
 
     def _validate_privacy_model(self) -> None:
         if self.privacy_model not in PRIVACY_MODELS:

@@ -27,6 +27,8 @@ import torch
 from fl_dp.external_data import is_external, load_external
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "breast-cancer", "synthetic")
+#: ``schema:<shape>:<classes>``: the shape of a federation's data, where only its clients hold data
+SCHEMA = "schema:"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Per-channel statistics of the training sets, so that inputs are roughly standardised.
 _NORMALISATION = {
@@ -225,12 +227,36 @@ def _split_tabular(features: np.ndarray, labels: np.ndarray, seed: int, test_fra
     return TrainTest(full.subset(order[n_test:]), full.subset(order[:n_test]))
 
 
+def is_schema(name: str) -> bool:
+    return name.startswith(SCHEMA)
+
+
+def parse_schema(name: str) -> tuple[tuple[int, ...], int]:
+    """(input shape, number of classes) of ``schema:<shape>:<classes>``, the shape written
+    ``d`` or ``c x h x w`` (``schema:30:2``, ``schema:1x28x28:10``); ValueError when malformed."""
+    parts = name[len(SCHEMA) :].split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        shape, classes = tuple(int(d) for d in parts[0].split("x")), int(parts[1])
+    except ValueError:
+        raise ValueError(f"{name!r} is not schema:<shape>:<classes> (e.g. schema:30:2, schema:1x28x28:10)") from None
+    if not shape or min(shape) < 1 or classes < 2:
+        raise ValueError(f"{name!r}: every dimension must be >= 1 and there must be >= 2 classes")
+    return shape, classes
+
+
 @lru_cache(maxsize=4)
 def load_dataset(
     name: str, data_dir: str | None = None, seed: int = 0, label_column: str = "label", id_column: str = ""
 ) -> TrainTest:
     """Train and test splits of dataset ``name`` (an offline one, ``hub:<name>`` or ``files:<path>``:
-    :mod:`fl_dp.external_data`); cached per process (clients share it)."""
+    :mod:`fl_dp.external_data`, or ``schema:<shape>:<classes>``: no example, only their shape);
+    cached per process (clients share it)."""
+    if is_schema(name):
+        shape, classes = parse_schema(name)
+        empty = ArrayDataset(torch.zeros(0, *shape), torch.zeros(0, dtype=torch.long), classes)
+        return TrainTest(empty, empty)
     if is_external(name):
         ((x, y, groups), (x_test, y_test, groups_test)), num_classes = load_external(name, seed, label_column, id_column)
         return TrainTest(ArrayDataset(x, y, num_classes, groups), ArrayDataset(x_test, y_test, num_classes, groups_test))

@@ -19,7 +19,7 @@ from fl_dp.config import ConfigError, RunConfig
 from fl_dp.distributed import DistributedSkellam, check_share, ring_sum
 from fl_dp.rules.base import State
 from fl_dp.server import ServerCore
-from fl_dp.wire import Reply
+from fl_dp.wire import SERVER_ROUND, Reply
 
 
 class LazyClients(Mapping[Any, ClientCore]):
@@ -98,10 +98,20 @@ class InProcessFederation:
             row = self.server.aggregate(server_round, replies)
         else:
             row = self.server.aggregate_secure(server_round, *simulated_secure_sum(replies, self.server.distributed))
+        self.evaluate_cohort(server_round)
         self.server.evaluate_round(server_round)
         if self.server.checkpoint_due(server_round):
             self.server.write_checkpoint(self.states)
         return row
+
+    def evaluate_cohort(self, server_round: int) -> None:
+        """Federated evaluation: the round's evaluation cohort tests the new global vector on their held-out data."""
+        cohort = self.server.evaluation_cohort(list(self.clients), server_round)
+        if not cohort:
+            return
+        arrays = {"x": self.server.x.numpy()}
+        replies = [Reply(cid, {}, self.clients[cid].evaluate(arrays, {SERVER_ROUND: server_round})) for cid in cohort]
+        self.server.aggregate_evaluation(server_round, replies)
 
     def run(self, stop_after: int | None = None) -> pd.DataFrame:
         """Rounds after the last completed one (all of them, or up to ``stop_after``)."""

@@ -13,7 +13,17 @@ import pandas as pd
 #: the columns Flower's MetricRecords cannot hold (text), kept from the server core's rows
 TEXT_COLUMNS = ("strategy", "privacy-model", "skipped", "rejections")
 #: columns that are counts, written as integers
-INTEGER_COLUMNS = ("round", "sampled", "accepted", "rejected", "bytes-up", "bytes-up-dense", "bytes-down")
+INTEGER_COLUMNS = (
+    "round",
+    "sampled",
+    "accepted",
+    "rejected",
+    "bytes-up",
+    "bytes-up-dense",
+    "bytes-down",
+    "evaluated-clients",
+    "evaluation-rejected",
+)
 
 
 def progress_line(row: Mapping[str, Any], total_rounds: int, eta_seconds: float | None) -> str:

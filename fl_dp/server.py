@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fl_dp import federated_evaluation as federated
 from fl_dp import results
 from fl_dp.central import CentralGaussianSum, poisson_cohort, project_to_ball
 from fl_dp.checkpoint import (
@@ -30,6 +31,7 @@ from fl_dp.checkpoint import (
     write_checkpoint,
 )
 from fl_dp.config import ConfigError, RunConfig
+from fl_dp.data import is_schema
 from fl_dp.distributed import DistributedSkellam, mechanism_for, rotation_signs
 from fl_dp.mechanisms import message_norm_limit
 from fl_dp.models import build_model, get_flat_params, num_params
@@ -78,6 +80,14 @@ def preflight(cfg: RunConfig) -> None:
         data = dataset_of(cfg)
     except (OSError, ValueError) as err:
         raise ConfigError(f"dataset {cfg.dataset!r} cannot be loaded: {err}") from None
+    if is_schema(cfg.dataset):
+        # no data here: each client brings its own, checked against the schema where it trains
+        try:
+            build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
+        except ValueError as err:
+            raise ConfigError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}: {err}") from None
+        resolve_noise_multiplier(cfg)
+        return
     num_train = len(data.train) if cfg.max_train_samples == 0 else min(cfg.max_train_samples, len(data.train))
     if cfg.num_clients > num_train:
         raise ConfigError(f"num-clients {cfg.num_clients} is more than the {num_train} training samples of {cfg.dataset!r}")
@@ -133,7 +143,9 @@ class ServerCore:
         self.ledger = PrivacyLedger(cfg.delta)
         self.rows: list[dict[str, Any]] = []
         self._rng = random.SystemRandom() if cfg.os_randomness else random.Random(cfg.seed)
-        if evaluate_fn is None:
+        # federated evaluation: the clients' reports of each evaluated round, until it closes
+        self._federated_metrics: dict[int, dict[str, float]] = {}
+        if evaluate_fn is None and cfg.evaluation == "central":
             test = dataset_of(cfg).test
             if 0 < cfg.eval_samples < len(test):
                 test = test.subset(np.arange(cfg.eval_samples))
@@ -142,7 +154,7 @@ class ServerCore:
             def evaluate_fn(x: torch.Tensor) -> dict[str, float]:
                 return {f"test-{k}": v for k, v in evaluator.evaluate(x).items()}
 
-        self.evaluate_fn = evaluate_fn
+        self.evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = evaluate_fn
         self._round_started = self._run_started = time.perf_counter()
         self._rounds_timed = 0
 
@@ -422,9 +434,11 @@ class ServerCore:
         """Close round ``server_round``: its test metrics where due (of ``x``, Flower's arrays, or the
         core's x), added to its row, and its progress line. Returns the test metrics ({} if not due)."""
         metrics: dict[str, float] = {}
-        if self.evaluation_due(server_round):
+        if self.evaluation_due(server_round) and self.evaluate_fn is not None:
             vector = self.x if x is None else torch.from_numpy(np.array(x, dtype=np.float32).reshape(-1))
             metrics = {k: float(v) for k, v in self.evaluate_fn(vector).items()}
+        elif self.evaluation_due(server_round):
+            metrics = self._federated_metrics.pop(server_round, {})
         row = self.rows[-1] if self.rows and self.rows[-1]["round"] == server_round else None
         if row is None:
             return metrics
@@ -433,6 +447,44 @@ class ServerCore:
         elapsed = time.perf_counter() - self._run_started
         eta = elapsed / self._rounds_timed * (self.cfg.num_server_rounds - server_round)
         log.info("%s", progress_line(row, self.cfg.num_server_rounds, eta))
+        return metrics
+
+    # -- federated evaluation
+
+    def evaluation_cohort(self, nodes: Sequence[Any], server_round: int) -> list[Any]:
+        """The clients asked to test the model after ``server_round`` (none under central
+        evaluation or where no evaluation is due)."""
+        if self.cfg.evaluation != "federated" or not self.evaluation_due(server_round):
+            return []
+        cfg = self.cfg
+        return federated.evaluation_cohort(nodes, cfg.evaluation_clients, cfg.seed, server_round, cfg.os_randomness)
+
+    def aggregate_evaluation(
+        self, server_round: int, replies: Sequence[Reply], failures: Sequence[tuple[str, str]] = ()
+    ) -> dict[str, float]:
+        """Combine the clients' evaluation reports of ``server_round`` (:mod:`fl_dp.federated_evaluation`);
+        they become the round's test metrics when it closes (:meth:`evaluate_round`). Returns them."""
+        reports, rejected = [], [f"{client}: {reason}" for client, reason in failures]
+        for reply in sorted(replies, key=lambda r: str(r.client_id)):
+            try:
+                if reply.error:
+                    raise MalformedMessage(reply.error)
+                reports.append(federated.check_report(reply.metrics))
+            except MalformedMessage as err:
+                rejected.append(f"{reply.client_id}: evaluation: {err}")
+        for reason in rejected:
+            log.warning("round %d: evaluation report rejected: %s", server_round, reason)
+        if not reports:
+            log.warning("round %d: no client reported its evaluation", server_round)
+        metrics = {
+            **federated.combine(reports),
+            federated.EVALUATED_CLIENTS: float(len(reports)),
+            federated.EVALUATION_REJECTED: float(len(rejected)),
+        }
+        self._federated_metrics[server_round] = metrics
+        row = self.rows[-1] if self.rows and self.rows[-1]["round"] == server_round else None
+        if row is not None and rejected:
+            row["rejections"] = "; ".join([r for r in (row["rejections"],) if r] + rejected)
         return metrics
 
     def _forget_lost_states(self, state: State, accepted: list[tuple[Reply, torch.Tensor]]) -> set[str]:

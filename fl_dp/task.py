@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.data import ArrayDataset, TrainTest, load_dataset
+from fl_dp.data import ArrayDataset, TrainTest, is_schema, load_dataset
 from fl_dp.models import build_model
 from fl_dp.partitioning import partitions
 from fl_dp.seeding import seed_of
@@ -56,6 +56,11 @@ def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
     """The training samples of client ``partition_id`` (cached per process)."""
     if not 0 <= partition_id < cfg.num_clients:
         raise ConfigError(f"partition-id {partition_id} outside [0, num-clients={cfg.num_clients})")
+    if is_schema(cfg.dataset):
+        raise ConfigError(
+            f"dataset {cfg.dataset!r} names the data's shape only: every client of this run needs its own data "
+            "(node config data-path)"
+        )
     train, _ = _partitions(_split_key(cfg))
     try:
         rows = partition_lookup(cfg)(partition_id)

@@ -202,3 +202,13 @@ def parse_reply(message: Message) -> Reply:
         raise MalformedMessage(f"arrays do not decode: {type(err).__name__}: {err}"[:300]) from None
     metrics: dict[str, Any] = dict(content.metric_records[METRICS_KEY].items())  # checked by the server core
     return Reply(str(message.metadata.src_node_id), arrays, metrics)
+
+
+def parse_evaluation_reply(message: Message) -> Reply:
+    """A client's evaluation report (one metrics record, nothing else), or :class:`MalformedMessage`;
+    its values are judged by :func:`fl_dp.federated_evaluation.check_report`."""
+    content = message.content
+    if set(content.metric_records) != {METRICS_KEY} or content.array_records or content.config_records:
+        raise MalformedMessage(f"an evaluation reply holds exactly one '{METRICS_KEY}' record")
+    metrics: dict[str, Any] = dict(content.metric_records[METRICS_KEY].items())  # checked by the server core
+    return Reply(str(message.metadata.src_node_id), {}, metrics)

@@ -21,7 +21,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from clients.client_app import secure_aggregation_mod, train_with
+from clients.client_app import evaluate_with, secure_aggregation_mod, train_with
 from fl_dp.config import RunConfig
 from fl_dp.server import ServerCore
 from strategies.server_app import run_server
@@ -53,6 +53,10 @@ def build_apps(cfg: RunConfig) -> FlowerRun:
     @client_app.train()
     def _train(msg: Message, context: Context) -> Message:
         return train_with(msg, context, cfg)
+
+    @client_app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate_with(msg, context, cfg)
 
     return run
 

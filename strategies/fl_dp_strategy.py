@@ -14,7 +14,17 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fl_dp.config import ConfigError
 from fl_dp.server import ServerCore
-from fl_dp.wire import ARRAYS_KEY, CONFIG_KEY, MalformedMessage, Reply, metric_values, parse_reply, to_array_record
+from fl_dp.wire import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    SERVER_ROUND,
+    MalformedMessage,
+    Reply,
+    metric_values,
+    parse_evaluation_reply,
+    parse_reply,
+    to_array_record,
+)
 
 log = logging.getLogger("fl_dp")
 
@@ -23,9 +33,10 @@ class FlDpStrategy(Strategy):
     """Any fl-dp algorithm as a Flower strategy.
 
     ``configure_train`` broadcasts the ``arrays`` Flower hands it (the global vector ``x``) with
-    the round's config; ``aggregate_train`` returns the next arrays and the round's metrics;
-    evaluation is central, through ``start(evaluate_fn=...)`` (by default :meth:`evaluate`, the
-    run's test split), so no evaluation messages are sent.
+    the round's config; ``aggregate_train`` returns the next arrays and the round's metrics.
+    Evaluation closes each round through ``start(evaluate_fn=...)`` (by default :meth:`evaluate`):
+    on the run's test split, or, with ``evaluation = "federated"``, from the reports that
+    ``configure_evaluate`` / ``aggregate_evaluate`` collected from the clients just before.
     """
 
     def __init__(self, core: ServerCore, first_round: int = 1) -> None:
@@ -116,10 +127,32 @@ class FlDpStrategy(Strategy):
         return MetricRecord(metric_values(metrics)) if metrics else None
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return []
+        """Federated evaluation where due: the round's evaluation cohort gets the new global vector."""
+        server_round += self.round_offset
+        node_ids = self.core.evaluation_cohort(list(grid.get_node_ids()), server_round)
+        if not node_ids:
+            return []
+        record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord({**dict(config), SERVER_ROUND: server_round})})
+        return [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=node_id) for node_id in node_ids]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
+        """The clients' evaluation reports, checked and combined by the core (they become the round's
+        test metrics in :meth:`evaluate`)."""
+        server_round += self.round_offset
+        if not self.core.evaluation_cohort([0], server_round):
+            return None
+        parsed: list[Reply] = []
+        failures: list[tuple[str, str]] = []
+        for message in replies:
+            client = str(message.metadata.src_node_id)
+            if message.has_error():
+                failures.append((client, f"client error: {message.error.reason}"))
+                continue
+            try:
+                parsed.append(parse_evaluation_reply(message))
+            except MalformedMessage as err:
+                failures.append((client, str(err)))
+        return MetricRecord(metric_values(self.core.aggregate_evaluation(server_round, parsed, failures)))
 
 
 def metric_record(row: dict[str, Any]) -> MetricRecord:

@@ -8,15 +8,21 @@ from fl_dp.inprocess import InProcessFederation
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("privacy_model, extra", [("local", {}), ("central", {})])
+@pytest.mark.parametrize("privacy_model, extra", [
+    ("local", {}),
+    ("central", {}),
+    # federated evaluation on Ray's actors: 4 of the 6 clients report, as in the replay
+    ("local", {"evaluation": "federated", "evaluation_clients": 4, "noise_multiplier": 0.0}),
+])
 def test_a_simulation_built_from_python_equals_the_in_process_loop(tmp_path, monkeypatch, privacy_model, extra):
     from strategies import simulate
 
     monkeypatch.setenv("RAY_TMPDIR", "/tmp/fl-dp-ray")
     # a cohort of 3 of 6: Ray's random node ids must not change which partitions train
-    cfg = RunConfig(strategy="alpha-normec", dataset="synthetic", model="logreg", num_clients=6, clients_per_round=3,
-                    num_server_rounds=3, batch_size=0, eval_samples=0, server_lr=0.5, noise_multiplier=0.5,
-                    privacy_model=privacy_model, results_dir=str(tmp_path), **extra)
+    keys = dict(strategy="alpha-normec", dataset="synthetic", model="logreg", num_clients=6, clients_per_round=3,
+                num_server_rounds=3, batch_size=0, eval_samples=0, server_lr=0.5, noise_multiplier=0.5,
+                privacy_model=privacy_model, results_dir=str(tmp_path))
+    cfg = RunConfig(**{**keys, **extra})
     run = simulate(cfg)
     partitions = run.core.client_partitions()
     assert sorted(partitions.values()) == list(range(6))
@@ -28,6 +34,8 @@ def test_a_simulation_built_from_python_equals_the_in_process_loop(tmp_path, mon
     assert charged == pytest.approx(replay.server.ledger.epsilons())
     if privacy_model == "central":
         assert len(charged) == 6  # everyone, sampled or not
+    if cfg.evaluation == "federated":
+        assert list(run.history["evaluated-clients"]) == [4, 4, 4]
     assert (tmp_path / "alpha-normec.csv").exists() and (tmp_path / "alpha-normec.png").exists()
 
 
