@@ -91,6 +91,16 @@ def accuracy_errorbar(ax, x, rows: pd.DataFrame, label: str) -> None:
     ax.errorbar(x, rows["test-accuracy-mean"], yerr=rows["test-accuracy-std"].fillna(0), marker="o", capsize=3, label=label)
 
 
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
+    """(figure, axes) like ``pyplot.subplots``, on a bare Figure: no pyplot state, no backend switch
+    (a notebook that imports a benchmark keeps its own backend)."""
+    from matplotlib.figure import Figure
+
+    squeeze = kwargs.pop("squeeze", True)
+    fig = Figure(**kwargs)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
 def save_figure(fig, legend_ax, path: Path, legend_fontsize: int = 8) -> None:
     """The benchmarks' figure convention: one legend on ``legend_ax``, tight layout, 120 dpi PNG."""
     legend_ax.legend(fontsize=legend_fontsize)

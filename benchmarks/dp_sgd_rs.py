@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, run_grid, save_figure, summarise, write_outputs
+from benchmarks.common import base_parser, markdown_table, new_figure, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 PAPER = {(1.0, 0.0): 83.2, (3.0, 0.0): 86.6}  # DP-CNN/S without RS; with RS: 84.5 and 87.4
@@ -51,12 +51,8 @@ def jobs(samples: int, epochs: int, seeds: int, quick: bool):
 
 def plot(histories: pd.DataFrame):
     def draw(out):
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, axes = new_figure(1, 2, figsize=(10, 3.6))
         for ax, eps in zip(axes, (1.0, 3.0)):
             sub = histories[(histories["epsilon"] == eps) & (histories["clients"] == 1)]
             for rate, runs in sub.groupby("r*"):

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pandas as pd
 import torch
 
-from benchmarks.common import base_parser, markdown_table, save_figure, write_outputs
+from benchmarks.common import base_parser, markdown_table, new_figure, save_figure, write_outputs
 from fl_dp.config import RunConfig
 from fl_dp.inprocess import InProcessFederation
 from fl_dp.stepsizes import ef21_logistic_constants, ef21_stepsize
@@ -91,15 +91,11 @@ def rounds_to_target(histories: pd.DataFrame) -> pd.DataFrame:
 
 def plot(histories: pd.DataFrame):
     def draw(out):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         datasets = sorted(histories["dataset"].unique())
         ns = sorted(histories["n"].unique())
         for xaxis, name in (("round", "rounds"), ("bits-up-cumulative", "bits")):
-            fig, axes = plt.subplots(len(datasets), len(ns), figsize=(4.5 * len(ns), 3.4 * len(datasets)), squeeze=False)
+            fig, axes = new_figure(len(datasets), len(ns), figsize=(4.5 * len(ns), 3.4 * len(datasets)), squeeze=False)
             for (i, dataset), (j, n) in itertools.product(enumerate(datasets), enumerate(ns)):
                 ax = axes[i][j]
                 sub = histories[(histories["dataset"] == dataset) & (histories["n"] == n)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, run_grid, save_figure, summarise, write_outputs
+from benchmarks.common import base_parser, markdown_table, new_figure, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 METHODS = [
@@ -24,12 +24,8 @@ METHODS = [
 
 def plot(histories: pd.DataFrame):
     def draw(out):
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, axes = new_figure(1, 2, figsize=(10, 3.6))
         for method, runs in histories.groupby("method"):
             curve = runs.groupby("round")[["test-accuracy", "bytes-up"]].mean()
             axes[0].plot(curve.index, curve["test-accuracy"], label=method)

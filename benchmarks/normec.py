@@ -25,7 +25,7 @@ import math
 
 import pandas as pd
 
-from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, run_grid, save_figure, summarise, write_outputs
+from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, new_figure, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 TASKS = {
@@ -73,14 +73,10 @@ def jobs(tasks: list[str], partitioners: list[str], epsilons: list[float], seeds
 
 def plot(histories: pd.DataFrame, table: pd.DataFrame):
     def draw(out):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         tasks = list(table["task"].unique())
         partitioners = list(table["partitioner"].unique())
-        fig, axes = plt.subplots(len(tasks), len(partitioners), figsize=(5 * len(partitioners), 3.6 * len(tasks)), squeeze=False)
+        fig, axes = new_figure(len(tasks), len(partitioners), figsize=(5 * len(partitioners), 3.6 * len(tasks)), squeeze=False)
         for i, task in enumerate(tasks):
             for j, partitioner in enumerate(partitioners):
                 ax = axes[i][j]

@@ -39,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, run_grid, save_figure
+from benchmarks.common import base_parser, markdown_table, new_figure, run_grid, save_figure
 from fl_dp.config import RunConfig
 from fl_dp.privacy_policy import resolve_noise_multiplier
 
@@ -190,14 +190,10 @@ def best_settings(best_csv: Path, rounds: int | None = None) -> dict[tuple[str, 
 
 
 def plot(best: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     epsilons = sorted(best["epsilon"].unique())
     labels = ["inf" if math.isinf(e) else f"{e:g}" for e in epsilons]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = new_figure(figsize=(6.5, 4))
     for (strategy, model, rounds), rows in best.groupby(["strategy", "privacy_model", "rounds"]):
         rows = rows.set_index("epsilon").reindex(epsilons)
         style = {"central": "-", "distributed": "--"}.get(model, ":")

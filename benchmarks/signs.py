@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, run_grid, save_figure, summarise, write_outputs
+from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, new_figure, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
 
 METHODS = {
@@ -50,13 +50,9 @@ def jobs(datasets: list[str], model: str, seeds: int, rounds: int, experiments: 
 
 def plot(table: pd.DataFrame):
     def draw(out):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         datasets = sorted(table["dataset"].unique())
-        fig, axes = plt.subplots(2, len(datasets), figsize=(5 * len(datasets), 7), squeeze=False)
+        fig, axes = new_figure(2, len(datasets), figsize=(5 * len(datasets), 7), squeeze=False)
         for j, dataset in enumerate(datasets):
             sub = table[table["dataset"] == dataset]
             noise_order = ["none"] + [f"t, kappa={k:g}" for _, k in HEAVY_TAILS[1:]]
