@@ -451,10 +451,13 @@ class ServerCore:
 
     # -- federated evaluation
 
+    def federated_evaluation_due(self, server_round: int) -> bool:
+        return self.cfg.evaluation == "federated" and self.evaluation_due(server_round)
+
     def evaluation_cohort(self, nodes: Sequence[Any], server_round: int) -> list[Any]:
         """The clients asked to test the model after ``server_round`` (none under central
         evaluation or where no evaluation is due)."""
-        if self.cfg.evaluation != "federated" or not self.evaluation_due(server_round):
+        if not self.federated_evaluation_due(server_round):
             return []
         cfg = self.cfg
         return federated.evaluation_cohort(nodes, cfg.evaluation_clients, cfg.seed, server_round, cfg.os_randomness)

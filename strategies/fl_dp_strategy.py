@@ -129,9 +129,9 @@ class FlDpStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Federated evaluation where due: the round's evaluation cohort gets the new global vector."""
         server_round += self.round_offset
-        node_ids = self.core.evaluation_cohort(list(grid.get_node_ids()), server_round)
-        if not node_ids:
+        if not self.core.federated_evaluation_due(server_round):
             return []
+        node_ids = self.core.evaluation_cohort(list(grid.get_node_ids()), server_round)
         record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord({**dict(config), SERVER_ROUND: server_round})})
         return [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=node_id) for node_id in node_ids]
 
@@ -139,7 +139,7 @@ class FlDpStrategy(Strategy):
         """The clients' evaluation reports, checked and combined by the core (they become the round's
         test metrics in :meth:`evaluate`)."""
         server_round += self.round_offset
-        if not self.core.evaluation_cohort([0], server_round):
+        if not self.core.federated_evaluation_due(server_round):
             return None
         parsed: list[Reply] = []
         failures: list[tuple[str, str]] = []
