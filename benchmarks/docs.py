@@ -77,13 +77,15 @@ def privacy_audit(method: str) -> Callable[[], str]:
         audit = pd.read_csv(RESULTS / "privacy_audit.csv")
         audit = audit[audit["method"].str.startswith(method)]
         lines = [
-            "| strategy | privacy model | q | target eps | ledger eps | audited | any mechanism | ideal Gaussian | canaries | runs | seconds |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| strategy | privacy model | audit | q | target eps | ledger eps | audited | any mechanism | ideal Gaussian | canaries | runs | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in audit.itertuples(index=False):
             ideal = "" if pd.isna(row.ideal_mechanism_bound) else f"{row.ideal_mechanism_bound:.2f}"
+            kind = getattr(row, "kind", "")
             lines.append(
-                f"| {row.strategy} | {row.privacy_model} | {getattr(row, 'sample_rate', 1.0):g} | {row.target_epsilon:g} | {row.ledger_epsilon:.3f} "
+                f"| {row.strategy} | {row.privacy_model} | {'' if pd.isna(kind) else kind} | {getattr(row, 'sample_rate', 1.0):g} "
+                f"| {row.target_epsilon:g} | {row.ledger_epsilon:.3f} "
                 f"| {row.audited_epsilon_lower_bound:.2f} | {row.approx_dp_epsilon_lower_bound:.2f} | {ideal} "
                 f"| {row.canaries} | {row.runs} | {row.seconds:.0f} |"
             )

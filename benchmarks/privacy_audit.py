@@ -10,7 +10,9 @@ One-run audits (:mod:`fl_dp.audit`) of runs on Fashion-MNIST with the small CNN,
   construction, see docs/privacy_audit.md);
 - client-level, ``distributed`` (alpha-normec, dp-fedavg): as ``central`` at q = 0.1, the auditor seeing the
   decoded secure sum minus the other clients' noiseless messages;
-- sample-level (dp-sgd, dp-sgd-rs): 10 clients, 5 rounds, gradient-canary samples in one client.
+- sample-level (dp-sgd, dp-sgd-rs): 10 clients, 5 rounds, gradient-canary samples in one client,
+  with the run's Poisson batches (64 expected) and without subsampling (the batch is the whole
+  client, q = 1), where the audit can be tight.
 
 and the classical many-run Clopper-Pearson audit of one small configuration (breast cancer,
 logistic regression, 2 clients, 3 rounds, one canary client per run) as a cross-check.
@@ -18,10 +20,11 @@ logistic regression, 2 clients, 3 rounds, one canary client per run) as a cross-
     python -m benchmarks.privacy_audit                 # the table in docs/privacy_audit.md (~35 min on 2 cores)
     python -m benchmarks.privacy_audit --full          # 4x the canaries, 2x the rounds
     python -m benchmarks.privacy_audit --quick         # smoke test (seconds)
+    python -m benchmarks.privacy_audit --kinds local --canary-factor 4 --no-cross-check   # one kind, 4x the canaries
 
 Writes ``results/privacy_audit.csv`` (strategy, privacy_model, target_epsilon, ledger_epsilon,
 audited_epsilon_lower_bound, approx_dp_epsilon_lower_bound, confidence, canaries, runs, seconds,
-ideal_mechanism_bound, method) and ``results/privacy_audit.png`` (audited bound against the ledger's epsilon, diagonal).
+ideal_mechanism_bound, method, sample_rate, kind: the SCALE entry) and ``results/privacy_audit.png`` (audited bound against the ledger's epsilon, diagonal).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.common import markdown_table, save_figure
+from benchmarks.common import markdown_table, new_figure, save_figure
 from fl_dp.privacy_policy import resolve_noise_multiplier
 from fl_dp.audit import audit_many_runs, audit_run, ideal_scores
 from fl_dp.audit_bounds import best_one_run_bound
@@ -46,7 +49,7 @@ RESULTS = Path(__file__).parents[1] / "results"
 COLUMNS = [
     "strategy", "privacy_model", "target_epsilon", "ledger_epsilon", "audited_epsilon_lower_bound",
     "approx_dp_epsilon_lower_bound", "ideal_mechanism_bound", "confidence", "canaries", "runs", "seconds", "method",
-    "sample_rate",
+    "sample_rate", "kind",
 ]
 TASK = dict(dataset="fashion-mnist", model="cnn", batch_size=64, eval_samples=200, eval_every=10_000, delta=1e-5)
 CLIENT_LEVEL = {
@@ -57,15 +60,21 @@ CLIENT_LEVEL = {
 }
 LOCAL_ONLY = {"sign-vote": dict(sign_compressor="dp-sign", clip=1.0, server_lr=0.01)}
 SAMPLE_LEVEL = {"dp-sgd": dict(client_lr=0.05), "dp-sgd-rs": dict(client_lr=0.05, rs_final_rate=0.7)}
+#: an expected Poisson batch above any client's size: every sample in every step (q = 1)
+WHOLE_CLIENT_BATCH = 100_000
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 #: (clients, clients per round, rounds, canaries) per kind of audit; --full: 4x canaries, 2x rounds
 SCALE = {
-    "local": (10, 10, 5, 4000),
+    "local": (10, 10, 5, 16000),
     "central": (1000, 100, 10, 2000),
     "central-full": (10, 10, 5, 16000),
     "sample": (10, 10, 5, 1000),
+    "sample-full-batch": (10, 10, 5, 16000),
 }
-QUICK = {"local": (4, 4, 2, 200), "central": (40, 4, 3, 200), "central-full": (4, 4, 2, 200), "sample": (4, 4, 1, 100)}
+QUICK = {
+    "local": (4, 4, 2, 200), "central": (40, 4, 3, 200), "central-full": (4, 4, 2, 200), "sample": (4, 4, 1, 100),
+    "sample-full-batch": (4, 4, 1, 100),
+}
 CROSS_CHECK = dict(
     dataset="breast-cancer", model="logreg", strategy="alpha-normec", privacy_model="local",
     num_clients=2, clients_per_round=2, server_lr=0.5, num_server_rounds=3, eval_every=10_000,
@@ -79,6 +88,7 @@ def cells(epsilons: tuple[float, ...]) -> list[tuple[str, str, dict[str, Any]]]:
     grid += [("central-full", "central", dict(strategy="alpha-normec", **CLIENT_LEVEL["alpha-normec"]))]
     grid += [("central", "distributed", dict(strategy=s, **CLIENT_LEVEL[s])) for s in ("alpha-normec", "dp-fedavg")]
     grid += [("sample", "local", dict(strategy=s, **kw)) for s, kw in SAMPLE_LEVEL.items()]
+    grid += [("sample-full-batch", "local", dict(strategy=s, **kw, batch_size=WHOLE_CLIENT_BATCH)) for s, kw in SAMPLE_LEVEL.items()]
     return [(kind, model, dict(keys, target_epsilon=eps)) for kind, model, keys in grid for eps in epsilons]
 
 
@@ -95,24 +105,26 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     """Every cell of the grid, then the cross-check; the CSV is rewritten after every row."""
     scale = QUICK if args.quick else SCALE
     canary_factor, rounds_factor = (4, 2) if args.full else (1, 1)
+    canary_factor = args.canary_factor or canary_factor
     epsilons = tuple(args.epsilons) if args.epsilons else ((2.0, 8.0) if args.quick else EPSILONS)
     rows = []
     for kind, privacy_model, keys in cells(epsilons):
-        if args.strategies and keys["strategy"] not in args.strategies:
+        if (args.strategies and keys["strategy"] not in args.strategies) or (args.kinds and kind not in args.kinds):
             continue
         cfg = config(kind, privacy_model, keys, scale, rounds_factor)
         result = audit_run(cfg, scale[kind][3] * canary_factor, seed=args.seed)
         ideal = ideal_bound(cfg, result.members, args.seed)
-        rows.append({**result.row(), "ideal_mechanism_bound": ideal, "method": "one-run", "sample_rate": cfg.client_sample_rate})
+        rows.append({**result.row(), "ideal_mechanism_bound": ideal, "method": "one-run", "sample_rate": cfg.client_sample_rate,
+                     "kind": kind})
         _progress(rows, args.out)
-    for eps in (1.0, 2.0):
+    for eps in () if args.no_cross_check else (1.0, 2.0):
         cfg = RunConfig(**CROSS_CHECK, target_epsilon=eps, delta=1e-5)
         many = audit_many_runs(cfg, 40 if args.quick else args.cross_check_runs, seed=args.seed)
         rows.append({
             "strategy": cfg.strategy, "privacy_model": cfg.privacy_model, "target_epsilon": eps,
             "ledger_epsilon": many.ledger_epsilon, "audited_epsilon_lower_bound": many.epsilon,
             "approx_dp_epsilon_lower_bound": many.epsilon, "ideal_mechanism_bound": math.nan, "confidence": 0.95, "canaries": 1,
-            "runs": many.runs, "seconds": many.seconds, "method": "many-run (Clopper-Pearson)", "sample_rate": 1.0,
+            "runs": many.runs, "seconds": many.seconds, "method": "many-run (Clopper-Pearson)", "sample_rate": 1.0, "kind": "many-run",
         })
         _progress(rows, args.out)
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -142,25 +154,22 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = new_figure(figsize=(6, 5))
     top = float(table["ledger_epsilon"].max()) * 1.05
     ax.plot([0, top], [0, top], color="black", lw=1, label="bound = ledger (a bound above is a bug)")
     ax.plot([0, top], [0, top / 2], color="gray", lw=1, ls="--", label="half the ledger")
     markers = {"local": "o", "central": "s"}
-    for (strategy, model, method, rate), group in table.groupby(["strategy", "privacy_model", "method", "sample_rate"]):
+    table = table.assign(kind=table["kind"].fillna("")) if "kind" in table else table.assign(kind="")
+    for (strategy, model, method, rate, kind), group in table.groupby(["strategy", "privacy_model", "method", "sample_rate", "kind"]):
         marker = "x" if method != "one-run" else markers.get(model, "o")
-        label = f"{strategy} ({model}{'' if rate == 1 or model == 'local' else f', q = {rate:g}'}, {method})"
+        where = "" if rate == 1 or model == "local" else f", q = {rate:g}"
+        label = f"{strategy} ({model}{where}{', whole-client batch' if kind == 'sample-full-batch' else ''}, {method})"
         ax.plot(group["ledger_epsilon"], group["audited_epsilon_lower_bound"], marker=marker, ls=":", label=label)
     ax.set_xlabel("ledger epsilon (Opacus RDP)")
     ax.set_ylabel("audited lower bound on epsilon (95%)")
     ax.set_title("Privacy audit with canaries")
     save_figure(fig, ax, path, legend_fontsize=6)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -170,6 +179,9 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="*", help="target epsilons (default 1 2 4 8)")
     known = sorted({*CLIENT_LEVEL, *LOCAL_ONLY, *SAMPLE_LEVEL})
     parser.add_argument("--strategies", nargs="*", choices=known, help="only these strategies")
+    parser.add_argument("--kinds", nargs="*", choices=sorted(SCALE), help="only these kinds of audit (SCALE's keys)")
+    parser.add_argument("--canary-factor", type=int, help="canaries per kind times this (default 1; --full: 4)")
+    parser.add_argument("--no-cross-check", action="store_true", help="skip the many-run cross-check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cross-check-runs", type=int, default=2000, help="runs of the many-run audit")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_audit.csv")
