@@ -100,18 +100,7 @@ class FlDpStrategy(Strategy):
             outcome = self.secure.take()
             row = self.core.aggregate_secure(server_round, outcome.total, outcome.contributors, outcome.failures)
             return self.current_arrays(), metric_record(row)
-        parsed: list[Reply] = []
-        failures: list[tuple[str, str]] = []
-        for message in replies:
-            client = str(message.metadata.src_node_id)
-            if message.has_error():
-                failures.append((client, f"client error: {message.error.reason}"))
-                continue
-            try:
-                parsed.append(parse_reply(message))
-            except MalformedMessage as err:
-                # passed on with its reason, so that the ledger charges an addressed client
-                parsed.append(Reply(client, {}, {}, error=str(err)))
+        parsed, failures = read_replies(replies, parse_reply)
         row = self.core.aggregate(server_round, parsed, failures)
         return self.current_arrays(), metric_record(row)
 
@@ -141,18 +130,25 @@ class FlDpStrategy(Strategy):
         server_round += self.round_offset
         if not self.core.federated_evaluation_due(server_round):
             return None
-        parsed: list[Reply] = []
-        failures: list[tuple[str, str]] = []
-        for message in replies:
-            client = str(message.metadata.src_node_id)
-            if message.has_error():
-                failures.append((client, f"client error: {message.error.reason}"))
-                continue
-            try:
-                parsed.append(parse_evaluation_reply(message))
-            except MalformedMessage as err:
-                failures.append((client, str(err)))
+        parsed, failures = read_replies(replies, parse_evaluation_reply)
         return MetricRecord(metric_values(self.core.aggregate_evaluation(server_round, parsed, failures)))
+
+
+def read_replies(replies: Iterable[Message], parse: Callable[[Message], Reply]) -> tuple[list[Reply], list[tuple[str, str]]]:
+    """Flower's replies as the core takes them: the parsed ones, a malformed one as a Reply carrying
+    its reason (so that the core charges or rejects an addressed client), and the error replies."""
+    parsed: list[Reply] = []
+    failures: list[tuple[str, str]] = []
+    for message in replies:
+        client = str(message.metadata.src_node_id)
+        if message.has_error():
+            failures.append((client, f"client error: {message.error.reason}"))
+            continue
+        try:
+            parsed.append(parse(message))
+        except MalformedMessage as err:
+            parsed.append(Reply(client, {}, {}, error=str(err)))
+    return parsed, failures
 
 
 def metric_record(row: dict[str, Any]) -> MetricRecord:
