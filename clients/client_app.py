@@ -124,9 +124,7 @@ def evaluate_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message
     accuracy on this client's held-out examples; the client's state is not touched."""
     partition_id, cfg = partition_of(context, run_cfg)
     client = _client(cfg, partition_id, privacy_floor_of(context), str(context.node_config.get("data-path", "")))
-    arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
-    config: dict[str, Any] = dict(msg.content.config_records[CONFIG_KEY].items())
-    metrics = client.evaluate(arrays, config)
+    metrics = client.evaluate(from_array_record(msg.content.array_records[ARRAYS_KEY]))
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metric_values(metrics))}), reply_to=msg)
 
 

@@ -120,7 +120,7 @@ class ClientCore:
             state, metrics[CLIENT_EPSILON] = record_own_release(state, release, self.cfg.delta)
         return encode(message), metrics, state
 
-    def evaluate(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         """Test the global vector on this client's held-out examples (federated evaluation only):
         its report, :data:`fl_dp.federated_evaluation.REPORT_KEYS`."""
         if self.held_out is None:

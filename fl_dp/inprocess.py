@@ -19,7 +19,7 @@ from fl_dp.config import ConfigError, RunConfig
 from fl_dp.distributed import DistributedSkellam, check_share, ring_sum
 from fl_dp.rules.base import State
 from fl_dp.server import ServerCore
-from fl_dp.wire import SERVER_ROUND, Reply
+from fl_dp.wire import Reply
 
 
 class LazyClients(Mapping[Any, ClientCore]):
@@ -110,7 +110,7 @@ class InProcessFederation:
         if not cohort:
             return
         arrays = {"x": self.server.x.numpy()}
-        replies = [Reply(cid, {}, self.clients[cid].evaluate(arrays, {SERVER_ROUND: server_round})) for cid in cohort]
+        replies = [Reply(cid, {}, self.clients[cid].evaluate(arrays)) for cid in cohort]
         self.server.aggregate_evaluation(server_round, replies)
 
     def run(self, stop_after: int | None = None) -> pd.DataFrame:

@@ -80,28 +80,23 @@ def preflight(cfg: RunConfig) -> None:
         data = dataset_of(cfg)
     except (OSError, ValueError) as err:
         raise ConfigError(f"dataset {cfg.dataset!r} cannot be loaded: {err}") from None
-    if is_schema(cfg.dataset):
-        # no data here: each client brings its own, checked against the schema where it trains
-        try:
-            build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
-        except ValueError as err:
-            raise ConfigError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}: {err}") from None
-        resolve_noise_multiplier(cfg)
-        return
+    # a schema holds no data to split: each client brings its own, checked where it trains
+    holds_data = not is_schema(cfg.dataset)
     num_train = len(data.train) if cfg.max_train_samples == 0 else min(cfg.max_train_samples, len(data.train))
-    if cfg.num_clients > num_train:
+    if holds_data and cfg.num_clients > num_train:
         raise ConfigError(f"num-clients {cfg.num_clients} is more than the {num_train} training samples of {cfg.dataset!r}")
     try:
         build_model(cfg.model, data.train.input_shape, data.train.num_classes, cfg.seed)
     except ValueError as err:
         raise ConfigError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}: {err}") from None
-    # the split's one-off assignment, and its first and last client: an empty one is refused here
-    lookup = partition_lookup(cfg)
-    for partition_id in {0, cfg.num_clients - 1}:
-        try:
-            lookup(partition_id)
-        except ValueError as err:
-            raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
+    if holds_data:
+        # the split's one-off assignment, and its first and last client: an empty one is refused here
+        lookup = partition_lookup(cfg)
+        for partition_id in {0, cfg.num_clients - 1}:
+            try:
+                lookup(partition_id)
+            except ValueError as err:
+                raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
     resolve_noise_multiplier(cfg)
 
 
@@ -434,12 +429,13 @@ class ServerCore:
         """Close round ``server_round``: its test metrics where due (of ``x``, Flower's arrays, or the
         core's x), added to its row, and its progress line. Returns the test metrics ({} if not due)."""
         metrics: dict[str, float] = {}
-        if self.evaluation_due(server_round) and self.evaluate_fn is not None:
-            vector = self.x if x is None else torch.from_numpy(np.array(x, dtype=np.float32).reshape(-1))
-            metrics = {k: float(v) for k, v in self.evaluate_fn(vector).items()}
-        elif self.evaluation_due(server_round):
-            metrics = self._federated_metrics.pop(server_round, {})
-        row = self.rows[-1] if self.rows and self.rows[-1]["round"] == server_round else None
+        if self.evaluation_due(server_round):
+            if self.evaluate_fn is None:  # federated: what the clients reported
+                metrics = self._federated_metrics.pop(server_round, {})
+            else:
+                vector = self.x if x is None else torch.from_numpy(np.array(x, dtype=np.float32).reshape(-1))
+                metrics = {k: float(v) for k, v in self.evaluate_fn(vector).items()}
+        row = self._row_of(server_round)
         if row is None:
             return metrics
         row.update(metrics)
@@ -448,6 +444,10 @@ class ServerCore:
         eta = elapsed / self._rounds_timed * (self.cfg.num_server_rounds - server_round)
         log.info("%s", progress_line(row, self.cfg.num_server_rounds, eta))
         return metrics
+
+    def _row_of(self, server_round: int) -> dict[str, Any] | None:
+        """The metrics row of ``server_round`` if it is the last one closed (a skipped round has none)."""
+        return self.rows[-1] if self.rows and self.rows[-1]["round"] == server_round else None
 
     # -- federated evaluation
 
@@ -485,7 +485,7 @@ class ServerCore:
             federated.EVALUATION_REJECTED: float(len(rejected)),
         }
         self._federated_metrics[server_round] = metrics
-        row = self.rows[-1] if self.rows and self.rows[-1]["round"] == server_round else None
+        row = self._row_of(server_round)
         if row is not None and rejected:
             row["rejections"] = "; ".join([r for r in (row["rejections"],) if r] + rejected)
         return metrics

@@ -129,9 +129,9 @@ def test_federated_evaluation_holds_out_data_and_central_evaluation_does_not(tin
     assert len(federated.objective.data) + len(federated.held_out.data) == len(central.objective.data)
     assert len(federated.held_out.data) == round(0.2 * len(central.objective.data))
     with pytest.raises(MalformedMessage, match="evaluation = 'central'"):
-        central.evaluate({"x": np.zeros(central.objective.dim, np.float32)}, {})
+        central.evaluate({"x": np.zeros(central.objective.dim, np.float32)})
     with pytest.raises(MalformedMessage, match="finite"):
-        federated.evaluate({"x": np.full(federated.objective.dim, np.nan, np.float32)}, {})
+        federated.evaluate({"x": np.full(federated.objective.dim, np.nan, np.float32)})
 
 
 def _contexts(cfg, node_ids):
