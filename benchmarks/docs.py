@@ -82,9 +82,8 @@ def privacy_audit(method: str) -> Callable[[], str]:
         ]
         for row in audit.itertuples(index=False):
             ideal = "" if pd.isna(row.ideal_mechanism_bound) else f"{row.ideal_mechanism_bound:.2f}"
-            kind = getattr(row, "kind", "")
             lines.append(
-                f"| {row.strategy} | {row.privacy_model} | {'' if pd.isna(kind) else kind} | {getattr(row, 'sample_rate', 1.0):g} "
+                f"| {row.strategy} | {row.privacy_model} | {row.kind} | {row.sample_rate:g} "
                 f"| {row.target_epsilon:g} | {row.ledger_epsilon:.3f} "
                 f"| {row.audited_epsilon_lower_bound:.2f} | {row.approx_dp_epsilon_lower_bound:.2f} | {ideal} "
                 f"| {row.canaries} | {row.runs} | {row.seconds:.0f} |"

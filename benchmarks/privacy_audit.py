@@ -160,7 +160,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     ax.plot([0, top], [0, top], color="black", lw=1, label="bound = ledger (a bound above is a bug)")
     ax.plot([0, top], [0, top / 2], color="gray", lw=1, ls="--", label="half the ledger")
     markers = {"local": "o", "central": "s"}
-    table = table.assign(kind=table["kind"].fillna("")) if "kind" in table else table.assign(kind="")
+    table = table.assign(kind=table["kind"].fillna(""))
     for (strategy, model, method, rate, kind), group in table.groupby(["strategy", "privacy_model", "method", "sample_rate", "kind"]):
         marker = "x" if method != "one-run" else markers.get(model, "o")
         where = "" if rate == 1 or model == "local" else f", q = {rate:g}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.privacy_utility import config
+from benchmarks.privacy_utility import config, setting_label
 from fl_dp.inprocess import run_inprocess
 
 RESULTS = Path(__file__).parents[1] / "results"
@@ -39,7 +39,7 @@ def run(survivors: float, eps: float, scale: dict[str, int], results_dir: Path) 
     history = run_inprocess(cfg)
     return {
         "strategy": cfg.strategy, "privacy_model": cfg.privacy_model, "secagg_survivors": survivors, "epsilon": eps,
-        "setting": " ".join(f"{k.replace('_', '-')}={v:g}" for k, v in setting.items()), "rounds": cfg.num_server_rounds,
+        "setting": setting_label(setting), "rounds": cfg.num_server_rounds,
         "seed": cfg.seed, "noise_multiplier": float(history["noise-multiplier"].iloc[-1]),
         "ledger_epsilon": float(history["epsilon-max"].iloc[-1]),
         "test_accuracy": float(history["test-accuracy"].dropna().iloc[-1]), "seconds": time.perf_counter() - started,
