@@ -14,6 +14,15 @@ def _fixed_torch_seed() -> None:
 
 
 @pytest.fixture
+def flower_task():
+    """Flower's task identity as a ClientApp / ServerApp runtime sets it (messages built outside one need it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+@pytest.fixture
 def tiny_cfg() -> RunConfig:
     """Logistic regression on the synthetic task, 4 clients: a round takes milliseconds."""
     return RunConfig(

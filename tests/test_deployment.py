@@ -96,25 +96,35 @@ def test_supernode_authentication_keeps_an_unregistered_node_out(tmp_path):
             proc.kill()
 
 
+def _write_sites(directory, rows_by_name, seed):
+    """One CSV per name: 4 standard-normal features, label = (f0 - f1 > 0), a linear rule."""
+    rng = np.random.default_rng(seed)
+    for name, rows in rows_by_name:
+        x = rng.standard_normal((rows, 4))
+        frame = pd.DataFrame({f"f{j}": x[:, j] for j in range(4)})
+        frame["label"] = (x[:, 0] - x[:, 1] > 0).astype(int)
+        frame.to_csv(directory / f"{name}.csv", index=False)
+
+
+def _deploy_two_sites(tmp_path, run_config, port_base):
+    """deploy.sh with 2 SuperNodes, SuperNode i on tmp_path/site-i.csv (FL_DP_NODE_DATA)."""
+    env = {**os.environ, "FL_DP_VENV": str(Path(sys.executable).parent.parent),
+           "FL_DP_DEPLOY_PORT": str(port_base + os.getpid() % 2000 * 5), "FL_DP_NODE_DATA": str(tmp_path / "site-%i.csv")}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "deploy.sh"), "2", "--run-config", run_config],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+
+
 @pytest.mark.slow
 def test_tls_deployment_two_supernodes_with_their_own_files(tmp_path):
     """Each SuperNode trains on its own local CSV (node config data-path, via FL_DP_NODE_DATA); the
     server only has the test set it evaluates on."""
-    rng = np.random.default_rng(0)
-    for name, rows in (("server", 400), ("site-0", 300), ("site-1", 120)):
-        x = rng.standard_normal((rows, 4))
-        frame = pd.DataFrame({f"f{j}": x[:, j] for j in range(4)})
-        frame["label"] = (x[:, 0] - x[:, 1] > 0).astype(int)
-        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    _write_sites(tmp_path, (("server", 400), ("site-0", 300), ("site-1", 120)), seed=0)
     run_config = (
         f"strategy='fedavg' dataset='files:{tmp_path / 'server.csv'}' model='logreg' batch-size=0 num-server-rounds=3 "
         f"client-lr=0.5 local-epochs=5 run-name='sites' results-dir='{tmp_path}'"
     )
-    env = {**os.environ, "FL_DP_VENV": str(Path(sys.executable).parent.parent), "FL_DP_DEPLOY_PORT": str(24000 + os.getpid() % 2000 * 5),
-           "FL_DP_NODE_DATA": str(tmp_path / "site-%i.csv")}
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "deploy.sh"), "2", "--run-config", run_config],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    _deploy_two_sites(tmp_path, run_config, port_base=24000)
     history = pd.read_csv(tmp_path / "sites.csv")
     assert list(history["accepted"]) == [2, 2, 2]
     assert history["test-accuracy"].iloc[-1] > 0.85  # learnt from the sites' files (the rule is linear)
@@ -124,21 +134,12 @@ def test_tls_deployment_two_supernodes_with_their_own_files(tmp_path):
 def test_tls_deployment_federated_evaluation_without_server_data(tmp_path):
     """Two SuperNodes with their own files and no data on the server (dataset = schema:4:2): each
     site tests the model on its held-out rows and the server combines their reports."""
-    rng = np.random.default_rng(1)
-    for name, rows in (("site-0", 300), ("site-1", 150)):
-        x = rng.standard_normal((rows, 4))
-        frame = pd.DataFrame({f"f{j}": x[:, j] for j in range(4)})
-        frame["label"] = (x[:, 0] - x[:, 1] > 0).astype(int)
-        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    _write_sites(tmp_path, (("site-0", 300), ("site-1", 150)), seed=1)
     run_config = (
         "strategy='fedavg' dataset='schema:4:2' evaluation='federated' model='logreg' batch-size=0 num-server-rounds=3 "
         f"client-lr=0.5 local-epochs=5 run-name='federated-eval' results-dir='{tmp_path}'"
     )
-    env = {**os.environ, "FL_DP_VENV": str(Path(sys.executable).parent.parent), "FL_DP_DEPLOY_PORT": str(26000 + os.getpid() % 2000 * 5),
-           "FL_DP_NODE_DATA": str(tmp_path / "site-%i.csv")}
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "deploy.sh"), "2", "--run-config", run_config],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    _deploy_two_sites(tmp_path, run_config, port_base=26000)
     history = pd.read_csv(tmp_path / "federated-eval.csv")
     assert list(history["accepted"]) == [2, 2, 2]
     assert list(history["evaluated-clients"]) == [2, 2, 2] and list(history["evaluation-rejected"]) == [0, 0, 0]

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import app as client_app
 from fl_dp.config import ConfigError, RunConfig
@@ -23,10 +22,7 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import Key
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
 def _mechanism(noise=0.0, dim=1000, survivors=0.4, cohort=10, bits=20):

@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import train as client_train
 from fl_dp.checkpoint import checkpoint_path, ledger_journal_path, write_checkpoint
@@ -16,14 +15,12 @@ from fl_dp.wire import LEDGER_STATE, Reply
 from fl_dp.inprocess import InProcessFederation
 from fl_dp.server import ServerCore
 from strategies.fl_dp_strategy import FlDpStrategy
+from flower_fakes import FakeGrid
 
 TIMING = {"round-seconds"}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
 def _rows(rows):
@@ -214,14 +211,6 @@ def _flower_rounds(strategy, contexts, rounds, lose_state_of=None):
         arrays, _ = strategy.aggregate_train(server_round, replies)
         strategy.evaluate(server_round, arrays)  # as Flower's loop does after each round
     return strategy.core
-
-
-class FakeGrid:
-    def __init__(self, node_ids):
-        self.node_ids = node_ids
-
-    def get_node_ids(self):
-        return list(self.node_ids)
 
 
 EF_CFG = dict(strategy="alpha-normec", noise_multiplier=0.7, server_lr=0.3, num_server_rounds=6, clients_per_round=2)

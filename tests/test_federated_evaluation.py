@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from clients.client_app import evaluate as client_evaluate
 from clients.client_app import train as client_train
@@ -17,22 +16,12 @@ from fl_dp.data import ArrayDataset, load_dataset
 from fl_dp.federated_evaluation import check_report, combine, evaluation_cohort, split_held_out
 from fl_dp.inprocess import InProcessFederation, run_inprocess
 from fl_dp.server import ServerCore
-from fl_dp.wire import MalformedMessage, Reply
+from fl_dp.wire import MalformedMessage
 from strategies.fl_dp_strategy import FlDpStrategy
+from flower_fakes import FakeGrid, contexts_for
 
 
-class FakeGrid:
-    def __init__(self, node_ids):
-        self.node_ids = node_ids
-
-    def get_node_ids(self):
-        return list(self.node_ids)
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
 @pytest.fixture
@@ -134,13 +123,6 @@ def test_federated_evaluation_holds_out_data_and_central_evaluation_does_not(tin
         federated.evaluate({"x": np.full(federated.objective.dim, np.nan, np.float32)})
 
 
-def _contexts(cfg, node_ids):
-    return {
-        node: Context(run_id=1, node_id=node, node_config={"partition-id": i, "num-partitions": cfg.num_clients},
-                      state=RecordDict(), run_config=cfg.to_flwr())
-        for i, node in enumerate(node_ids)
-    }
-
 
 def _run_flower(cfg, contexts, corrupt=None):
     node_ids = list(contexts)
@@ -160,7 +142,7 @@ def _run_flower(cfg, contexts, corrupt=None):
 
 
 def test_flower_path_and_in_process_loop_give_the_same_federated_evaluation(fed_cfg):
-    strategy = _run_flower(fed_cfg, _contexts(fed_cfg, [101, 102, 103, 104]))
+    strategy = _run_flower(fed_cfg, contexts_for(fed_cfg, [101, 102, 103, 104]))
     flower = strategy.core.history()
     inprocess = InProcessFederation(fed_cfg).run()
     for column in ("test-accuracy", "test-loss", "evaluated-clients"):
@@ -180,14 +162,14 @@ def test_hostile_evaluation_replies_are_rejected_and_the_run_goes_on(fed_cfg):
         honest_accuracy.append(replies[3].content.metric_records["metrics"]["test-accuracy"])
         return replies
 
-    strategy = _run_flower(fed_cfg, _contexts(fed_cfg, [101, 102, 103, 104]), corrupt)
+    strategy = _run_flower(fed_cfg, contexts_for(fed_cfg, [101, 102, 103, 104]), corrupt)
     history = strategy.core.history()
     assert list(history["evaluated-clients"]) == [2] * 4 and list(history["evaluation-rejected"]) == [2] * 4
     assert "ClientApp crashed" in history["rejections"].iloc[-1]
     assert "test-accuracy must be in [0, 1]" in history["rejections"].iloc[-1]
     # the liar's 1e9 examples weigh as much as the one honest report left, no more
     assert history["test-accuracy"].tolist() == pytest.approx([(a + 1.0) / 2 for a in honest_accuracy])
-    honest = _run_flower(fed_cfg, _contexts(fed_cfg, [101, 102, 103, 104]))
+    honest = _run_flower(fed_cfg, contexts_for(fed_cfg, [101, 102, 103, 104]))
     assert torch.equal(strategy.core.x, honest.core.x)  # training untouched by what evaluation received
 
 
@@ -203,7 +185,7 @@ def test_a_server_without_data_and_supernodes_with_their_own_files(tiny_cfg, tmp
     cfg = tiny_cfg.replace(dataset="schema:3:2", evaluation="federated", num_clients=2, clients_per_round=2,
                            num_server_rounds=5, client_lr=0.5, local_epochs=3)
     assert len(load_dataset("schema:3:2").test) == 0
-    contexts = _contexts(cfg, [101, 102])
+    contexts = contexts_for(cfg, [101, 102])
     for i, context in enumerate(contexts.values()):
         context.node_config["data-path"] = str(tmp_path / f"site-{i}.csv")
     history = _run_flower(cfg, contexts).core.history()
@@ -217,7 +199,7 @@ def test_a_server_without_data_and_supernodes_with_their_own_files(tiny_cfg, tmp
 def test_a_schema_dataset_that_does_not_fit_the_files_is_refused(tiny_cfg, tmp_path):
     _site_file(tmp_path / "site-0.csv", 20, 1)
     cfg = tiny_cfg.replace(dataset="schema:5:2", evaluation="federated", num_clients=1, clients_per_round=1)
-    context = _contexts(cfg, [101])[101]
+    context = contexts_for(cfg, [101])[101]
     context.node_config["data-path"] = str(tmp_path / "site-0.csv")
     strategy = FlDpStrategy(ServerCore(cfg))
     message = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), FakeGrid([101])))[0]

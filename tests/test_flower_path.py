@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import LEDGER_KEY, STATE_KEY
 from clients.client_app import train as client_train
@@ -13,40 +12,18 @@ from fl_dp.config import ConfigError
 from fl_dp.inprocess import InProcessFederation
 from fl_dp.server import ServerCore
 from strategies.fl_dp_strategy import FlDpStrategy
+from flower_fakes import FakeGrid, contexts_for
 
 
-class FakeGrid:
-    def __init__(self, node_ids):
-        self.node_ids = node_ids
+pytestmark = pytest.mark.usefixtures("flower_task")
 
-    def get_node_ids(self):
-        return list(self.node_ids)
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-
-
-def _contexts(cfg, node_ids):
-    return {
-        node: Context(
-            run_id=1,
-            node_id=node,
-            node_config={"partition-id": i, "num-partitions": cfg.num_clients},
-            state=RecordDict(),
-            run_config=cfg.to_flwr(),
-        )
-        for i, node in enumerate(node_ids)
-    }
 
 
 def _run_flower(cfg, rounds, corrupt=None, node_ids=None):
     # default: sorted like the in-process client ids; node_ids[i] serves partition i
     node_ids = node_ids or [101 + i for i in range(cfg.num_clients)]
     strategy = FlDpStrategy(ServerCore(cfg))
-    contexts = _contexts(cfg, node_ids)
+    contexts = contexts_for(cfg, node_ids)
     grid = FakeGrid(node_ids)
     arrays = strategy.initial_arrays()
     trajectory = []
@@ -187,7 +164,7 @@ def test_flowers_own_round_loop_runs_the_strategy_and_its_result_is_the_csv(tiny
                            eval_samples=50, results_dir=str(tmp_path))
     node_ids = [101 + i for i in range(cfg.num_clients)]
     strategy = FlDpStrategy(ServerCore(cfg))
-    result = strategy.start(LoopbackGrid(_contexts(cfg, node_ids)), strategy.initial_arrays(), num_rounds=3)
+    result = strategy.start(LoopbackGrid(contexts_for(cfg, node_ids)), strategy.initial_arrays(), num_rounds=3)
     fed = InProcessFederation(cfg)
     expected = fed.run()
     assert np.allclose(result.arrays["x"].numpy(), fed.server.x.numpy(), atol=1e-6)
@@ -221,7 +198,7 @@ def test_a_supernode_with_its_own_files_trains_on_them(tiny_cfg, tmp_path):
     _site_file(tmp_path / "site-1.csv", 12, lambda r: int(r[0] > 0), 2)
     cfg = tiny_cfg.replace(dataset=f"files:{tmp_path / 'server.csv'}", num_clients=2, clients_per_round=2, num_server_rounds=2)
     node_ids = [101, 102]
-    contexts = _contexts(cfg, node_ids)
+    contexts = contexts_for(cfg, node_ids)
     for i, node in enumerate(node_ids):
         contexts[node].node_config["data-path"] = str(tmp_path / f"site-{i}.csv")
     strategy = FlDpStrategy(ServerCore(cfg))
