@@ -14,6 +14,9 @@
 # FL_DP_CLIENT_STATE_DIR (default results/client-state) holds each SuperNode's state-dir.
 # FL_DP_NODE_DATA (e.g. "/data/site-%i.csv"; %i is the node's index) gives every SuperNode its own
 # local files (node config data-path): it trains on them instead of a partition of the run's dataset.
+# FL_DP_WARM_CLIENTAPP (default 1): each SuperNode polls every 0.1 s and runs with --isolation process
+# beside one long-lived ClientApp process that keeps torch, the model and the data across messages
+# (scripts/flower_runtime.py); 0 gives Flower's own: 3 s polls, a new flwr-clientapp process per message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 num_nodes="${1:-2}"
@@ -63,12 +66,21 @@ for i in $(seq 0 $((num_nodes - 1))); do
     flwr supernode register "$work/node-$i.pub" tls-local >"$work/register-$i.log" 2>&1 && break
     sleep 1
   done
-  flower-supernode \
+  runtime_port=$((port + 1 + i))
+  supernode=(flower-supernode)
+  if [ "${FL_DP_WARM_CLIENTAPP:-1}" = "1" ]; then supernode=("$venv/bin/python" scripts/flower_runtime.py supernode --isolation process); fi
+  "${supernode[@]}" \
     --superlink "127.0.0.1:$port" --root-certificates "$work/certs/ca.crt" \
     --auth-supernode-private-key "$work/node-$i" \
     --node-config "partition-id=$i num-partitions=$num_nodes state-dir='$state_dir/node-$i' $node_data ${FL_DP_NODE_PRIVACY:-}" \
-    --host 127.0.0.1 --port $((port + 1 + i)) >"$work/supernode-$i.log" 2>&1 &
+    --host 127.0.0.1 --port "$runtime_port" >"$work/supernode-$i.log" 2>&1 &
   pids+=($!)
+  if [ "${FL_DP_WARM_CLIENTAPP:-1}" = "1" ]; then
+    # the Runtime API listens on 127.0.0.1 only: the same trust boundary as Flower's own SuperExec
+    "$venv/bin/python" scripts/flower_runtime.py clientapp --runtime-api-address "127.0.0.1:$runtime_port" --insecure \
+      >"$work/clientapp-$i.log" 2>&1 &
+    pids+=($!)
+  fi
 done
 
 flwr_run_checked . tls-local \

@@ -14,7 +14,7 @@ from fl_dp import results
 from fl_dp.config import RunConfig
 from fl_dp.results import history_from_result
 from fl_dp.server import ServerCore
-from strategies import flower_linkstate
+from strategies import flower_grid, flower_linkstate
 from strategies.fl_dp_strategy import FlDpStrategy, wait_for_federation, wait_for_nodes
 
 log = logging.getLogger("fl_dp")
@@ -68,6 +68,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> tuple[ServerCore, pd.DataFrame]:
     # In a simulation the ServerApp shares its process with the engine's in-memory LinkState;
     # elsewhere (a SuperLink of a deployment) this changes nothing the run uses.
     flower_linkstate.install()
+    grid = flower_grid.prompt(grid)
     log_path = configure_logging(cfg)
     if cfg.num_clients:
         cfg = cfg.for_federation(cfg.num_clients)

@@ -1,0 +1,317 @@
+"""A SuperNode's processes for fast deployment rounds on flwr 1.42: the SuperNode with short polls,
+and one long-lived ClientApp process that serves all its messages.
+
+    python scripts/flower_runtime.py supernode [flower-supernode options] --isolation process --port 9094
+    python scripts/flower_runtime.py clientapp --runtime-api-address 127.0.0.1:9094 --insecure
+
+``supernode``: flower-supernode, except that its waits (3 s between two empty pulls from the
+SuperLink, 0.5 s while a reply is pending, 1 s before pulling again a part of a message that has
+not reached the SuperLink yet; ``flwr/supernode/start_client_internal.py``) last at most
+``FL_DP_SUPERNODE_POLL_SECONDS`` (default 0.1 s; the retries double up to 1 s). The messages and
+their order are Flower's; only how soon the node asks again changes. Upstream change that would
+remove it: a ``--poll-interval`` option of flower-supernode.
+
+``clientapp``: Flower 1.42's own SuperExec (``flower-superexec``) starts a new ``flwr-clientapp`` process for
+every task, and ``flwr-clientapp`` serves one task and exits
+(``flwr/supernode/runtime/run_clientapp.py``), so a deployment round pays Python's, torch's and
+opacus' imports (about 6 s on two cores) on every SuperNode. This loop claims tasks from the
+SuperNode's Runtime API as ``flower-superexec`` does (``AcquireTask``) and runs each through the
+same steps as ``run_clientapp`` (pull message, context, run and FAB; install the FAB; load the
+ClientApp; push the reply and the context), without exiting between them. A task of another app
+(another FAB hash) than the one this process has imported, and any task that is not a ClientApp
+task, is handed to Flower's own subprocess executor, since Python cannot unload the first app's
+modules.
+
+Version-pinned: it uses Flower internals of 1.42.0 (``run_clientapp.pull_task_input``,
+``push_message``, ``push_task_output``, ``RuntimeHttpClient``) and refuses to start on another
+version. The upstream change that would make it unnecessary: a ``--max-tasks N`` (or
+``--keep-alive``) option of ``flwr-clientapp`` that loops over ``AcquireTask`` itself.
+
+It imports nothing of fl-dp: the app's packages must come from the installed FAB, as in a fresh
+``flwr-clientapp`` process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import flwr
+
+SUPPORTED_FLOWER = ("1.42.0",)
+log = logging.getLogger("fl-dp.flower-runtime")
+
+
+@dataclass
+class WarmState:
+    """What this process keeps across tasks: the one app it has imported, and counts."""
+
+    fab_hash: str = ""
+    client_app: Any = None
+    served: int = 0
+    handed_off: int = 0
+    failed: int = 0
+    seconds: list[float] = field(default_factory=list)
+    backoff_seconds: float = 0.02
+
+
+def check_flower_version(version: str = flwr.__version__) -> None:
+    if version not in SUPPORTED_FLOWER:
+        raise SystemExit(
+            f"flower_runtime.py is written against flwr {', '.join(SUPPORTED_FLOWER)}, found {version}: "
+            "use flower-supernode itself (FL_DP_WARM_CLIENTAPP=0 in scripts/deploy.sh)"
+        )
+
+
+class ShortSleeps:
+    """Stands in for the ``time`` module of Flower's SuperNode loop: sleeps at most ``limit`` s."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.limit))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def run_supernode(argv: list[str], poll_seconds: float) -> int:
+    """flower-supernode with ``argv``, its waits shortened to ``poll_seconds``."""
+    check_flower_version()
+    import flwr.supernode.start_client_internal as supernode_loop
+    from flwr.supernode.cli import flower_supernode
+
+    supernode_loop.time = ShortSleeps(poll_seconds)  # type: ignore[assignment]
+    # a message's objects may reach the SuperLink after the message: retry them soon, not after 1 s
+    supernode_loop.pull_objects = functools.partial(  # type: ignore[assignment]
+        supernode_loop.pull_objects, initial_backoff=poll_seconds, backoff_cap=1.0
+    )
+    log.info("flower-supernode with polls of at most %.3f s (flwr %s)", poll_seconds, flwr.__version__)
+    sys.argv = ["flower-supernode", *argv]
+    return int(flower_supernode() or 0)
+
+
+def runtime_client(address: str, insecure: bool, certificates: bytes | None, interceptors: list[Any]) -> Any:
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=insecure,
+        root_certificates=certificates,
+        interceptors=interceptors,
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+def pull_task_input(client: Any, backoff_seconds: float) -> tuple[Any, Any, Any, Any]:
+    """``run_clientapp.pull_task_input``, retrying a message part the SuperNode has not stored yet
+    after ``backoff_seconds`` (doubling up to 1 s) rather than after Flower's 1 s: the SuperNode
+    offers the task before all of the message's parts have arrived from the SuperLink, so the
+    first try of a round often misses one."""
+    from flwr.app import Message
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest  # pylint: disable=E0611
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node = Node(node_id=context.node_id)
+    tree = pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree,
+        make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message,
+        initial_backoff=backoff_seconds,
+        backoff_cap=1.0,
+    )
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower: not part of the deflated message
+    return message, context, run, fab
+
+
+def serve_task(address: str, token: str, insecure: bool, certificates: bytes | None, state: WarmState) -> None:
+    """Run one ClientApp task in this process, as ``run_clientapp`` does; a failure (of the app, or
+    a FAB other than the one imported) becomes an Error reply, never the end of this process."""
+    from flwr.app import Message
+    from flwr.app.error import Error
+    from flwr.cli.install import install_from_fab
+    from flwr.clientapp.client_app import LoadClientAppError
+    from flwr.clientapp.utils import get_load_client_app_fn
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.runtime.tracing import RuntimeTracingInterceptor
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+    client = runtime_client(
+        address,
+        insecure,
+        certificates,
+        [
+            RuntimeTracingInterceptor(),
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+            RuntimeTokenHttpInterceptor(token),
+        ],
+    )
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    message = reply = context = None
+    pulled = answered = float("nan")
+    sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+    started = time.perf_counter()
+    try:
+        message, context, run, fab = pull_task_input(client, state.backoff_seconds)
+        pulled = time.perf_counter()
+        if state.fab_hash and fab.hash_str != state.fab_hash:
+            raise LoadClientAppError(
+                f"this warm SuperExec serves FAB {state.fab_hash[:12]}, the task needs {fab.hash_str[:12]}: "
+                "restart it (or the SuperNode) to serve the new app"
+            )
+        if state.client_app is None:
+            install_from_fab(fab.content, skip_prompt=True)
+            load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+            state.client_app = load(run.fab_id, run.fab_version, fab.hash_str)
+            state.fab_hash = fab.hash_str
+        reply = state.client_app(message=message, context=context)
+        answered = time.perf_counter()
+        sub_status, details = SubStatus.COMPLETED, ""
+        state.served += 1
+    except Exception as err:  # a failing app must answer with an Error, never end this process
+        code = (
+            ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(err, LoadClientAppError) else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        )
+        details = f"{type(err)}:<'{err}'>"
+        log.error("ClientApp task failed: %s", details, exc_info=err)
+        if message is not None:
+            reply = Message(Error(code=code, reason=details), reply_to=message)
+        state.failed += 1
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        except Exception as err:  # the SuperNode may be gone; the next task decides
+            log.error("failed to push the reply: %s", err)
+        push_task_output(client=client, context=context, sub_status=sub_status, details=details)
+        heartbeat.stop()
+        client.close()
+    done = time.perf_counter()
+    state.seconds.append(done - started)
+    log.info(
+        "task served in %.3f s (pull %.3f, app %.3f, push %.3f; %d served, %d failed)",
+        done - started,
+        pulled - started,
+        answered - pulled,
+        done - answered,
+        state.served,
+        state.failed,
+    )
+
+
+def hand_off(address: str, token: str, task: Any, insecure: bool, root_certificates_path: str | None) -> None:
+    """A task this process does not serve, to Flower's own subprocess executor."""
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import ExecutionSpec
+    from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+
+    SubprocessExecutor().launch(
+        ExecutionSpec(
+            task_type=TaskType(task.type),
+            runtime_api_address=address,
+            token=token,
+            insecure=insecure,
+            root_certificates_path=root_certificates_path,
+            runtime_dependency_install=False,
+            parent_pid=None,
+            suppress_output=False,
+            task_id=task.task_id,
+            fab_hash=task.fab_hash or None,
+        )
+    )
+
+
+def serve(
+    address: str,
+    insecure: bool,
+    root_certificates_path: str | None,
+    poll_seconds: float = 0.05,
+    max_tasks: int = 0,
+) -> WarmState:
+    """Claim and serve tasks until interrupted (or ``max_tasks`` ClientApp tasks were served)."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+    check_flower_version()
+    certificates = Path(root_certificates_path).read_bytes() if root_certificates_path else None
+    acquirer = runtime_client(address, insecure, certificates, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+    state = WarmState()
+    task_types = [str(t) for t in TaskType]
+    try:
+        while not max_tasks or state.served + state.failed < max_tasks:
+            try:
+                res = acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=task_types))
+            except Exception as err:  # the SuperNode restarting: ask again, as its own SuperExec would
+                log.warning("no task from the SuperNode (%s): asking again in 1 s", err)
+                time.sleep(1.0)
+                continue
+            if not (res.HasField("task") and res.token):
+                time.sleep(poll_seconds)
+                continue
+            task = res.task
+            same_app = not state.fab_hash or not task.fab_hash or task.fab_hash == state.fab_hash
+            if task.type == TaskType.CLIENT_APP and same_app:
+                try:
+                    serve_task(address, res.token, insecure, certificates, state)
+                except Exception as err:  # the SuperNode went away mid-task: its expiry handling applies
+                    log.error("task %d not completed: %s", task.task_id, err)
+                    state.failed += 1
+            else:
+                state.handed_off += 1
+                hand_off(address, res.token, task, insecure, root_certificates_path)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        acquirer.close()
+    return state
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s fl-dp %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    if argv[:1] == ["supernode"]:
+        raise SystemExit(run_supernode(argv[1:], float(os.environ.get("FL_DP_SUPERNODE_POLL_SECONDS", "0.1"))))
+    if argv[:1] != ["clientapp"]:
+        raise SystemExit("usage: flower_runtime.py supernode [flower-supernode options] | clientapp [options]")
+    parser = argparse.ArgumentParser(prog="flower_runtime.py clientapp", description="a long-lived ClientApp process")
+    parser.add_argument("--runtime-api-address", default="127.0.0.1:9094")
+    parser.add_argument("--insecure", action="store_true", help="the SuperNode's Runtime API without TLS")
+    parser.add_argument("--root-certificates", default=None)
+    parser.add_argument("--poll-seconds", type=float, default=0.05)
+    args = parser.parse_args(argv[1:])
+    if not args.insecure and not args.root_certificates:
+        parser.error("give --insecure (Runtime API on localhost) or --root-certificates")
+    serve(args.runtime_api_address, args.insecure, args.root_certificates, args.poll_seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The ServerApp's prompt Grid returns what Flower's HttpGrid.send_and_receive returns, reply for reply."""
+
+import functools
+from types import SimpleNamespace
+
+import pytest
+from flwr.superlink.grid import HttpGrid, http_grid
+
+from strategies import flower_grid
+
+
+class StagedGrid:
+    """Replies that become available over several pulls; records every pull."""
+
+    def __init__(self, stages, pushed=("a", "b", "c")):
+        self.stages, self.pushed, self.pulls = [list(s) for s in stages], list(pushed), []
+        self.node_ids = [1, 2]
+
+    def push_messages(self, messages):
+        list(messages)
+        return list(self.pushed)
+
+    def pull_messages(self, message_ids):
+        self.pulls.append(set(message_ids))
+        stage = self.stages.pop(0) if self.stages else []
+        return [
+            SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=m), name=f"reply-{m}") for m in stage if m in message_ids
+        ]
+
+    def get_node_ids(self):
+        return self.node_ids
+
+
+def _names(replies):
+    return [r.name for r in replies]
+
+
+@pytest.mark.parametrize(
+    "stages, timeout",
+    [
+        ([["a"], [], ["b", "c"]], None),  # all replies, in three pulls
+        ([["a", "b", "c"]], 10.0),  # all at once
+        ([["a"], ["b"], [], [], []], 0.05),  # one never comes: the timeout ends the wait
+        ([["a", "a"], ["b", "c"]], 10.0),  # a duplicate reply is returned as Flower returns it
+    ],
+)
+def test_prompt_grid_returns_what_flowers_http_grid_returns(monkeypatch, stages, timeout):
+    clock = {"t": 0.0}
+    monkeypatch.setattr(flower_grid.time, "time", lambda: clock["t"])
+    monkeypatch.setattr(flower_grid.time, "sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+    ours = StagedGrid(stages)
+    replies = flower_grid.PromptGrid(ours).send_and_receive(["m"] * 3, timeout=timeout)
+
+    monkeypatch.setattr(http_grid.time, "sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+    clock["t"] = 0.0
+    flowers = StagedGrid(stages)
+    expected = HttpGrid.send_and_receive(flowers, ["m"] * 3, timeout=timeout)  # type: ignore[arg-type]
+
+    assert _names(replies) == _names(expected)
+    # Flower waits 3 s between pulls, so within a timeout it may pull fewer times; never more
+    assert len(ours.pulls) >= len(flowers.pulls) and ours.pulls[: len(flowers.pulls)] == flowers.pulls
+
+
+def test_prompt_grid_waits_a_tenth_of_flowers_wait(monkeypatch):
+    waits = []
+    monkeypatch.setattr(flower_grid.time, "sleep", waits.append)
+    flower_grid.PromptGrid(StagedGrid([[], [], ["a", "b", "c"]])).send_and_receive([], timeout=None)
+    assert waits == [flower_grid.PULL_SECONDS] * 2
+
+
+def test_prompt_grid_passes_everything_else_through():
+    assert flower_grid.PromptGrid(StagedGrid([])).get_node_ids() == [1, 2]
+
+
+def test_prompt_wraps_only_a_deployment_grid(monkeypatch):
+    other = StagedGrid([])
+    assert flower_grid.prompt(other) is other  # the simulation's InMemoryGrid, a test's fake
+    deployment = object.__new__(HttpGrid)
+    monkeypatch.setattr(http_grid, "pull_objects", flower_grid.ORIGINAL_PULL_OBJECTS)
+    assert isinstance(flower_grid.prompt(deployment), flower_grid.PromptGrid)
+    monkeypatch.setenv(flower_grid.KEEP_FLOWERS_ENV, "1")
+    assert flower_grid.prompt(deployment) is deployment
+
+
+def test_install_shortens_only_the_retries_of_reply_parts_and_only_on_a_checked_version(monkeypatch):
+    monkeypatch.setattr(http_grid, "pull_objects", flower_grid.ORIGINAL_PULL_OBJECTS)
+    assert not flower_grid.install("1.41.0")
+    assert http_grid.pull_objects is flower_grid.ORIGINAL_PULL_OBJECTS
+    assert flower_grid.install(flower_grid.CHECKED_FLWR_VERSIONS[0])
+    patched = http_grid.pull_objects
+    assert isinstance(patched, functools.partial) and patched.func is flower_grid.ORIGINAL_PULL_OBJECTS
+    assert patched.keywords == {"initial_backoff": flower_grid.PULL_SECONDS, "backoff_cap": 1.0}
+    # the same objects come back: a part missing on the first try is pulled again soon
+    tries = {"x": 0}
+
+    def pull(object_id):
+        from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+        tries[object_id] += 1
+        if tries[object_id] < 3:
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    assert patched(["x"], pull) == {"x": b"content"} and tries["x"] == 3

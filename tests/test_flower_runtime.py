@@ -1,0 +1,180 @@
+"""scripts/flower_runtime.py: the long-lived ClientApp process answers every task, a failing one
+with an Error reply, and keeps serving; the SuperNode's waits are capped, nothing else changed.
+(Its rounds on a real TLS deployment: tests/test_deployment.py, through scripts/deploy.sh.)"""
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import flwr.cli.install
+import flwr.clientapp.utils
+import flwr.supercore.heartbeat
+import flwr.supernode.runtime.run_clientapp as run_clientapp
+import pytest
+from flwr.app import Message, RecordDict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    spec = importlib.util.spec_from_file_location("flower_runtime", ROOT / "scripts" / "flower_runtime.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+class FakeHeartbeat:
+    def __init__(self, fn):
+        self.running = False
+
+    def start(self):
+        self.running = True
+
+    def stop(self):
+        self.running = False
+
+
+@pytest.fixture
+def supernode(monkeypatch, runtime):
+    """A SuperNode's Runtime API reduced to what serve_task does with it: the tasks it hands out,
+    the replies and task outputs pushed back, the FABs installed and apps loaded."""
+    node = SimpleNamespace(tasks=[], replies=[], outputs=[], installed=[], loaded=[])
+
+    def pull(client, backoff):
+        from flwr.supercore.task_identity import TaskIdentity
+
+        fab_hash, app = node.tasks.pop(0)
+        node.app = app
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 3, 7, 1  # as Flower's pull sets them
+        message = Message(RecordDict(), dst_node_id=1, message_type="train")
+        return (
+            message,
+            SimpleNamespace(node_id=1, run_id=7),
+            SimpleNamespace(fab_id="fl-dp", fab_version="0.1.0"),
+            SimpleNamespace(hash_str=fab_hash, content=b"fab"),
+        )
+
+    def loader(**kwargs):
+        def load(fab_id, fab_version, fab_hash):
+            node.loaded.append(fab_hash)
+            return lambda message, context: node.app(message, context)
+
+        return load
+
+    monkeypatch.setattr(runtime, "runtime_client", lambda *a: SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(runtime, "pull_task_input", pull)
+    monkeypatch.setattr(flwr.supercore.heartbeat, "HeartbeatSender", FakeHeartbeat)
+    monkeypatch.setattr(flwr.supercore.heartbeat, "make_task_heartbeat_fn_http", lambda client: None)
+    monkeypatch.setattr(flwr.cli.install, "install_from_fab", lambda content, skip_prompt: node.installed.append(content))
+    monkeypatch.setattr(flwr.clientapp.utils, "get_load_client_app_fn", loader)
+    monkeypatch.setattr(run_clientapp, "push_message", lambda client, reply, context: node.replies.append(reply))
+    monkeypatch.setattr(run_clientapp, "push_task_output", lambda **kw: node.outputs.append(kw["sub_status"]))
+    return node
+
+
+def _answer(message, context):
+    return Message(RecordDict(), reply_to=message)
+
+
+def _raise(message, context):
+    raise ValueError("a broken client")
+
+
+def test_one_process_serves_every_task_and_a_failing_task_answers_with_an_error(runtime, supernode):
+    state = runtime.WarmState()
+    supernode.tasks = [("f1", _answer), ("f1", _raise), ("f1", _answer)]
+    for _ in range(3):
+        runtime.serve_task("127.0.0.1:9094", "token", True, None, state)
+    # the FAB installed and the app imported once, for all three tasks
+    assert supernode.installed == [b"fab"] and supernode.loaded == ["f1"]
+    assert (state.served, state.failed) == (2, 1)
+    replies = supernode.replies
+    assert [r.has_error() for r in replies] == [False, True, False]
+    assert "a broken client" in replies[1].error.reason
+    assert supernode.outputs == ["completed", "failed", "completed"]
+
+
+def test_a_task_of_another_app_is_refused_by_name_not_run_with_the_imported_one(runtime, supernode):
+    state = runtime.WarmState()
+    supernode.tasks = [("f1" * 8, _answer), ("f2" * 8, _answer)]
+    runtime.serve_task("a", "t", True, None, state)
+    runtime.serve_task("a", "t", True, None, state)
+    assert supernode.loaded == ["f1" * 8]
+    assert supernode.replies[1].has_error() and "f2f2f2f2f2f2" in supernode.replies[1].error.reason
+
+
+def test_serve_hands_other_task_types_to_flowers_subprocess_executor_and_survives_a_lost_supernode(runtime, monkeypatch):
+    from flwr.supercore.constant import TaskType
+
+    answers = [
+        RuntimeError("connection refused"),  # the SuperNode restarting
+        SimpleNamespace(
+            HasField=lambda f: True, token="t1", task=SimpleNamespace(type=TaskType.CLIENT_APP, fab_hash="", task_id=1)
+        ),
+        SimpleNamespace(
+            HasField=lambda f: True, token="t2", task=SimpleNamespace(type=TaskType.SERVER_APP, fab_hash="", task_id=2)
+        ),
+        SimpleNamespace(
+            HasField=lambda f: True, token="t3", task=SimpleNamespace(type=TaskType.CLIENT_APP, fab_hash="", task_id=3)
+        ),
+    ]
+
+    def acquire(request):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    served, handed = [], []
+
+    def serve_task(address, token, insecure, certificates, state):
+        served.append(token)
+        if token == "t3":
+            raise OSError("SuperNode gone mid-task")
+        state.served += 1
+
+    monkeypatch.setattr(runtime, "runtime_client", lambda *a: SimpleNamespace(AcquireTask=acquire, close=lambda: None))
+    monkeypatch.setattr(runtime, "serve_task", serve_task)
+    monkeypatch.setattr(runtime, "hand_off", lambda address, token, task, insecure, roots: handed.append(token))
+    monkeypatch.setattr(runtime.time, "sleep", lambda s: None)
+    state = runtime.serve("127.0.0.1:9094", True, None, max_tasks=2)
+    assert served == ["t1", "t3"] and handed == ["t2"]
+    assert (state.served, state.failed, state.handed_off) == (1, 1, 1)
+
+
+def test_short_sleeps_cap_the_supernode_waits_and_keep_the_rest_of_time(runtime, monkeypatch):
+    slept = []
+    monkeypatch.setattr(runtime.time, "sleep", slept.append)
+    short = runtime.ShortSleeps(0.1)
+    short.sleep(3)
+    short.sleep(0.05)
+    assert slept == [0.1, 0.05]
+    assert short.monotonic is time.monotonic
+
+
+def test_it_refuses_a_flower_version_it_was_not_written_against(runtime):
+    runtime.check_flower_version(runtime.SUPPORTED_FLOWER[0])
+    with pytest.raises(SystemExit, match="1.43.0"):
+        runtime.check_flower_version("1.43.0")
+
+
+def test_it_imports_nothing_of_fl_dp_so_the_app_comes_from_the_installed_fab():
+    import subprocess
+
+    code = (
+        "import runpy, sys; runpy.run_path(sys.argv[1], run_name='not_main'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fl_dp', 'clients', 'strategies', 'torch')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "scripts" / "flower_runtime.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
+    assert out.stdout.strip() == "[]"
