@@ -1,6 +1,7 @@
 """The simulation's message lookup returns what Flower's own does, message for message."""
 
 import time
+from types import SimpleNamespace
 
 import pytest
 from flwr.app import Message, RecordDict
@@ -91,3 +92,34 @@ def test_the_environment_can_keep_flowers_lookup(monkeypatch):
     monkeypatch.setenv(flower_linkstate.KEEP_FLOWERS_ENV, "1")
     assert not flower_linkstate.install()
     assert InMemoryLinkState.get_message_ins is flower_linkstate.ORIGINAL_GET_MESSAGE_INS
+
+
+def test_a_lookup_validates_only_the_messages_addressed_to_the_asking_node(monkeypatch):
+    state, nodes = _state_with_messages(6)
+    checked = []
+    original = InMemoryLinkState._check_stored_messages
+    monkeypatch.setattr(InMemoryLinkState, "_check_stored_messages", lambda self, ids, run_id=None: (checked.extend(ids), original(self, ids, run_id)))
+    addressed = {n: [i for i, m in state.message_ins_store.items() if m.metadata.dst_node_id == n] for n in nodes}
+    for node in nodes:
+        checked.clear()
+        flower_linkstate.get_message_ins(state, node, None)
+        assert checked == addressed[node]  # Flower's own lookup validates every stored message here
+
+
+def test_the_destination_index_follows_every_store_and_delete():
+    def message(node, tag):
+        return SimpleNamespace(metadata=SimpleNamespace(dst_node_id=node, tag=tag))
+
+    store = flower_linkstate.MessagesByDestination({"a": message(1, "a"), "b": message(2, "b")})
+    store["c"] = message(1, "c")
+    store["b"] = message(2, "b2")  # replaced in place: keeps its position, as a dict does
+    assert list(store) == ["a", "b", "c"] and store["b"].metadata.tag == "b2"
+    assert store.by_destination == {1: {"a": None, "c": None}, 2: {"b": None}}
+    del store["a"]
+    del store["b"]
+    assert store.by_destination == {1: {"c": None}} and list(store) == ["c"]
+    with pytest.raises(TypeError):
+        store.pop("c")
+    with pytest.raises(TypeError):
+        store.update({"d": message(3, "d")})
+    assert store.by_destination == {1: {"c": None}}
