@@ -221,6 +221,53 @@ def ratio_summary(ratios: pd.DataFrame, goal: float = GOAL) -> pd.DataFrame:
     }).reset_index()
 
 
+def linkstate_sweeps(node_counts: tuple[int, ...] = (100, 1000), sweeps: int = 5) -> pd.DataFrame:
+    """Seconds one sweep of the simulation engine takes (``get_message_ins(node, limit=1)`` for every
+    node, as ``vce_api.add_messages_to_queue`` does every 0.1 s) while each node has one request
+    delivered and not yet answered, with Flower's lookup and with ``strategies/flower_linkstate``'s."""
+    from flwr.app import Message, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.proto.task_pb2 import Task
+    from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.superlink.federation import NoOpFederationManager
+    from flwr.superlink.grid import InMemoryGrid
+
+    from strategies import flower_linkstate
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 11, SUPERLINK_NODE_ID
+    rows = []
+    for num_nodes in node_counts:
+        for lookup_name, lookup in (("flower's own", flower_linkstate.ORIGINAL_GET_MESSAGE_INS), ("fl-dp index", flower_linkstate.get_message_ins)):
+            factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+            nodes = sorted(_register_nodes(num_nodes, factory))
+            state = factory.state()
+            run = Run.create_empty(run_id=7)
+            run.primary_task_id, run.federation_id = 11, NOOP_FEDERATION_ID
+            state.run_ids[run.run_id] = RunRecord(run=run)
+            state.task_store[11] = Task(task_id=11, run_id=run.run_id)
+            grid = InMemoryGrid(state_factory=factory)
+            grid.set_run(run)
+            grid.push_messages([Message(RecordDict(), node, "train") for node in nodes])
+            delivered = sum(len(lookup(state, node, 1)) for node in nodes)  # the first sweep hands them out
+            times = []
+            for _ in range(sweeps):
+                started = time.perf_counter()
+                for node in nodes:
+                    lookup(state, node, 1)
+                times.append(time.perf_counter() - started)
+            rows.append({"nodes": num_nodes, "lookup": lookup_name, "delivered": delivered, "sweep ms (median)": 1000 * float(np.median(times))})
+    table = pd.DataFrame(rows)
+    own = table[table["lookup"] == "flower's own"].set_index("nodes")["sweep ms (median)"]
+    table["flower's own / this"] = [own[n] / t for n, t in zip(table["nodes"], table["sweep ms (median)"])]
+    return table
+
+
 def main() -> None:
     import argparse
 
@@ -228,7 +275,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--repeats", type=int, default=1, help="plain / flower / plain triples per client count")
     parser.add_argument("--round-trip-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sweeps-only", action="store_true", help="only the LinkState sweep table (seconds)")
     args = parser.parse_args()
+    if args.sweeps_only:
+        print(markdown_table(linkstate_sweeps()))
+        return
     if args.round_trip_child:
         _round_trip_child()
         return
@@ -255,7 +306,9 @@ def main() -> None:
     costs = state_cost()
     trips = ray_round_trips()
     trips.to_csv(out / "ray_round_trips.csv", index=False)
-    tables = [markdown_table(t) for t in (table, ratios, summary, costs, trips)]
+    sweeps = linkstate_sweeps()
+    sweeps.to_csv(out / "linkstate_sweeps.csv", index=False)
+    tables = [markdown_table(t) for t in (table, ratios, summary, costs, trips, sweeps)]
     (out / "table.md").write_text("\n".join(tables))
     for text in tables:
         print(text)

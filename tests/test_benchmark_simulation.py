@@ -34,3 +34,12 @@ def test_a_triple_missing_a_plain_loop_is_refused():
     table = pd.DataFrame(_triple(10, 1, 1.0, 1.2, 1.0)[:2])
     with pytest.raises(ValueError, match="expected plain, flower, plain"):
         paired_ratios(table)
+
+
+def test_linkstate_sweeps_deliver_every_request_with_both_lookups():
+    from benchmarks.simulation import linkstate_sweeps
+
+    table = linkstate_sweeps(node_counts=(5,), sweeps=1)
+    assert list(table["lookup"]) == ["flower's own", "fl-dp index"]
+    assert (table["delivered"] == 5).all()
+    assert table["flower's own / this"].iloc[0] == 1.0
