@@ -35,7 +35,7 @@ def privacy_utility(models: tuple[str, ...]) -> Callable[[], str]:
     def table() -> str:
         best = pd.read_csv(RESULTS / "privacy_utility_best.csv")
         best = best[best["privacy_model"].isin(models)]
-        order = ("alpha-normec", "dp-normalized-sgd", "clip21", "dp-fedavg")
+        order = ("alpha-normec", "fed-alpha-normec", "dp-normalized-sgd", "clip21", "dp-fedavg")
         strategies = [s for s in order if s in set(best["strategy"])]
         head = "| privacy model | rounds | epsilon | " + " | ".join(strategies) + " | noise multiplier |"
         lines = [head, "|---|---|---|" + "---|" * (len(strategies) + 1)]
