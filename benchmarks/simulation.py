@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -221,11 +222,10 @@ def ratio_summary(ratios: pd.DataFrame, goal: float = GOAL) -> pd.DataFrame:
     }).reset_index()
 
 
-def linkstate_sweeps(node_counts: tuple[int, ...] = (100, 1000), sweeps: int = 5) -> pd.DataFrame:
-    """Seconds one sweep of the simulation engine takes (``get_message_ins(node, limit=1)`` for every
-    node, as ``vce_api.add_messages_to_queue`` does every 0.1 s) while each node has one request
-    delivered and not yet answered, with Flower's lookup and with ``strategies/flower_linkstate``'s."""
-    from flwr.app import Message, RecordDict
+def simulation_linkstate(num_nodes: int) -> tuple[Any, list[int], Any]:
+    """(state, node ids, grid): an in-memory LinkState as the simulation builds it, ``num_nodes``
+    registered nodes and one run (id 7), with the SuperLink's task identity set, so that requests
+    pushed through the grid land in the state."""
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.proto.task_pb2 import Task
     from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
@@ -238,21 +238,33 @@ def linkstate_sweeps(node_counts: tuple[int, ...] = (100, 1000), sweeps: int = 5
     from flwr.superlink.federation import NoOpFederationManager
     from flwr.superlink.grid import InMemoryGrid
 
+    # messages are created by the ServerApp, i.e. on the SuperLink node
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 11, SUPERLINK_NODE_ID
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    nodes = sorted(_register_nodes(num_nodes, factory))
+    state = factory.state()
+    run = Run.create_empty(run_id=7)
+    run.primary_task_id, run.federation_id = 11, NOOP_FEDERATION_ID
+    state.run_ids[run.run_id] = RunRecord(run=run)
+    state.task_store[11] = Task(task_id=11, run_id=run.run_id)
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(run)
+    return state, nodes, grid
+
+
+def linkstate_sweeps(node_counts: tuple[int, ...] = (100, 1000), sweeps: int = 5) -> pd.DataFrame:
+    """Seconds one sweep of the simulation engine takes (``get_message_ins(node, limit=1)`` for every
+    node, as ``vce_api.add_messages_to_queue`` does every 0.1 s) while each node has one request
+    delivered and not yet answered, with Flower's lookup and with ``strategies/flower_linkstate``'s."""
+    from flwr.app import Message, RecordDict
+
     from strategies import flower_linkstate
 
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 11, SUPERLINK_NODE_ID
+    lookups = (("flower's own", flower_linkstate.ORIGINAL_GET_MESSAGE_INS), ("fl-dp index", flower_linkstate.get_message_ins))
     rows = []
     for num_nodes in node_counts:
-        for lookup_name, lookup in (("flower's own", flower_linkstate.ORIGINAL_GET_MESSAGE_INS), ("fl-dp index", flower_linkstate.get_message_ins)):
-            factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-            nodes = sorted(_register_nodes(num_nodes, factory))
-            state = factory.state()
-            run = Run.create_empty(run_id=7)
-            run.primary_task_id, run.federation_id = 11, NOOP_FEDERATION_ID
-            state.run_ids[run.run_id] = RunRecord(run=run)
-            state.task_store[11] = Task(task_id=11, run_id=run.run_id)
-            grid = InMemoryGrid(state_factory=factory)
-            grid.set_run(run)
+        for lookup_name, lookup in lookups:
+            state, nodes, grid = simulation_linkstate(num_nodes)
             grid.push_messages([Message(RecordDict(), node, "train") for node in nodes])
             delivered = sum(len(lookup(state, node, 1)) for node in nodes)  # the first sweep hands them out
             times = []
@@ -261,7 +273,8 @@ def linkstate_sweeps(node_counts: tuple[int, ...] = (100, 1000), sweeps: int = 5
                 for node in nodes:
                     lookup(state, node, 1)
                 times.append(time.perf_counter() - started)
-            rows.append({"nodes": num_nodes, "lookup": lookup_name, "delivered": delivered, "sweep ms (median)": 1000 * float(np.median(times))})
+            rows.append({"nodes": num_nodes, "lookup": lookup_name, "delivered": delivered,
+                         "sweep ms (median)": 1000 * float(np.median(times))})
     table = pd.DataFrame(rows)
     own = table[table["lookup"] == "flower's own"].set_index("nodes")["sweep ms (median)"]
     table["flower's own / this"] = [own[n] / t for n, t in zip(table["nodes"], table["sweep ms (median)"])]

@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 num_nodes="${1:-2}"
+warm="${FL_DP_WARM_CLIENTAPP:-1}"
 shift || true
 source scripts/flwr_env.sh
 port="${FL_DP_DEPLOY_PORT:-19093}"
@@ -68,14 +69,14 @@ for i in $(seq 0 $((num_nodes - 1))); do
   done
   runtime_port=$((port + 1 + i))
   supernode=(flower-supernode)
-  if [ "${FL_DP_WARM_CLIENTAPP:-1}" = "1" ]; then supernode=("$venv/bin/python" scripts/flower_runtime.py supernode --isolation process); fi
+  if [ "$warm" = "1" ]; then supernode=("$venv/bin/python" scripts/flower_runtime.py supernode --isolation process); fi
   "${supernode[@]}" \
     --superlink "127.0.0.1:$port" --root-certificates "$work/certs/ca.crt" \
     --auth-supernode-private-key "$work/node-$i" \
     --node-config "partition-id=$i num-partitions=$num_nodes state-dir='$state_dir/node-$i' $node_data ${FL_DP_NODE_PRIVACY:-}" \
     --host 127.0.0.1 --port "$runtime_port" >"$work/supernode-$i.log" 2>&1 &
   pids+=($!)
-  if [ "${FL_DP_WARM_CLIENTAPP:-1}" = "1" ]; then
+  if [ "$warm" = "1" ]; then
     # the Runtime API listens on 127.0.0.1 only: the same trust boundary as Flower's own SuperExec
     "$venv/bin/python" scripts/flower_runtime.py clientapp --runtime-api-address "127.0.0.1:$runtime_port" --insecure \
       >"$work/clientapp-$i.log" 2>&1 &

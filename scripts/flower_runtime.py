@@ -17,14 +17,14 @@ every task, and ``flwr-clientapp`` serves one task and exits
 opacus' imports (about 6 s on two cores) on every SuperNode. This loop claims tasks from the
 SuperNode's Runtime API as ``flower-superexec`` does (``AcquireTask``) and runs each through the
 same steps as ``run_clientapp`` (pull message, context, run and FAB; install the FAB; load the
-ClientApp; push the reply and the context), without exiting between them. A task of another app
-(another FAB hash) than the one this process has imported, and any task that is not a ClientApp
-task, is handed to Flower's own subprocess executor, since Python cannot unload the first app's
-modules.
+ClientApp; push the reply and the context), without exiting between them. Python cannot unload
+the first app's modules, so a task whose FAB hash is announced and differs from the imported app's
+(and any task that is not a ClientApp task) is handed to Flower's own subprocess executor, and one
+whose other FAB shows only once pulled is answered with an Error naming both hashes.
 
-Version-pinned: it uses Flower internals of 1.42.0 (``run_clientapp.pull_task_input``,
-``push_message``, ``push_task_output``, ``RuntimeHttpClient``) and refuses to start on another
-version. The upstream change that would make it unnecessary: a ``--max-tasks N`` (or
+Version-pinned: it uses Flower internals of 1.42.0 (``run_clientapp.push_message`` and
+``push_task_output``, the steps of ``run_clientapp.pull_task_input``, ``RuntimeHttpClient``) and
+refuses to start on another version. The upstream change that would make it unnecessary: a ``--max-tasks N`` (or
 ``--keep-alive``) option of ``flwr-clientapp`` that loops over ``AcquireTask`` itself.
 
 It imports nothing of fl-dp: the app's packages must come from the installed FAB, as in a fresh
@@ -39,13 +39,15 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import flwr
 
 SUPPORTED_FLOWER = ("1.42.0",)
+#: first retry of a message part the SuperNode has not stored yet (Flower's: 1 s)
+PART_RETRY_SECONDS = 0.02
 log = logging.getLogger("fl-dp.flower-runtime")
 
 
@@ -58,8 +60,6 @@ class WarmState:
     served: int = 0
     handed_off: int = 0
     failed: int = 0
-    seconds: list[float] = field(default_factory=list)
-    backoff_seconds: float = 0.02
 
 
 def check_flower_version(version: str = flwr.__version__) -> None:
@@ -179,7 +179,7 @@ def serve_task(address: str, token: str, insecure: bool, certificates: bytes | N
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     started = time.perf_counter()
     try:
-        message, context, run, fab = pull_task_input(client, state.backoff_seconds)
+        message, context, run, fab = pull_task_input(client, PART_RETRY_SECONDS)
         pulled = time.perf_counter()
         if state.fab_hash and fab.hash_str != state.fab_hash:
             raise LoadClientAppError(
@@ -214,7 +214,6 @@ def serve_task(address: str, token: str, insecure: bool, certificates: bytes | N
         heartbeat.stop()
         client.close()
     done = time.perf_counter()
-    state.seconds.append(done - started)
     log.info(
         "task served in %.3f s (pull %.3f, app %.3f, push %.3f; %d served, %d failed)",
         done - started,

@@ -5,42 +5,17 @@ from types import SimpleNamespace
 
 import pytest
 from flwr.app import Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.proto.task_pb2 import Task
-from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
-from flwr.server.superlink.linkstate import LinkStateFactory
-from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState, RunRecord
-from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
-from flwr.supercore.object_store import ObjectStoreFactory
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
-from flwr.superlink.federation import NoOpFederationManager
-from flwr.superlink.grid import InMemoryGrid
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 
+from benchmarks.simulation import simulation_linkstate
 from strategies import flower_linkstate
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    # messages are created by the ServerApp, i.e. on the SuperLink node
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 11, SUPERLINK_NODE_ID
-    yield
 
 
 def _state_with_messages(num_nodes: int = 5):
     """A state as the simulation builds it: nodes, a run, and requests pushed through the grid.
 
     Nodes get 0, 1 or 2 requests; some requests expire before anyone asks."""
-    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    nodes = sorted(_register_nodes(num_nodes, factory))
-    state = factory.state()
-    run = Run.create_empty(run_id=7)
-    run.primary_task_id = 11
-    run.federation_id = NOOP_FEDERATION_ID
-    state.run_ids[run.run_id] = RunRecord(run=run)
-    state.task_store[11] = Task(task_id=11, run_id=run.run_id)
-    grid = InMemoryGrid(state_factory=factory)
-    grid.set_run(run)
+    state, nodes, grid = simulation_linkstate(num_nodes)
     messages = []
     for i, node in enumerate(nodes):
         for j in range(i % 3):
@@ -98,7 +73,12 @@ def test_a_lookup_validates_only_the_messages_addressed_to_the_asking_node(monke
     state, nodes = _state_with_messages(6)
     checked = []
     original = InMemoryLinkState._check_stored_messages
-    monkeypatch.setattr(InMemoryLinkState, "_check_stored_messages", lambda self, ids, run_id=None: (checked.extend(ids), original(self, ids, run_id)))
+
+    def check(self, ids, run_id=None):
+        checked.extend(ids)
+        original(self, ids, run_id)
+
+    monkeypatch.setattr(InMemoryLinkState, "_check_stored_messages", check)
     addressed = {n: [i for i, m in state.message_ins_store.items() if m.metadata.dst_node_id == n] for n in nodes}
     for node in nodes:
         checked.clear()
