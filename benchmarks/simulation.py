@@ -21,6 +21,7 @@ larger replies go through the object store) and the 1 MiB that scripts/simulate.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -71,15 +72,17 @@ def _rss_of_flower_processes() -> float:
     return sum(int(line.split(None, 1)[0]) for line in out.splitlines() if any(k in line for k in keys)) / 1024
 
 
-def simulate_sh(num_clients: int, run_settings: dict) -> tuple[pd.DataFrame, float]:
+def simulate_sh(num_clients: int, run_settings: dict, env_extra: dict[str, str] | None = None) -> tuple[pd.DataFrame, float]:
     """One `scripts/simulate.sh` run of ``run_settings`` on ``num_clients`` virtual SuperNodes, in a
-    throw-away FLWR_HOME / RAY_TMPDIR: (per-round metrics, wall seconds)."""
+    throw-away FLWR_HOME / RAY_TMPDIR, with ``env_extra`` in its environment: (per-round metrics,
+    wall seconds)."""
     with tempfile.TemporaryDirectory(prefix="flsim-", dir="/tmp") as tmp:
         run_config = " ".join(
             f"{k.replace('_', '-')}='{v}'" if isinstance(v, str) else f"{k.replace('_', '-')}={v}" for k, v in run_settings.items()
         )
         run_config += f" run-name='sim' results-dir='{tmp}'"
-        env = {**os.environ, "FLWR_HOME": f"{tmp}/home", "RAY_TMPDIR": f"{tmp}/r", "FL_DP_VENV": str(Path(sys.executable).parent.parent)}
+        env = {**os.environ, "FLWR_HOME": f"{tmp}/home", "RAY_TMPDIR": f"{tmp}/r", "FL_DP_VENV": str(Path(sys.executable).parent.parent),
+               **(env_extra or {})}
         started = time.perf_counter()
         result = subprocess.run(
             ["bash", str(ROOT / "scripts" / "simulate.sh"), str(num_clients), "--run-config", run_config],
@@ -91,7 +94,12 @@ def simulate_sh(num_clients: int, run_settings: dict) -> tuple[pd.DataFrame, flo
         return pd.read_csv(Path(tmp) / "sim.csv"), total
 
 
-def flower_run(num_clients: int) -> dict:
+FLOWER = "flwr run + Ray"
+#: the same run with the simulation engine's and InMemoryGrid's own 0.1 s polls (``--own-polling``)
+FLOWER_OWN_POLLS = "flwr run + Ray, Flower's 0.1 s polls"
+
+
+def flower_run(num_clients: int, env_extra: dict[str, str] | None = None) -> dict:
     peak = [0.0]
     done = threading.Event()
 
@@ -103,7 +111,7 @@ def flower_run(num_clients: int) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        history, total = simulate_sh(num_clients, settings(num_clients))
+        history, total = simulate_sh(num_clients, settings(num_clients), env_extra)
     finally:
         done.set()
         sampler.join()
@@ -194,25 +202,26 @@ def ray_round_trips() -> pd.DataFrame:
 
 
 def paired_ratios(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (clients, repeat): the Flower run against the mean of the plain loops run
-    just before and after it, so that drift of the host's speed biases neither side."""
+    """One row per (clients, repeat, Flower variant): the Flower run against the mean of the plain
+    loops run just before and after the repeat's Flower runs, so that drift of the host's speed
+    biases neither side."""
     rows = []
     for (num_clients, repeat), group in table.groupby(["clients", "repeat"]):
         is_plain = group["path"] == "plain loop"
-        if is_plain.sum() != 2 or (~is_plain).sum() != 1:
-            raise ValueError(f"clients={num_clients} repeat={repeat}: expected plain, flower, plain; got {group['path'].tolist()}")
+        if is_plain.sum() != 2 or not 1 <= (~is_plain).sum() <= 2:
+            raise ValueError(f"clients={num_clients} repeat={repeat}: expected plain, flower, plain (one or two Flower runs); got {group['path'].tolist()}")
         plain = group[is_plain].mean(numeric_only=True)
-        flower = group[~is_plain].iloc[0]
-        rows.append({"clients": num_clients, "repeat": repeat,
-                     "total ratio (flower / plain)": flower["total s"] / plain["total s"],
-                     "per-round ratio after start-up": flower["s/round after start-up"] / plain["s/round after start-up"],
-                     "Flower overhead per client message ms": (flower["s/round after start-up"] - plain["s/round after start-up"]) / num_clients * 1000})
+        for _, flower in group[~is_plain].iterrows():
+            rows.append({"clients": num_clients, "repeat": repeat, "flower path": flower["path"],
+                         "total ratio (flower / plain)": flower["total s"] / plain["total s"],
+                         "per-round ratio after start-up": flower["s/round after start-up"] / plain["s/round after start-up"],
+                         "Flower overhead per client message ms": (flower["s/round after start-up"] - plain["s/round after start-up"]) / num_clients * 1000})
     return pd.DataFrame(rows)
 
 
 def ratio_summary(ratios: pd.DataFrame, goal: float = GOAL) -> pd.DataFrame:
-    """Per client count: median, min and max of the per-round ratio over the repeats."""
-    per_round = ratios.groupby("clients")["per-round ratio after start-up"]
+    """Per client count and Flower variant: median, min and max of the per-round ratio over the repeats."""
+    per_round = ratios.groupby(["clients", "flower path"])["per-round ratio after start-up"]
     return pd.DataFrame({
         "repeats": per_round.size(),
         "median per-round ratio": per_round.median(),
@@ -289,6 +298,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="plain / flower / plain triples per client count")
     parser.add_argument("--round-trip-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sweeps-only", action="store_true", help="only the LinkState sweep table (seconds)")
+    parser.add_argument("--own-polling", action="store_true",
+                        help="also run Flower with its engine's and Grid's own 0.1 s polls, in each repeat (FL_DP_FLOWER_OWN_POLLING=1)")
     args = parser.parse_args()
     if args.sweeps_only:
         print(markdown_table(linkstate_sweeps()))
@@ -301,7 +312,12 @@ def main() -> None:
     rows = []
     for num_clients in args.clients:
         for repeat in range(1, args.repeats + 1):
-            for path, run in (("plain loop", plain_loop), ("flwr run + Ray", flower_run), ("plain loop", plain_loop)):
+            paths: list[tuple[str, Any]] = [("plain loop", plain_loop), (FLOWER, flower_run)]
+            if args.own_polling:
+                own = functools.partial(flower_run, env_extra={"FL_DP_FLOWER_OWN_POLLING": "1"})
+                # alternate which Flower variant runs first, so neither always follows the plain loop
+                paths.insert(1 + (repeat % 2 == 0), (FLOWER_OWN_POLLS, own))
+            for path, run in (*paths, ("plain loop", plain_loop)):
                 measured = run(num_clients)
                 after_startup = float(np.median(measured["rounds"][1:]))
                 rows.append({"clients": num_clients, "repeat": repeat, "path": path, "total s": measured["total"],

@@ -12,6 +12,10 @@ that, on a two-node TLS deployment of the CNN, made most of a round:
   :data:`PULL_SECONDS` (doubling up to 1 s, as many tries as Flower allows), for the flwr version
   it was checked against only, and logs that it did.
 
+In a simulation, ``InMemoryGrid.send_and_receive`` sleeps its ``pull_interval`` (0.1 s) between two
+pulls; there :class:`PromptGrid` pulls again as soon as the in-memory LinkState has stored a reply
+(``strategies.flower_linkstate.REPLIES_STORED``), and at least every ``pull_interval``.
+
 The messages and replies are Flower's; only how soon the ServerApp asks again changes. Upstream
 change that would remove this module: a ``pull_interval`` of ``HttpGrid`` as ``InMemoryGrid`` has,
 used for both waits. The SuperNode's own waits are shortened by ``scripts/flower_runtime.py``.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -29,22 +34,25 @@ from typing import Any
 import flwr
 from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.superlink.grid import HttpGrid, http_grid
+from flwr.superlink.grid import HttpGrid, InMemoryGrid, http_grid
+
+from strategies import flower_linkstate
 
 log = logging.getLogger("fl_dp")
 
 PULL_SECONDS = 0.1
 CHECKED_FLWR_VERSIONS = ("1.42.0",)
-#: set to 1 to keep HttpGrid's own waits (to measure against them)
-KEEP_FLOWERS_ENV = "FL_DP_FLOWER_OWN_POLLING"
+#: set to 1 to keep the Grids' own waits (to measure against them)
+KEEP_FLOWERS_ENV = flower_linkstate.KEEP_FLOWERS_POLLING_ENV
 ORIGINAL_PULL_OBJECTS = http_grid.pull_objects
 
 
 class PromptGrid:
-    """``grid`` with a ``send_and_receive`` that pulls replies every ``pull_seconds``."""
+    """``grid`` with a ``send_and_receive`` that pulls replies every ``pull_seconds``, or, given
+    ``replies_stored``, as soon as that event is set (and at least every ``pull_seconds``)."""
 
-    def __init__(self, grid: Grid, pull_seconds: float = PULL_SECONDS) -> None:
-        self.grid, self.pull_seconds = grid, pull_seconds
+    def __init__(self, grid: Grid, pull_seconds: float = PULL_SECONDS, replies_stored: threading.Event | None = None) -> None:
+        self.grid, self.pull_seconds, self.replies_stored = grid, pull_seconds, replies_stored
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
@@ -54,12 +62,20 @@ class PromptGrid:
         end = time.time() + (timeout or 0.0)
         replies: list[Message] = []
         while pending and (timeout is None or time.time() < end):
+            if self.replies_stored is not None:
+                self.replies_stored.clear()  # before the pull: a reply stored after it wakes the next one
             pulled = list(self.grid.pull_messages(pending))
             replies.extend(pulled)
             pending -= {m.metadata.reply_to_message_id for m in pulled}
             if pending:
-                time.sleep(self.pull_seconds)
+                self._wait()
         return replies
+
+    def _wait(self) -> None:
+        if self.replies_stored is None:
+            time.sleep(self.pull_seconds)
+        else:
+            self.replies_stored.wait(self.pull_seconds)
 
 
 def install(version: str = flwr.__version__) -> bool:
@@ -74,13 +90,16 @@ def install(version: str = flwr.__version__) -> bool:
 
 
 def prompt(grid: Grid) -> Grid:
-    """``grid`` as a :class:`PromptGrid` (and :func:`install` applied) if it is a deployment's
-    ``HttpGrid``; any other Grid (the simulation's waits 0.1 s already), or any Grid where the
+    """``grid`` as a :class:`PromptGrid`: a deployment's ``HttpGrid`` pulling every 0.1 s (and
+    :func:`install` applied), the simulation's ``InMemoryGrid`` pulling as each reply is stored
+    (where ``strategies.flower_linkstate`` signals stores). Any other Grid, or any Grid where the
     environment sets ``FL_DP_FLOWER_OWN_POLLING=1``, as it is."""
-    if not isinstance(grid, HttpGrid):
-        return grid
     if os.environ.get(KEEP_FLOWERS_ENV) == "1":
-        log.info("%s=1: keeping HttpGrid's own waits", KEEP_FLOWERS_ENV)
+        log.info("%s=1: keeping the Grid's own waits", KEEP_FLOWERS_ENV)
+        return grid
+    if isinstance(grid, InMemoryGrid) and flower_linkstate.prompt_engine_installed():
+        return PromptGrid(grid, grid.pull_interval, flower_linkstate.REPLIES_STORED)  # type: ignore[return-value]
+    if not isinstance(grid, HttpGrid):
         return grid
     install()
     return PromptGrid(grid)  # type: ignore[return-value]

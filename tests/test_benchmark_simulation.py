@@ -43,3 +43,15 @@ def test_linkstate_sweeps_deliver_every_request_with_both_lookups():
     assert list(table["lookup"]) == ["flower's own", "fl-dp index"]
     assert (table["delivered"] == 5).all()
     assert table["flower's own / this"].iloc[0] == 1.0
+
+
+def test_both_flower_variants_of_a_repeat_are_compared_with_the_same_plain_loops():
+    from benchmarks.simulation import FLOWER, FLOWER_OWN_POLLS
+
+    rows = _triple(100, 1, 1.0, 1.2, 1.0)
+    rows.insert(1, {"clients": 100, "repeat": 1, "path": FLOWER_OWN_POLLS, "total s": 15.0, "s/round after start-up": 1.5})
+    ratios = paired_ratios(pd.DataFrame(rows)).set_index("flower path")
+    assert ratios.loc[FLOWER, "per-round ratio after start-up"] == pytest.approx(1.2)
+    assert ratios.loc[FLOWER_OWN_POLLS, "per-round ratio after start-up"] == pytest.approx(1.5)
+    summary = ratio_summary(paired_ratios(pd.DataFrame(rows)))
+    assert sorted(summary["flower path"]) == sorted([FLOWER, FLOWER_OWN_POLLS])

@@ -102,3 +102,44 @@ def test_install_shortens_only_the_retries_of_reply_parts_and_only_on_a_checked_
         return b"content"
 
     assert patched(["x"], pull) == {"x": b"content"} and tries["x"] == 3
+
+
+class RecordingEvent:
+    def __init__(self, log):
+        self.log = log
+
+    def clear(self):
+        self.log.append("clear")
+
+    def wait(self, seconds):
+        self.log.append(("wait", seconds))
+        return True
+
+
+def test_an_in_memory_grid_pulls_again_when_a_reply_is_stored(monkeypatch):
+    log = []
+    grid = StagedGrid([[], ["a"], ["b", "c"]])
+    original_pull = grid.pull_messages
+    monkeypatch.setattr(grid, "pull_messages", lambda ids: log.append("pull") or original_pull(ids))
+    monkeypatch.setattr(flower_grid.time, "sleep", lambda s: pytest.fail("must wait on the event, not sleep"))
+    replies = flower_grid.PromptGrid(grid, 0.1, RecordingEvent(log)).send_and_receive(["m"] * 3)
+    assert _names(replies) == ["reply-a", "reply-b", "reply-c"]
+    # cleared before each pull, so a reply stored after a pull always wakes the next wait
+    assert log == ["clear", "pull", ("wait", 0.1), "clear", "pull", ("wait", 0.1), "clear", "pull"]
+
+
+def test_prompt_wraps_the_simulations_grid_only_where_stores_are_signalled(monkeypatch):
+    from flwr.superlink.grid import InMemoryGrid
+
+    from strategies import flower_linkstate
+
+    grid = object.__new__(InMemoryGrid)
+    grid.pull_interval = 0.1
+    monkeypatch.delenv(flower_grid.KEEP_FLOWERS_ENV, raising=False)
+    monkeypatch.setattr(flower_linkstate, "prompt_engine_installed", lambda: False)
+    assert flower_grid.prompt(grid) is grid
+    monkeypatch.setattr(flower_linkstate, "prompt_engine_installed", lambda: True)
+    wrapped = flower_grid.prompt(grid)
+    assert isinstance(wrapped, flower_grid.PromptGrid) and wrapped.replies_stored is flower_linkstate.REPLIES_STORED
+    monkeypatch.setenv(flower_grid.KEEP_FLOWERS_ENV, "1")
+    assert flower_grid.prompt(grid) is grid
