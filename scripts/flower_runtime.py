@@ -11,6 +11,13 @@ not reached the SuperLink yet; ``flwr/supernode/start_client_internal.py``) last
 their order are Flower's; only how soon the node asks again changes. Upstream change that would
 remove it: a ``--poll-interval`` option of flower-supernode.
 
+It also outwaits a SuperLink that refuses to activate it because the node's previous session,
+ended by a crash, still counts as online (Flower keeps a node online for two heartbeats, 60 s,
+after its last one; flower-supernode exits at once with exit code 305 then, so a node restarted
+within a minute of a crash never came back): :class:`PatientActivation` asks again every
+:data:`ACTIVATION_RETRY_SECONDS` for up to :data:`ACTIVATION_PATIENCE_SECONDS`, logging why.
+Upstream change: flower-supernode retrying a refused activation until the old session expires.
+
 ``clientapp``: Flower 1.42's own SuperExec (``flower-superexec``) starts a new ``flwr-clientapp`` process for
 every task, and ``flwr-clientapp`` serves one task and exits
 (``flwr/supernode/runtime/run_clientapp.py``), so a deployment round pays Python's, torch's and
@@ -83,11 +90,55 @@ class ShortSleeps:
         return getattr(time, name)
 
 
+#: seconds between two activation requests while the SuperLink still counts the node's old session online
+ACTIVATION_RETRY_SECONDS = 5.0
+#: how long to keep asking: the old session's two heartbeats (60 s), with a margin
+ACTIVATION_PATIENCE_SECONDS = 150.0
+
+
+def activation_refused(err: Exception) -> bool:
+    """Whether ``err`` is the SuperLink refusing to activate a node that it still counts as online."""
+    import httpx
+    from flwr.supercore.error.base import ApiErrorCode, FlowerError
+
+    if not isinstance(err, httpx.HTTPStatusError):
+        return False
+    refusal = FlowerError.from_json(err.response.text)
+    return refusal is not None and refusal.code == ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED
+
+
+def patient_activation(client_class: type, retry_seconds: float, patience_seconds: float) -> type:
+    """``client_class`` (Flower's ``FleetHttpClient``) whose ``ActivateNode`` asks again while the
+    SuperLink refuses because the node's previous session has not expired yet."""
+
+    class PatientActivation(client_class):  # type: ignore[misc, valid-type]
+        def ActivateNode(self, request: Any) -> Any:  # noqa: N802 - Flower's name
+            deadline = time.monotonic() + patience_seconds
+            while True:
+                try:
+                    return super().ActivateNode(request)
+                except Exception as err:
+                    if not activation_refused(err) or time.monotonic() >= deadline:
+                        raise
+                    log.warning(
+                        "the SuperLink refuses to activate this SuperNode: its previous session still counts as "
+                        "online (up to 2 heartbeats after it stopped); asking again in %.0f s", retry_seconds,
+                    )
+                    time.sleep(retry_seconds)
+
+    return PatientActivation
+
+
 def run_supernode(argv: list[str], poll_seconds: float) -> int:
-    """flower-supernode with ``argv``, its waits shortened to ``poll_seconds``."""
+    """flower-supernode with ``argv``, its waits shortened to ``poll_seconds``, its activation patient."""
     check_flower_version()
+    import flwr.supernode.fleet_http_connection as fleet_connection
     import flwr.supernode.start_client_internal as supernode_loop
     from flwr.supernode.cli import flower_supernode
+
+    fleet_connection.FleetHttpClient = patient_activation(  # type: ignore[misc]
+        fleet_connection.FleetHttpClient, ACTIVATION_RETRY_SECONDS, ACTIVATION_PATIENCE_SECONDS
+    )
 
     supernode_loop.time = ShortSleeps(poll_seconds)  # type: ignore[assignment]
     # a message's objects may reach the SuperLink after the message: retry them soon, not after 1 s

@@ -1,5 +1,7 @@
 """Faults in a real deployment (SuperLink + 3 SuperNodes, TLS, SuperNode authentication, as in
-deploy.sh): a SuperNode killed mid-run and restarted, and a run stopped and resumed from its checkpoint."""
+deploy.sh): a SuperNode killed mid-run and restarted (with Flower's own SuperNode runtime and with
+deploy.sh's default, scripts/flower_runtime.py's prompt SuperNode and long-lived ClientApp process),
+and a run stopped and resumed from its checkpoint."""
 
 import json
 import os
@@ -26,9 +28,10 @@ pytestmark = pytest.mark.slow
 class Federation:
     """One SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1, each node with its own key and state-dir."""
 
-    def __init__(self, tmp_path: Path, num_nodes: int) -> None:
+    def __init__(self, tmp_path: Path, num_nodes: int, warm: bool = False) -> None:
         self.tmp = tmp_path
         self.num_nodes = num_nodes
+        self.warm = warm  # deploy.sh's default runtime (scripts/flower_runtime.py) instead of Flower's own
         self.port = 24000 + os.getpid() % 1500 * 6
         self.env = {**os.environ, "FLWR_HOME": str(tmp_path / "home"), "FLWR_TELEMETRY_ENABLED": "0",
                     "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
@@ -46,6 +49,7 @@ class Federation:
              "--database", str(tmp_path / "superlink.db"), "--enable-supernode-auth",
              "--disable-runtime-dependency-installation"], "superlink")
         self.nodes: dict[int, subprocess.Popen] = {}
+        self.clientapps: dict[int, subprocess.Popen] = {}
         for i in range(num_nodes):
             key = tmp_path / f"node-{i}"
             subprocess.run([shutil.which("ssh-keygen"), "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(key)], check=True)
@@ -60,15 +64,24 @@ class Federation:
         return subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def start_node(self, i: int) -> None:
+        runtime = [sys.executable, str(ROOT / "scripts" / "flower_runtime.py")]
+        supernode = [*runtime, "supernode", "--isolation", "process"] if self.warm else ["flower-supernode"]
+        runtime_port = self.port + 1 + i
         self.nodes[i] = self._spawn(
-            ["flower-supernode", "--superlink", f"127.0.0.1:{self.port}", "--root-certificates", f"{self.certs}/ca.crt",
+            [*supernode, "--superlink", f"127.0.0.1:{self.port}", "--root-certificates", f"{self.certs}/ca.crt",
              "--auth-supernode-private-key", str(self.tmp / f"node-{i}"),
              "--node-config", f"partition-id={i} num-partitions={self.num_nodes} state-dir='{self.tmp / f'state-{i}'}'",
-             "--host", "127.0.0.1", "--port", str(self.port + 1 + i)], f"supernode-{i}")
+             "--host", "127.0.0.1", "--port", str(runtime_port)], f"supernode-{i}")
+        if self.warm:
+            self.clientapps[i] = self._spawn(
+                [*runtime, "clientapp", "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure"], f"clientapp-{i}")
 
     def kill_node(self, i: int) -> None:
-        self.nodes[i].kill()
-        self.nodes[i].wait()
+        """The node's machine goes down: its SuperNode and, with the warm runtime, its ClientApp process."""
+        for proc in (self.nodes[i], self.clientapps.pop(i, None)):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
 
     def flwr(self, *args, timeout=120):
         return subprocess.run(["flwr", *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -105,7 +118,7 @@ class Federation:
         raise AssertionError(f"run {run_id} not finished after {timeout} s")
 
     def close(self) -> None:
-        for proc in [*self.nodes.values(), self.superlink]:
+        for proc in [*self.clientapps.values(), *self.nodes.values(), self.superlink]:
             proc.kill()
             proc.wait()
 
@@ -130,13 +143,24 @@ def _run_config(tmp_path, **extra):
     return " ".join(pairs) + f" os-randomness=false results-dir='{tmp_path / 'results'}'"
 
 
-def test_a_supernode_stopped_and_restarted_mid_run_does_not_end_it(federation, tmp_path):
-    rounds = 6
+@pytest.mark.parametrize("warm", [False, True], ids=["flowers-runtime", "warm-runtime"])
+def test_a_supernode_stopped_and_restarted_mid_run_does_not_end_it(tmp_path, warm):
+    # the warm runtime's rounds take about a second, Flower's about ten; a restarted node needs a
+    # few seconds (SuperNode, ClientApp process, the app's first import) to take part again
+    rounds = 40 if warm else 6
+    federation = Federation(tmp_path, 3, warm=warm)
+    try:
+        _restart_a_node_mid_run(federation, tmp_path, rounds)
+    finally:
+        federation.close()
+
+
+def _restart_a_node_mid_run(federation, tmp_path, rounds):
     run_id = federation.run(_run_config(tmp_path, num_server_rounds=rounds, min_clients_per_round=2, round_timeout=120.0,
                                         run_name="restart"))
-    federation.wait_for(run_id, r"round 1/6:")
+    federation.wait_for(run_id, rf"round 1/{rounds}:")
     federation.kill_node(1)
-    federation.wait_for(run_id, r"round 3/6:")  # rounds go on with the two others
+    federation.wait_for(run_id, rf"round 3/{rounds}:")  # rounds go on with the two others
     federation.start_node(1)
     assert federation.wait_until_finished(run_id) == "finished:completed", federation.log(run_id)[-4000:]
     history = pd.read_csv(tmp_path / "results" / "restart.csv")
@@ -146,6 +170,28 @@ def test_a_supernode_stopped_and_restarted_mid_run_does_not_end_it(federation, t
     # the restarted client's own ledger came back from its disk: it agrees with the server's
     assert "reports epsilon" not in federation.log(run_id)
     assert np.isclose(history["client-epsilon-max"].iloc[-1], history["epsilon-max"].iloc[-1], rtol=1e-9)
+
+
+def test_a_supernode_restarted_at_once_after_a_crash_rejoins_when_its_old_session_expires(tmp_path):
+    """The SuperLink counts a crashed node online for two heartbeats (60 s) and refuses to activate
+    it again until then; flower-supernode would exit (code 305), deploy.sh's runtime asks again."""
+    rounds = 10
+    federation = Federation(tmp_path, 3, warm=True)
+    try:
+        run_id = federation.run(_run_config(tmp_path, num_server_rounds=rounds, min_clients_per_round=2, round_timeout=180.0,
+                                            run_name="crash"))
+        federation.wait_for(run_id, rf"round 1/{rounds}:")
+        federation.kill_node(1)
+        federation.start_node(1)  # as a supervisor restarts a crashed service: within a second
+        assert federation.wait_until_finished(run_id) == "finished:completed", federation.log(run_id)[-4000:]
+        assert "refuses to activate this SuperNode" in (tmp_path / "supernode-1.log").read_text()
+        history = pd.read_csv(tmp_path / "results" / "crash.csv")
+        assert list(history["round"]) == list(range(1, rounds + 1))
+        assert history["accepted"].iloc[-1] == 3  # back and sampled again
+        assert "reports epsilon" not in federation.log(run_id)
+        assert np.isclose(history["client-epsilon-max"].iloc[-1], history["epsilon-max"].iloc[-1], rtol=1e-9)
+    finally:
+        federation.close()
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(federation, tmp_path):

@@ -178,3 +178,66 @@ def test_it_imports_nothing_of_fl_dp_so_the_app_comes_from_the_installed_fab():
         cwd="/",
     )
     assert out.stdout.strip() == "[]"
+
+
+def _http_refusal(code):
+    import json
+
+    import httpx
+
+    request = httpx.Request("POST", "https://superlink/v1/fleet/activate-node")
+    response = httpx.Response(412, request=request, text=json.dumps({"code": code, "detail": "Failed to activate SuperNode."}))
+    return httpx.HTTPStatusError("412", request=request, response=response)
+
+
+class RefusingFleetClient:
+    """Refuses activation ``refusals`` times with ``code``, then activates."""
+
+    def __init__(self, refusals, code):
+        self.refusals, self.code, self.asked = refusals, code, 0
+
+    def ActivateNode(self, request):  # noqa: N802
+        self.asked += 1
+        if self.asked <= self.refusals:
+            raise _http_refusal(self.code)
+        return f"activated {request}"
+
+
+def test_a_supernode_restarted_while_its_old_session_counts_as_online_waits_and_activates(runtime, monkeypatch):
+    from flwr.supercore.error.base import ApiErrorCode
+
+    slept = []
+    monkeypatch.setattr(runtime.time, "sleep", slept.append)
+    patient = runtime.patient_activation(RefusingFleetClient, 5.0, 150.0)
+    client = patient(3, int(ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED))
+    assert client.ActivateNode("node") == "activated node"
+    assert client.asked == 4 and slept == [5.0, 5.0, 5.0]
+
+
+def test_other_refusals_and_a_refusal_past_the_patience_still_end_the_supernode(runtime, monkeypatch):
+    import httpx
+    from flwr.supercore.error.base import ApiErrorCode
+
+    monkeypatch.setattr(runtime.time, "sleep", lambda s: None)
+    other = runtime.patient_activation(RefusingFleetClient, 5.0, 150.0)(1, int(ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED) + 1)
+    with pytest.raises(httpx.HTTPStatusError):
+        other.ActivateNode("node")
+    assert other.asked == 1  # not an activation refusal: Flower's own handling (exit 305) applies
+    impatient = runtime.patient_activation(RefusingFleetClient, 5.0, 0.0)(10, int(ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED))
+    with pytest.raises(httpx.HTTPStatusError):
+        impatient.ActivateNode("node")
+    assert impatient.asked == 1
+
+
+def test_the_supernode_runs_with_the_patient_activation(runtime, monkeypatch):
+    import flwr.supernode.cli
+    import flwr.supernode.fleet_http_connection as fleet_connection
+    import flwr.supernode.start_client_internal as supernode_loop
+
+    for module, name in ((fleet_connection, "FleetHttpClient"), (supernode_loop, "time"), (supernode_loop, "pull_objects")):
+        monkeypatch.setattr(module, name, getattr(module, name))
+    monkeypatch.setattr(flwr.supernode.cli, "flower_supernode", lambda: 0)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    original = fleet_connection.FleetHttpClient
+    assert runtime.run_supernode(["--insecure"], 0.1) == 0
+    assert issubclass(fleet_connection.FleetHttpClient, original) and fleet_connection.FleetHttpClient is not original
