@@ -16,7 +16,8 @@ ended by a crash, still counts as online (Flower keeps a node online for two hea
 after its last one; flower-supernode exits at once with exit code 305 then, so a node restarted
 within a minute of a crash never came back): :class:`PatientActivation` asks again every
 :data:`ACTIVATION_RETRY_SECONDS` for up to :data:`ACTIVATION_PATIENCE_SECONDS`, logging why.
-Upstream change: flower-supernode retrying a refused activation until the old session expires.
+(Flower's HTTP Fleet transport, flower-supernode's default in 1.42.) Upstream change: flower-supernode
+retrying a refused activation until the old session expires.
 
 ``clientapp``: Flower 1.42's own SuperExec (``flower-superexec``) starts a new ``flwr-clientapp`` process for
 every task, and ``flwr-clientapp`` serves one task and exits
