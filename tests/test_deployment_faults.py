@@ -143,55 +143,60 @@ def _run_config(tmp_path, **extra):
     return " ".join(pairs) + f" os-randomness=false results-dir='{tmp_path / 'results'}'"
 
 
+@pytest.fixture
+def make_federation(tmp_path):
+    """``make_federation(warm)``: a 3-node federation on either runtime, closed after the test."""
+    made = []
+
+    def make(warm: bool) -> Federation:
+        made.append(Federation(tmp_path, 3, warm=warm))
+        return made[-1]
+
+    yield make
+    for fed in made:
+        fed.close()
+
+
+def _completed_with_the_node_back(federation, run_id, tmp_path, run_name, rounds):
+    """The run's per-round table, once it has completed every round with the restarted node back and
+    the restarted client's own ledger (restored from its disk) agreeing with the server's."""
+    assert federation.wait_until_finished(run_id) == "finished:completed", federation.log(run_id)[-4000:]
+    history = pd.read_csv(tmp_path / "results" / f"{run_name}.csv")
+    assert list(history["round"]) == list(range(1, rounds + 1))
+    assert history["accepted"].iloc[-1] == 3  # it came back and was sampled again
+    assert "reports epsilon" not in federation.log(run_id)
+    assert np.isclose(history["client-epsilon-max"].iloc[-1], history["epsilon-max"].iloc[-1], rtol=1e-9)
+    return history
+
+
 @pytest.mark.parametrize("warm", [False, True], ids=["flowers-runtime", "warm-runtime"])
-def test_a_supernode_stopped_and_restarted_mid_run_does_not_end_it(tmp_path, warm):
+def test_a_supernode_stopped_and_restarted_mid_run_does_not_end_it(make_federation, tmp_path, warm):
     # the warm runtime's rounds take about a second, Flower's about ten; a restarted node needs a
     # few seconds (SuperNode, ClientApp process, the app's first import) to take part again
     rounds = 40 if warm else 6
-    federation = Federation(tmp_path, 3, warm=warm)
-    try:
-        _restart_a_node_mid_run(federation, tmp_path, rounds)
-    finally:
-        federation.close()
-
-
-def _restart_a_node_mid_run(federation, tmp_path, rounds):
+    federation = make_federation(warm)
     run_id = federation.run(_run_config(tmp_path, num_server_rounds=rounds, min_clients_per_round=2, round_timeout=120.0,
                                         run_name="restart"))
     federation.wait_for(run_id, rf"round 1/{rounds}:")
     federation.kill_node(1)
     federation.wait_for(run_id, rf"round 3/{rounds}:")  # rounds go on with the two others
     federation.start_node(1)
-    assert federation.wait_until_finished(run_id) == "finished:completed", federation.log(run_id)[-4000:]
-    history = pd.read_csv(tmp_path / "results" / "restart.csv")
-    assert list(history["round"]) == list(range(1, rounds + 1))
-    assert (history["accepted"] >= 2).all()
-    assert (history["accepted"] == 2).any() and history["accepted"].iloc[-1] == 3  # it came back and was sampled again
-    # the restarted client's own ledger came back from its disk: it agrees with the server's
-    assert "reports epsilon" not in federation.log(run_id)
-    assert np.isclose(history["client-epsilon-max"].iloc[-1], history["epsilon-max"].iloc[-1], rtol=1e-9)
+    history = _completed_with_the_node_back(federation, run_id, tmp_path, "restart", rounds)
+    assert (history["accepted"] >= 2).all() and (history["accepted"] == 2).any()
 
 
-def test_a_supernode_restarted_at_once_after_a_crash_rejoins_when_its_old_session_expires(tmp_path):
+def test_a_supernode_restarted_at_once_after_a_crash_rejoins_when_its_old_session_expires(make_federation, tmp_path):
     """The SuperLink counts a crashed node online for two heartbeats (60 s) and refuses to activate
     it again until then; flower-supernode would exit (code 305), deploy.sh's runtime asks again."""
     rounds = 10
-    federation = Federation(tmp_path, 3, warm=True)
-    try:
-        run_id = federation.run(_run_config(tmp_path, num_server_rounds=rounds, min_clients_per_round=2, round_timeout=180.0,
-                                            run_name="crash"))
-        federation.wait_for(run_id, rf"round 1/{rounds}:")
-        federation.kill_node(1)
-        federation.start_node(1)  # as a supervisor restarts a crashed service: within a second
-        assert federation.wait_until_finished(run_id) == "finished:completed", federation.log(run_id)[-4000:]
-        assert "refuses to activate this SuperNode" in (tmp_path / "supernode-1.log").read_text()
-        history = pd.read_csv(tmp_path / "results" / "crash.csv")
-        assert list(history["round"]) == list(range(1, rounds + 1))
-        assert history["accepted"].iloc[-1] == 3  # back and sampled again
-        assert "reports epsilon" not in federation.log(run_id)
-        assert np.isclose(history["client-epsilon-max"].iloc[-1], history["epsilon-max"].iloc[-1], rtol=1e-9)
-    finally:
-        federation.close()
+    federation = make_federation(True)
+    run_id = federation.run(_run_config(tmp_path, num_server_rounds=rounds, min_clients_per_round=2, round_timeout=180.0,
+                                        run_name="crash"))
+    federation.wait_for(run_id, rf"round 1/{rounds}:")
+    federation.kill_node(1)
+    federation.start_node(1)  # as a supervisor restarts a crashed service: within a second
+    _completed_with_the_node_back(federation, run_id, tmp_path, "crash", rounds)
+    assert "refuses to activate this SuperNode" in (tmp_path / "supernode-1.log").read_text()
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(federation, tmp_path):
