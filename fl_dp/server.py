@@ -152,6 +152,7 @@ class ServerCore:
         self.evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = evaluate_fn
         self._round_started = self._run_started = time.perf_counter()
         self._rounds_timed = 0
+        self._counted_lost_replies: set[str] = set()
 
     def expected_release(self, num_examples: int) -> Release | None:
         """What an honest client of this run releases in one round (None: nothing private)."""
@@ -532,16 +533,37 @@ class ServerCore:
         return expected
 
     def _warn_on_ledger_disagreement(self, server_round: int, replies: list[Reply]) -> None:
+        """Compare each reply's own epsilon with the server's ledger for its client.
+
+        Below the ledger is a warning: the client's own ledger misses releases the server received
+        (a lost state-dir, or a false record). Above it is expected after a crash: a client charges
+        itself before its reply leaves, so a reply lost with its node is counted by the client
+        only; said once per client, at info level, since the gap stays for the rest of the run.
+        """
         for reply in replies:
             claimed = reply.metrics.get(CLIENT_EPSILON)
             if claimed is None:
                 continue
-            booked = self.ledger.epsilon(reply.client_id)
-            if not math.isclose(claimed, booked, rel_tol=1e-6) and not (math.isinf(claimed) and math.isinf(booked)):
+            client = str(reply.client_id)
+            booked = self.ledger.epsilon(client)
+            if math.isclose(claimed, booked, rel_tol=1e-6) or claimed == booked:
+                continue
+            if claimed < booked:
                 log.warning(
-                    "round %d: client %s reports epsilon %.6g, the server's ledger has %.6g for it",
+                    "round %d: client %s reports epsilon %.6g, below the server's ledger %.6g for it: "
+                    "its own ledger misses releases the server received",
                     server_round,
-                    reply.client_id,
+                    client,
+                    claimed,
+                    booked,
+                )
+            elif client not in self._counted_lost_replies:
+                self._counted_lost_replies.add(client)
+                log.info(
+                    "round %d: client %s counts epsilon %.6g, the server's ledger %.6g: it charged itself "
+                    "for replies that never reached the server (lost in a crash or a timeout)",
+                    server_round,
+                    client,
                     claimed,
                     booked,
                 )

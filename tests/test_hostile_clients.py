@@ -2,6 +2,7 @@
 and all at once, the model moves as if it had not been sent, and no client is charged less
 than the mechanism it ran."""
 
+import logging
 import math
 
 import numpy as np
@@ -158,6 +159,34 @@ def test_the_ledger_charges_the_run_mechanism_whatever_a_client_claims(tiny_cfg,
         assert fed.server.ledger.epsilon(reply.client_id) >= honest_fed.server.ledger.epsilon(reply.client_id) * (1 - 1e-9)
     if strategy in ("fedavg", "ef21"):
         assert all(math.isinf(e) for e in fed.server.ledger.epsilons().values())
+
+
+def test_a_client_epsilon_below_the_ledger_warns_and_one_above_it_is_said_once(tiny_cfg, caplog):
+    """Below: the client's own ledger misses releases the server received. Above: the client charged
+    itself for a reply that never arrived (its node crashed), said once, not every round."""
+    cfg = tiny_cfg.replace(strategy="alpha-normec", **STRATEGIES["alpha-normec"])
+    fed = InProcessFederation(cfg)
+    low, high, *_ = sorted(fed.clients)
+    states: dict = {cid: {} for cid in fed.clients}
+    for server_round in (1, 2, 3):
+        cohort = fed.server.sample(list(fed.clients))
+        arrays, config = fed.server.broadcast(server_round)
+        replies = []
+        for cid in cohort:
+            message, metrics, states[cid] = fed.clients[cid].train(arrays, config, states[cid])
+            replies.append(Reply(cid, message, metrics))
+        own = {reply.client_id: reply for reply in replies}
+        own[low].metrics["client-epsilon"] *= 0.5
+        own[high].metrics["client-epsilon"] *= 2.0
+        with caplog.at_level(logging.INFO, logger="fl_dp"):
+            row = fed.server.aggregate(server_round, replies)
+        assert row["accepted"] == len(cohort)  # the server's ledger counts, not the claim
+    below = [r for r in caplog.records if f"client {low} reports epsilon" in r.getMessage()]
+    above = [r for r in caplog.records if f"client {high} counts epsilon" in r.getMessage()]
+    assert [r.levelno for r in below] == [logging.WARNING] * 3
+    assert [r.levelno for r in above] == [logging.INFO]
+    assert not any(f"client {c}" in r.getMessage() for r in caplog.records for c in sorted(fed.clients)[2:]
+                   if "epsilon" in r.getMessage())
 
 
 def test_fedavg_weight_of_a_client_claiming_a_trillion_examples_is_capped(tiny_cfg):
