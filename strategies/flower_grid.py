@@ -9,22 +9,29 @@ that, on a two-node TLS deployment of the CNN, made most of a round:
   wait of :data:`PULL_SECONDS`; everything else goes to the wrapped Grid.
 - ``pull_messages`` fetches a reply's parts with ``pull_objects``, whose first retry of a part not
   yet at the SuperLink comes after 1 s. :func:`install` makes those retries start at
-  :data:`PULL_SECONDS` (doubling up to 1 s, as many tries as Flower allows), for the flwr version
-  it was checked against only, and logs that it did.
+  :data:`PULL_SECONDS` (doubling up to 1 s), for the flwr version it was checked against only,
+  and logs that it did.
+- A reply whose parts never arrive (its SuperNode died mid-upload) holds ``pull_messages`` until
+  the SuperLink drops the parts (about 3 min), past the round's timeout; Flower's loop then ends
+  without pulling the replies stored meanwhile, and they are lost, though their clients sent them.
+  Under :class:`PromptGrid` a reply's parts are waited for only until the round's timeout (at
+  least :data:`LAST_PULL_SECONDS`), and one last pull after the timeout takes every reply already
+  at the SuperLink.
 
 In a simulation, ``InMemoryGrid.send_and_receive`` sleeps its ``pull_interval`` (0.1 s) between two
 pulls; there :class:`PromptGrid` pulls again as soon as the in-memory LinkState has stored a reply
 (``strategies.flower_linkstate.REPLIES_STORED``), and at least every ``pull_interval``.
 
-The messages and replies are Flower's; only how soon the ServerApp asks again changes. Upstream
+The messages and replies are Flower's; only how soon, and for how long, the ServerApp asks changes. Upstream
 change that would remove this module: a ``pull_interval`` of ``HttpGrid`` as ``InMemoryGrid`` has,
 used for both waits. The SuperNode's own waits are shortened by ``scripts/flower_runtime.py``.
 """
 
 from __future__ import annotations
 
-import functools
+import contextvars
 import logging
+import math
 import os
 import threading
 import time
@@ -41,10 +48,14 @@ from strategies import flower_linkstate
 log = logging.getLogger("fl_dp")
 
 PULL_SECONDS = 0.1
+#: how long the last pull after a round's timeout waits for a reply's missing parts
+LAST_PULL_SECONDS = 2.0
 CHECKED_FLWR_VERSIONS = ("1.42.0",)
 #: set to 1 to keep the Grids' own waits (to measure against them)
 KEEP_FLOWERS_ENV = flower_linkstate.KEEP_FLOWERS_POLLING_ENV
 ORIGINAL_PULL_OBJECTS = http_grid.pull_objects
+#: when the running ``PromptGrid.send_and_receive`` stops waiting (``time.time()``; None: never)
+_ROUND_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("fl_dp_round_deadline", default=None)
 
 
 class PromptGrid:
@@ -61,15 +72,27 @@ class PromptGrid:
         pending = set(self.grid.push_messages(messages))
         end = time.time() + (timeout or 0.0)
         replies: list[Message] = []
-        while pending and (timeout is None or time.time() < end):
-            if self.replies_stored is not None:
-                self.replies_stored.clear()  # before the pull: a reply stored after it wakes the next one
-            pulled = list(self.grid.pull_messages(pending))
-            replies.extend(pulled)
-            pending -= {m.metadata.reply_to_message_id for m in pulled}
+        deadline = _ROUND_DEADLINE.set(None if timeout is None else end)
+        try:
+            while pending and (timeout is None or time.time() < end):
+                if self.replies_stored is not None:
+                    self.replies_stored.clear()  # before the pull: a reply stored after it wakes the next one
+                pending -= self._pull(pending, replies)
+                if pending:
+                    self._wait()
             if pending:
-                self._wait()
+                # a pull held up by parts that never came may have outlasted the timeout: the
+                # replies stored meanwhile are still at the SuperLink
+                self._pull(pending, replies)
+        finally:
+            _ROUND_DEADLINE.reset(deadline)
         return replies
+
+    def _pull(self, pending: set[str], replies: list[Message]) -> set[str]:
+        """Pull the replies to ``pending`` into ``replies``; the ids they answer."""
+        pulled = list(self.grid.pull_messages(pending))
+        replies.extend(pulled)
+        return {m.metadata.reply_to_message_id for m in pulled}
 
     def _wait(self) -> None:
         if self.replies_stored is None:
@@ -78,14 +101,27 @@ class PromptGrid:
             self.replies_stored.wait(self.pull_seconds)
 
 
+def pull_objects_within_the_round(object_ids: list[str], pull_object_fn: Any, **kwargs: Any) -> dict[str, bytes]:
+    """Flower's ``pull_objects``, retrying a missing part after :data:`PULL_SECONDS` (doubling up
+    to 1 s), for no longer than the running round's timeout leaves (at least
+    :data:`LAST_PULL_SECONDS`); then Flower's HttpGrid turns the reply into an error reply."""
+    deadline = _ROUND_DEADLINE.get()
+    if deadline is not None:
+        left = max(deadline - time.time(), LAST_PULL_SECONDS)
+        kwargs["max_time"] = min(kwargs.get("max_time") or math.inf, left)
+    kwargs.setdefault("initial_backoff", PULL_SECONDS)
+    kwargs.setdefault("backoff_cap", 1.0)
+    return ORIGINAL_PULL_OBJECTS(object_ids, pull_object_fn, **kwargs)
+
+
 def install(version: str = flwr.__version__) -> bool:
-    """Retry a reply's missing parts after :data:`PULL_SECONDS` in this process's HttpGrids;
-    False (nothing changed) on a flwr version this was not checked against."""
+    """:func:`pull_objects_within_the_round` in this process's HttpGrids; False (nothing changed)
+    on a flwr version this was not checked against."""
     if version not in CHECKED_FLWR_VERSIONS:
         log.info("flwr %s: keeping HttpGrid's own retries of reply parts", version)
         return False
-    http_grid.pull_objects = functools.partial(ORIGINAL_PULL_OBJECTS, initial_backoff=PULL_SECONDS, backoff_cap=1.0)
-    log.info("flwr %s: HttpGrid retries reply parts after %.2f s", version, PULL_SECONDS)
+    http_grid.pull_objects = pull_objects_within_the_round
+    log.info("flwr %s: HttpGrid retries reply parts after %.2f s, until the round's timeout", version, PULL_SECONDS)
     return True
 
 

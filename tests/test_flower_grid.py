@@ -1,10 +1,11 @@
 """The ServerApp's prompt Grid returns what Flower's HttpGrid.send_and_receive returns, reply for reply."""
 
-import functools
+import time
 from types import SimpleNamespace
 
 import pytest
 from flwr.superlink.grid import HttpGrid, http_grid
+from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
 
 from strategies import flower_grid
 
@@ -56,7 +57,9 @@ def test_prompt_grid_returns_what_flowers_http_grid_returns(monkeypatch, stages,
     flowers = StagedGrid(stages)
     expected = HttpGrid.send_and_receive(flowers, ["m"] * 3, timeout=timeout)  # type: ignore[arg-type]
 
-    assert _names(replies) == _names(expected)
+    # the same replies, and where the timeout ended the wait, those of one last pull after it
+    assert _names(replies)[: len(expected)] == _names(expected)
+    assert len(replies) == len(expected) or timeout == 0.05
     # Flower waits 3 s between pulls, so within a timeout it may pull fewer times; never more
     assert len(ours.pulls) >= len(flowers.pulls) and ours.pulls[: len(flowers.pulls)] == flowers.pulls
 
@@ -87,21 +90,73 @@ def test_install_shortens_only_the_retries_of_reply_parts_and_only_on_a_checked_
     assert not flower_grid.install("1.41.0")
     assert http_grid.pull_objects is flower_grid.ORIGINAL_PULL_OBJECTS
     assert flower_grid.install(flower_grid.CHECKED_FLWR_VERSIONS[0])
-    patched = http_grid.pull_objects
-    assert isinstance(patched, functools.partial) and patched.func is flower_grid.ORIGINAL_PULL_OBJECTS
-    assert patched.keywords == {"initial_backoff": flower_grid.PULL_SECONDS, "backoff_cap": 1.0}
-    # the same objects come back: a part missing on the first try is pulled again soon
+    assert http_grid.pull_objects is flower_grid.pull_objects_within_the_round
+    # the same objects come back: a part missing on the first tries is pulled again soon
     tries = {"x": 0}
+    waits = []
 
     def pull(object_id):
-        from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
-
         tries[object_id] += 1
         if tries[object_id] < 3:
             raise ObjectUnavailableError(object_id)
         return b"content"
 
-    assert patched(["x"], pull) == {"x": b"content"} and tries["x"] == 3
+    started = time.monotonic()
+    assert http_grid.pull_objects(["x"], pull) == {"x": b"content"} and tries["x"] == 3
+    waits.append(time.monotonic() - started)
+    assert waits[0] < 1.0  # Flower's own first retry alone waits 1 s
+
+
+def test_a_reply_part_that_never_comes_is_waited_for_only_until_the_rounds_timeout(monkeypatch):
+    """Its node died mid-upload: without a bound, Flower retries for up to 2 hours (500 tries)."""
+    monkeypatch.setattr(flower_grid, "LAST_PULL_SECONDS", 0.3)
+
+    def never(object_id):
+        raise ObjectUnavailableError(object_id)
+
+    token = flower_grid._ROUND_DEADLINE.set(time.time() + 0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ObjectPullError):
+            flower_grid.pull_objects_within_the_round(["x"], never)
+        # the round had 0.2 s left: the pull gives up after the 0.3 s floor, not Flower's 2 hours
+        assert 0.25 <= time.monotonic() - started < 5.0
+    finally:
+        flower_grid._ROUND_DEADLINE.reset(token)
+    seen = {}
+    monkeypatch.setattr(flower_grid, "ORIGINAL_PULL_OBJECTS", lambda ids, fn, **kw: seen.update(kw) or {})
+    flower_grid.pull_objects_within_the_round(["x"], never)  # outside a round: Flower's own limits
+    assert "max_time" not in seen and seen["initial_backoff"] == flower_grid.PULL_SECONDS
+
+
+class BlockedPullGrid(StagedGrid):
+    """The first pull is held up past the timeout by a reply whose parts never come (its node died
+    mid-upload): it returns that reply as Flower's error reply; the others are stored meanwhile."""
+
+    def __init__(self, clock, hold_seconds):
+        super().__init__([["a"], ["b", "c"]])
+        self.clock, self.hold_seconds = clock, hold_seconds
+
+    def pull_messages(self, message_ids):
+        if len(self.pulls) == 0:
+            self.clock["t"] += self.hold_seconds
+        return super().pull_messages(message_ids)
+
+
+def test_replies_stored_while_a_pull_outlasted_the_timeout_are_not_lost(monkeypatch):
+    clock = {"t": 0.0}
+    monkeypatch.setattr(flower_grid.time, "time", lambda: clock["t"])
+    monkeypatch.setattr(flower_grid.time, "sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+    grid = BlockedPullGrid(clock, hold_seconds=180.0)
+    replies = flower_grid.PromptGrid(grid).send_and_receive(["m"] * 3, timeout=120.0)
+    assert _names(replies) == ["reply-a", "reply-b", "reply-c"]
+    assert grid.pulls == [{"a", "b", "c"}, {"b", "c"}]
+    # Flower's own loop returns only the held-up reply: b's and c's clients sent theirs for nothing
+    monkeypatch.setattr(http_grid.time, "sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+    monkeypatch.setattr(http_grid.time, "time", lambda: clock["t"])
+    clock["t"] = 0.0
+    flowers = BlockedPullGrid(clock, hold_seconds=180.0)
+    assert _names(HttpGrid.send_and_receive(flowers, ["m"] * 3, timeout=120.0)) == ["reply-a"]  # type: ignore[arg-type]
 
 
 class RecordingEvent:
