@@ -35,7 +35,7 @@ def privacy_utility(models: tuple[str, ...]) -> Callable[[], str]:
     def table() -> str:
         best = pd.read_csv(RESULTS / "privacy_utility_best.csv")
         best = best[best["privacy_model"].isin(models)]
-        order = ("alpha-normec", "fed-alpha-normec", "dp-normalized-sgd", "clip21", "dp-fedavg")
+        order = ("alpha-normec", "fed-alpha-normec", "normec-server-normalized", "dp-normalized-sgd", "clip21", "dp-fedavg")
         strategies = [s for s in order if s in set(best["strategy"])]
         head = "| privacy model | rounds | epsilon | " + " | ".join(strategies) + " | noise multiplier |"
         lines = [head, "|---|---|---|" + "---|" * (len(strategies) + 1)]
@@ -67,6 +67,24 @@ def privacy_utility_runs() -> str:
     for (strategy, setting), row in table.iterrows():
         values = ["" if pd.isna(row.get(c)) else f"{row[c]:.3f}" for c in cells]
         lines.append(f"| {strategy} | {setting} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def privacy_utility_confirmed() -> str:
+    """Each cell's chosen setting again on fresh seeds and the whole test set: mean, spread and every seed."""
+    runs = pd.read_csv(RESULTS / "privacy_utility_confirm.csv")
+    lines = [
+        "| privacy model | rounds | epsilon | strategy | setting | seeds | test accuracy (mean ± std) | each seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    by = ["privacy_model", "rounds", "epsilon", "strategy", "setting"]
+    for (model, rounds, eps, strategy, setting), cell in runs.sort_values(by + ["seed"]).groupby(by, sort=False):
+        accuracy = cell["test_accuracy"]
+        each = ", ".join(f"{a:.4f}" for a in accuracy)
+        seeds = ", ".join(str(s) for s in cell["seed"])
+        lines.append(
+            f"| {model} | {rounds} | {_eps(eps)} | {strategy} | {setting} | {seeds} | {accuracy.mean():.4f} ± {accuracy.std():.4f} | {each} |"
+        )
     return "\n".join(lines)
 
 
@@ -108,6 +126,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "privacy-utility": privacy_utility(("central", "distributed", "local")),
     "privacy-utility-central": privacy_utility(("central",)),
     "privacy-utility-runs": privacy_utility_runs,
+    "privacy-utility-confirmed": privacy_utility_confirmed,
     "privacy-audit": privacy_audit("one-run"),
     "privacy-audit-many-run": privacy_audit("many-run"),
     "robust-aggregation": robust_aggregation,

@@ -20,6 +20,9 @@ batch 32).
                                                                # each cell's best setting again, 200 rounds
     python -m benchmarks.privacy_utility --models distributed --best-of results/privacy_utility_best.csv --best-model central --merge
                                                                # distributed DP at central's best settings
+    python -m benchmarks.privacy_utility --best-of docs/results/privacy_utility_best.csv --epsilons 8 --models central \\
+        --first-seed 1 --seeds 3 --eval-samples 0 --out results/confirm/privacy_utility.csv
+                                                               # the chosen settings on fresh seeds and the whole test set
     python -m benchmarks.privacy_utility --quick               # a smoke test: 100 clients, 5 rounds
     python -m benchmarks.privacy_utility --merge --epsilons 1 4 --models central   # add cells to the table
 
@@ -52,6 +55,9 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     # Fed-alpha-NormEC: alpha-normec on the pseudo-gradient of DP-FedAvg's local work (2 steps of 32
     # at client-lr 0.05 = one epoch of 60 examples), fixed before its first run, not tuned
     "fed-alpha-normec": dict(strategy="alpha-normec", alpha=0.1, local_steps=2, client_lr=0.05, batch_size=32),
+    # the alpha-NormEC paper's server-side normalization, x -= server-lr * G / ||G||: a step of fixed
+    # length, so the noise G carries turns the direction but never lengthens the step
+    "normec-server-normalized": dict(strategy="alpha-normec", alpha=0.1, server_normalize=True),
 }
 #: four settings per method (the same budget for every method), fixed before any run of this grid
 TUNING: dict[str, tuple[dict[str, float], ...]] = {
@@ -60,7 +66,7 @@ TUNING: dict[str, tuple[dict[str, float], ...]] = {
     "dp-normalized-sgd": tuple(dict(server_lr=lr) for lr in (0.5, 1.0, 2.0, 4.0)),
     "dp-fedavg": tuple(dict(clip=c, server_lr=lr) for c, lr in ((1.0, 1.0), (0.3, 3.0), (0.1, 3.0), (0.1, 10.0))),
 }
-TUNING["fed-alpha-normec"] = TUNING["alpha-normec"]
+TUNING["fed-alpha-normec"] = TUNING["normec-server-normalized"] = TUNING["alpha-normec"]
 TASK = dict(dataset="fashion-mnist", model="cnn", batch_size=64, eval_samples=2000, delta=1e-5)
 FULL_EPSILONS = (1.0, 2.0, 4.0, 8.0, math.inf)
 COLUMNS = [
@@ -86,8 +92,12 @@ def parse_setting(label: str) -> dict[str, float]:
     return {key.replace("-", "_"): float(value) for key, value in (item.split("=") for item in label.split())}
 
 
-def config(strategy: str, privacy_model: str, eps: float, setting: dict[str, float], seed: int, scale: dict[str, int]) -> RunConfig:
+def config(
+    strategy: str, privacy_model: str, eps: float, setting: dict[str, float], seed: int, scale: dict[str, int], eval_samples: int | None = None
+) -> RunConfig:
     settings = {**TASK, **STRATEGIES[strategy], **setting}
+    if eval_samples is not None:
+        settings["eval_samples"] = eval_samples
     return RunConfig(
         privacy_model=privacy_model,
         target_epsilon=0.0 if math.isinf(eps) else eps,
@@ -101,16 +111,21 @@ def config(strategy: str, privacy_model: str, eps: float, setting: dict[str, flo
 
 
 def jobs(
-    cells: list[tuple[str, str, float]], seeds: int, scale: dict[str, int], settings: dict[tuple[str, str, float], list[dict[str, float]]] | None = None
+    cells: list[tuple[str, str, float]],
+    seeds: int,
+    scale: dict[str, int],
+    settings: dict[tuple[str, str, float], list[dict[str, float]]] | None = None,
+    first_seed: int = 0,
+    eval_samples: int | None = None,
 ) -> list[tuple[RunConfig, dict[str, Any]]]:
-    """(config, labels) for every (strategy, privacy model, eps) cell, setting and seed; ``settings``
-    replaces the tuning grid of a cell (e.g. its best setting only)."""
+    """(config, labels) for every (strategy, privacy model, eps) cell, setting and seed (``first_seed``
+    onwards); ``settings`` replaces the tuning grid of a cell (e.g. its best setting only)."""
     grid = []
     for strategy, privacy_model, eps in cells:
         cell_settings = (settings or {}).get((strategy, privacy_model, eps), list(TUNING[strategy]))
         for setting in cell_settings:
-            for seed in range(seeds):
-                cfg = config(strategy, privacy_model, eps, setting, seed, scale)
+            for seed in range(first_seed, first_seed + seeds):
+                cfg = config(strategy, privacy_model, eps, setting, seed, scale, eval_samples)
                 # the method's name (a variant of a strategy has its own) becomes the history's strategy column
                 grid.append((cfg, {"strategy": strategy, "epsilon": eps, "setting": setting_label(setting)}))
     return grid
@@ -177,6 +192,7 @@ def best_per_cell(runs: pd.DataFrame) -> pd.DataFrame:
     by = ["strategy", "privacy_model", "epsilon", "rounds", "setting"]
     mean = runs.groupby(by, dropna=False).agg(
         test_accuracy=("test_accuracy", "mean"),
+        test_accuracy_std=("test_accuracy", "std"),
         seeds=("seed", "count"),
         noise_multiplier=("noise_multiplier", "first"),
         server_lr=("server_lr", "first"),
@@ -223,6 +239,10 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="keep the runs already in --out (and its histories) and add or replace this grid's")
     parser.add_argument("--resume", action="store_true",
                         help="skip the runs that --out's histories already hold to their last round (a grid stopped early)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds from this one on (with --best-of: fresh seeds, to confirm settings chosen on seed 0)")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help=f"test images each evaluation uses (default {TASK['eval_samples']}; 0: the whole test set)")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
     args = parser.parse_args()
     if args.quick:
@@ -240,11 +260,11 @@ def main() -> None:
         cells = [(s, m, e) for s in args.strategies for m in models for e in epsilons]
     settings = None
     if args.best_of is not None:
-        best = best_settings(args.best_of)
+        best = best_settings(args.best_of, rounds=scale["rounds"])
         settings = {(s, m, e): best[(s, args.best_model or m, e)] for s, m, e in cells if (s, args.best_model or m, e) in best}
         cells = [cell for cell in cells if cell in settings]
     seeds = 1 if args.quick else args.seeds
-    grid = jobs(cells, seeds, scale, settings)
+    grid = jobs(cells, seeds, scale, settings, first_seed=args.first_seed, eval_samples=args.eval_samples)
     for _, labels in grid:
         labels["rounds"] = scale["rounds"]
     print(f"{len(grid)} runs on {args.workers} workers", flush=True)

@@ -24,6 +24,23 @@ def test_the_grid_covers_each_cell_once_per_setting_and_seed():
     assert grid[-1][0].target_epsilon == 0.0  # eps = inf: the same run without noise
 
 
+def test_a_confirmation_grid_runs_fresh_seeds_on_the_test_set_it_is_given():
+    scale = dict(clients=1000, per_round=100, rounds=100)
+    chosen = {("alpha-normec", "central", 8.0): [{"beta": 0.3, "server_lr": 1.0}]}
+    grid = jobs([("alpha-normec", "central", 8.0)], seeds=3, scale=scale, settings=chosen, first_seed=1, eval_samples=0)
+    assert [cfg.seed for cfg, _ in grid] == [1, 2, 3]
+    assert {cfg.eval_samples for cfg, _ in grid} == {0}
+    assert {(cfg.beta, cfg.server_lr) for cfg, _ in grid} == {(0.3, 1.0)}
+    assert {cfg.eval_samples for cfg, _ in jobs([("clip21", "central", 8.0)], seeds=1, scale=scale)} == {2000}
+
+
+def test_the_server_normalized_variant_is_alpha_normec_with_a_normalized_step():
+    scale = dict(clients=1000, per_round=100, rounds=100)
+    cfg, labels = jobs([("normec-server-normalized", "central", 8.0)], seeds=1, scale=scale)[0]
+    assert cfg.strategy == "alpha-normec" and cfg.server_normalize and labels["strategy"] == "normec-server-normalized"
+    assert not jobs([("alpha-normec", "central", 8.0)], seeds=1, scale=scale)[0][0].server_normalize
+
+
 def test_the_better_setting_is_kept_per_cell_from_the_seed_mean(tmp_path):
     rows = []
     for setting, accuracies in (("beta=1 server-lr=0.5", (0.80, 0.82)), ("beta=0.3 server-lr=1", (0.90, 0.60))):
@@ -33,6 +50,7 @@ def test_the_better_setting_is_kept_per_cell_from_the_seed_mean(tmp_path):
     best = best_per_cell(pd.DataFrame(rows))
     assert len(best) == 1
     assert best["setting"].iloc[0] == "beta=1 server-lr=0.5" and best["test_accuracy"].iloc[0] == 0.81 and best["seeds"].iloc[0] == 2
+    assert abs(best["test_accuracy_std"].iloc[0] - 0.0141421) < 1e-6  # the spread over the seeds, beside the mean
     best.to_csv(tmp_path / "best.csv", index=False)
     assert best_settings(tmp_path / "best.csv") == {("alpha-normec", "central", 8.0): [{"beta": 1.0, "server_lr": 0.5}]}
     assert parse_setting(setting_label({"clip": 0.3, "server_lr": 3.0})) == {"clip": 0.3, "server_lr": 3.0}
