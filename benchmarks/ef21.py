@@ -15,7 +15,7 @@ Prints, per (dataset, n, k, method, setting), the mean over seeds of the rounds 
 up) to bring ||grad f(x)|| below each target, with how many seeds reached it, and per cell the
 better setting of each method and their ratio; writes gradient norm vs rounds and vs bits.
 
-    python -m benchmarks.ef21                 # 3 seeds (about 25 minutes on 2 cores)
+    python -m benchmarks.ef21                 # 3 seeds (about an hour on 2 cores; one seed on one core: 38 min)
     python -m benchmarks.ef21 --quick         # breast cancer, n = 5, one seed, short horizons
 """
 
