@@ -83,7 +83,8 @@ def privacy_utility_confirmed() -> str:
         each = ", ".join(f"{a:.4f}" for a in accuracy)
         seeds = ", ".join(str(s) for s in cell["seed"])
         lines.append(
-            f"| {model} | {rounds} | {_eps(eps)} | {strategy} | {setting} | {seeds} | {accuracy.mean():.4f} ± {accuracy.std():.4f} | {each} |"
+            f"| {model} | {rounds} | {_eps(eps)} | {strategy} | {setting} | {seeds} "
+            f"| {accuracy.mean():.4f} ± {accuracy.std():.4f} | {each} |"
         )
     return "\n".join(lines)
 

@@ -93,7 +93,8 @@ def _history(job: dict, rounds: int) -> pd.DataFrame:
     for key, value in constants.items():
         history[key] = value
     history["run-seconds"] = time.perf_counter() - started
-    columns = KEYS + ["horizon", "d", "gamma", "L", "L-tilde", "round", "grad-norm", "bytes-up", "bits-up-cumulative", "run-seconds"]
+    columns = KEYS + ["horizon", "d", "gamma", "L", "L-tilde", "round", "grad-norm", "bytes-up", "bits-up-cumulative"]
+    columns.append("run-seconds")
     return history[columns]
 
 
@@ -170,7 +171,8 @@ def plot(histories: pd.DataFrame):
             for (i, dataset), (j, n) in itertools.product(enumerate(datasets), enumerate(ns)):
                 ax = axes[i][j]
                 # one seed's runs (||EF21||: the last horizon its search ran)
-                sub = histories[(histories["dataset"] == dataset) & (histories["n"] == n) & (histories["seed"] == histories["seed"].min())]
+                first_seed = histories["seed"] == histories["seed"].min()
+                sub = histories[(histories["dataset"] == dataset) & (histories["n"] == n) & first_seed]
                 for (method, setting, k), run in sub.groupby(["method", "setting", "k"]):
                     label = f"{method} {setting}, k={k}"
                     ax.semilogy(run[xaxis].clip(lower=1 if xaxis != "round" else 0), run["grad-norm"], label=label)

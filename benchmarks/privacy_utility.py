@@ -93,7 +93,13 @@ def parse_setting(label: str) -> dict[str, float]:
 
 
 def config(
-    strategy: str, privacy_model: str, eps: float, setting: dict[str, float], seed: int, scale: dict[str, int], eval_samples: int | None = None
+    strategy: str,
+    privacy_model: str,
+    eps: float,
+    setting: dict[str, float],
+    seed: int,
+    scale: dict[str, int],
+    eval_samples: int | None = None,
 ) -> RunConfig:
     settings = {**TASK, **STRATEGIES[strategy], **setting}
     if eval_samples is not None:
