@@ -187,15 +187,9 @@ def plot(histories: pd.DataFrame):
     return draw
 
 
-def main() -> None:
-    parser = base_parser(__doc__)
-    parser.set_defaults(seeds=3)
-    args = parser.parse_args()
-    rounds = args.rounds or (300 if args.quick else max(HORIZONS))
+def grid(datasets: list[str], ns: list[int], seeds: int, rounds: int) -> list[dict]:
+    """One job per (dataset, n, k, seed) and candidate of each method, with horizons up to ``rounds``."""
     horizons = tuple(h for h in HORIZONS if h <= rounds)
-    datasets = ["breast-cancer"] if args.quick else ["breast-cancer", "synthetic"]
-    ns = [5] if args.quick else [1, 5, 10]
-    seeds = 1 if args.quick else args.seeds
     jobs = []
     for dataset, n, seed in itertools.product(datasets, ns, range(seeds)):
         d = 31 if dataset == "breast-cancer" else 21
@@ -205,14 +199,29 @@ def main() -> None:
                 jobs.append({**base, "method": "EF21", "setting": f"{multiplier:g}x theory", "multiplier": multiplier})
             for gamma0 in GAMMA0:
                 jobs.append({**base, "method": "‖EF21‖", "setting": f"gamma0={gamma0:g}", "gamma0": gamma0})
-    print(f"{len(jobs)} searches (up to {rounds} rounds) on {args.workers} workers", flush=True)
-    started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+    return jobs
+
+
+def run(jobs: list[dict], workers: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(histories for the plots, rounds to each target per setting, the head-to-head table)."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(_run, jobs))
     histories = pd.concat([history for history, _ in results], ignore_index=True)
     table = rounds_to_target(pd.DataFrame([row for _, rows in results for row in rows]))
+    return histories, table, head_to_head(table)
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.set_defaults(seeds=3)
+    args = parser.parse_args()
+    rounds = args.rounds or (300 if args.quick else max(HORIZONS))
+    datasets = ["breast-cancer"] if args.quick else ["breast-cancer", "synthetic"]
+    jobs = grid(datasets, [5] if args.quick else [1, 5, 10], 1 if args.quick else args.seeds, rounds)
+    print(f"{len(jobs)} searches (up to {rounds} rounds) on {args.workers} workers", flush=True)
+    started = time.perf_counter()
+    histories, table, versus = run(jobs, args.workers)
     out = write_outputs("ef21" + ("-quick" if args.quick else ""), histories, table, plot(histories))
-    versus = head_to_head(table)
     versus.to_csv(out / "head_to_head.csv", index=False)
     (out / "head_to_head.md").write_text(markdown_table(versus))
     print(markdown_table(table))
