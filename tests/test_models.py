@@ -7,7 +7,14 @@ from fl_dp.models import build_model, get_flat_params, num_params, set_flat_para
 
 
 @pytest.mark.parametrize(
-    "name, shape, classes", [("logreg", (30,), 2), ("logreg", (1, 28, 28), 10), ("cnn", (1, 28, 28), 10), ("resnet20", (3, 32, 32), 10)]
+    "name, shape, classes",
+    [
+        ("logreg", (30,), 2),
+        ("logreg", (1, 28, 28), 10),
+        ("cnn", (1, 28, 28), 10),
+        ("cnn-tanh", (1, 28, 28), 10),
+        ("resnet20", (3, 32, 32), 10),
+    ],
 )
 def test_models_are_opacus_compatible_and_give_logits(name, shape, classes):
     model = build_model(name, shape, classes)
@@ -16,18 +23,29 @@ def test_models_are_opacus_compatible_and_give_logits(name, shape, classes):
     assert out.shape == (4, 1 if classes == 2 else classes)
 
 
-def test_per_sample_gradients_of_cnn_match_a_loop():
-    model = build_model("cnn", (1, 28, 28), 10)
+@pytest.mark.parametrize("name", ["cnn", "cnn-tanh"])
+def test_per_sample_gradients_of_cnn_match_a_loop(name):
+    model = build_model(name, (1, 28, 28), 10)
     x, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 4, 9])
     gsm = GradSampleModule(model, loss_reduction="sum")
     torch.nn.functional.cross_entropy(gsm(x), y, reduction="sum").backward()
     per_sample = torch.cat([p.grad_sample.flatten(1) for p in model.parameters()], 1)
     for i in range(3):
         model.zero_grad()
-        loop_model = build_model("cnn", (1, 28, 28), 10)
+        loop_model = build_model(name, (1, 28, 28), 10)
         torch.nn.functional.cross_entropy(loop_model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
         reference = torch.cat([p.grad.flatten() for p in loop_model.parameters()])
         assert torch.allclose(per_sample[i], reference, atol=1e-5)
+
+
+def test_the_tanh_cnn_is_the_cnn_with_bounded_activations():
+    relu, tanh = build_model("cnn", (1, 28, 28), 10, seed=3), build_model("cnn-tanh", (1, 28, 28), 10, seed=3)
+    # same layers and the same seeded initial weights: only the activation differs
+    assert torch.equal(get_flat_params(relu), get_flat_params(tanh))
+    activations = [type(m).__name__ for m in tanh.features if type(m).__name__ in ("ReLU", "Tanh")]
+    assert activations == ["Tanh", "Tanh"]
+    x = 100 * torch.randn(2, 1, 28, 28)
+    assert not torch.allclose(relu(x), tanh(x))
 
 
 def test_resnet20_has_the_usual_size():
