@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from fl_dp.rules.sign import SIGN_COMPRESSORS
 CENTRAL_DP_STRATEGIES = tuple(key for key, spec in REGISTRY.items() if "central" in spec.privacy_models)
 COMPRESSORS = ("identity", "top-k", "rand-k", "rand-k-unbiased")
 EVALUATIONS = ("central", "federated")
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 __all__ = ["CENTRAL_DP_STRATEGIES", "COMPRESSORS", "ConfigError", "PRIVACY_MODELS", "RunConfig", "STRATEGIES"]
 
@@ -53,6 +55,9 @@ class RunConfig:
     max_train_samples: int = 0
     eval_samples: int = 2000
     model: str = "cnn"
+    # where this process trains and evaluates: "auto" (CUDA where this process sees a GPU, e.g. a Ray
+    # actor given client-resources-num-gpus, else the CPU), "cpu", "cuda" or "cuda:N"
+    device: str = "auto"
     seed: int = 0
     # local training (fedavg, dp-fedavg)
     client_lr: float = 0.05
@@ -218,6 +223,8 @@ class RunConfig:
                 fail(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
         if self.model not in MODELS:
             fail(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if not DEVICE_NAME.fullmatch(self.device):
+            fail(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.sign_compressor not in SIGN_COMPRESSORS:
             fail(f"unknown sign-compressor {self.sign_compressor!r}; choose one of {', '.join(SIGN_COMPRESSORS)}")
         if self.grad_noise not in NOISE_KINDS:

@@ -47,7 +47,7 @@ from fl_dp.registry import build_algorithm
 from fl_dp.results import progress_line
 from fl_dp.robustness import robust_mean
 from fl_dp.rules.base import Algorithm, State
-from fl_dp.task import SERVER_STREAM, dataset_of, make_generator, model_for, partition_lookup
+from fl_dp.task import SERVER_STREAM, dataset_of, device_for, make_generator, model_for, partition_lookup
 from fl_dp.training import Objective
 from fl_dp.wire import (
     ALWAYS_REPORTED,
@@ -144,7 +144,7 @@ class ServerCore:
             test = dataset_of(cfg).test
             if 0 < cfg.eval_samples < len(test):
                 test = test.subset(np.arange(cfg.eval_samples))
-            evaluator = Objective(model, test, cfg.regularizer_lambda)
+            evaluator = Objective(model.to(device_for(cfg)), test, cfg.regularizer_lambda)
 
             def evaluate_fn(x: torch.Tensor) -> dict[str, float]:
                 return {f"test-{k}": v for k, v in evaluator.evaluate(x).items()}

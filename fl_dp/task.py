@@ -69,6 +69,20 @@ def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
     return train.subset(rows)
 
 
+def device_for(cfg: RunConfig) -> torch.device:
+    """The device this process computes on: ``device``, where "auto" is the first CUDA device this
+    process sees (a Ray actor sees one only when its client resources include a GPU), else the CPU."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {cfg.device!r}: this process sees no CUDA device (use device = 'auto' or 'cpu')")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {cfg.device!r}: this process sees {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def model_for(cfg: RunConfig) -> torch.nn.Module:
     """A fresh model of the run (its initial parameters are the run's x_0)."""
     data = dataset_of(cfg)
@@ -88,9 +102,10 @@ def shared_client_model(cfg: RunConfig) -> torch.nn.Module:
     into the next, so such a model is never shared.
     """
     models = _client_models.__dict__.setdefault("models", {})
-    key = (cfg.model, cfg.dataset, cfg.data_dir, cfg.seed)
+    device = device_for(cfg)
+    key = (cfg.model, cfg.dataset, cfg.data_dir, cfg.seed, device)
     if key not in models:
-        model = model_for(cfg)
+        model = model_for(cfg).to(device)
         if any(True for _ in model.buffers()):
             return model
         models[key] = model

@@ -28,6 +28,9 @@ class Objective:
 
     A model with one output is a binary logistic model (labels 0/1, i.e. the
     log(1 + exp(-y x.w)) loss with y = +-1); otherwise cross-entropy.
+
+    The work runs where the model's parameters are (the data is copied there once); the flat
+    vectors it takes and returns stay on the CPU, where the algorithms keep their state.
     """
 
     def __init__(self, model: nn.Module, data: ArrayDataset, regularizer_lambda: float = 0.0) -> None:
@@ -37,6 +40,8 @@ class Objective:
         self.data = data
         self.regularizer_lambda = regularizer_lambda
         self.dim = num_params(model)
+        self.device = next(model.parameters()).device
+        self._x, self._y = data.x.to(self.device), data.y.to(self.device)
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if logits.shape[1] == 1:
@@ -57,19 +62,20 @@ class Objective:
             total = len(self.data)
             loss_sum = 0.0
             for start in range(0, total, EVAL_CHUNK):
-                xb = self.data.x[start : start + EVAL_CHUNK]
-                yb = self.data.y[start : start + EVAL_CHUNK]
+                xb = self._x[start : start + EVAL_CHUNK]
+                yb = self._y[start : start + EVAL_CHUNK]
                 chunk_loss = self.loss_fn(self.model(xb), yb, reduction="sum") / total
                 chunk_loss.backward()
                 loss_sum += chunk_loss.item()
         else:
-            loss = self.loss_fn(self.model(self.data.x[indices]), self.data.y[indices])
+            rows = indices.to(self.device)
+            loss = self.loss_fn(self.model(self._x[rows]), self._y[rows])
             loss.backward()
             loss_sum = loss.item()
         reg = self._regularizer()
         if reg.requires_grad:
             reg.backward()
-        return loss_sum + reg.item(), get_flat_grad(self.model)
+        return loss_sum + reg.item(), get_flat_grad(self.model).cpu()
 
     def batch_indices(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor | None:
         """A minibatch drawn without replacement, or None (full batch) for batch_size 0 or >= N."""
@@ -104,11 +110,11 @@ class Objective:
         velocities = [torch.zeros_like(p) for p in params]
         losses = []
         for _ in range(epochs):
-            order = torch.randperm(n, generator=generator)
+            order = torch.randperm(n, generator=generator).to(self.device)
             for start in range(0, n, batch):
                 indices = order[start : start + batch]
                 self.model.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.model(self.data.x[indices]), self.data.y[indices]) + self._regularizer()
+                loss = self.loss_fn(self.model(self._x[indices]), self._y[indices]) + self._regularizer()
                 loss.backward()
                 with torch.no_grad():
                     for p, v in zip(params, velocities):
@@ -116,7 +122,7 @@ class Objective:
                         v.mul_(momentum).add_(p.grad)
                         p.sub_(lr * v)
                 losses.append(loss.item())
-        return get_flat_params(self.model), sum(losses) / len(losses), len(losses)
+        return get_flat_params(self.model).cpu(), sum(losses) / len(losses), len(losses)
 
     def per_sample_gradients(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """(batch, d) gradients of each sample's loss at x, from Opacus' GradSampleModule
@@ -136,8 +142,9 @@ class Objective:
             p.grad, p.grad_sample = None, None
         if len(indices) == 0:
             return torch.zeros(0, self.dim)
-        self.loss_fn(module(self.data.x[indices]), self.data.y[indices], reduction="sum").backward()
-        return torch.cat([p.grad_sample.reshape(len(indices), -1) for p in params], 1).detach()
+        rows = indices.to(self.device)
+        self.loss_fn(module(self._x[rows]), self._y[rows], reduction="sum").backward()
+        return torch.cat([p.grad_sample.reshape(len(indices), -1) for p in params], 1).detach().cpu()
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor) -> dict[str, float]:
@@ -146,8 +153,8 @@ class Objective:
         self.model.eval()
         loss_sum, correct = 0.0, 0
         for start in range(0, len(self.data), EVAL_CHUNK):
-            xb = self.data.x[start : start + EVAL_CHUNK]
-            yb = self.data.y[start : start + EVAL_CHUNK]
+            xb = self._x[start : start + EVAL_CHUNK]
+            yb = self._y[start : start + EVAL_CHUNK]
             logits = self.model(xb)
             loss_sum += float(self.loss_fn(logits, yb, reduction="sum"))
             if logits.shape[1] == 1:
@@ -159,7 +166,7 @@ class Objective:
         return {"loss": loss_sum / n + float(nonconvex_regularizer(x, self.regularizer_lambda)), "accuracy": correct / n}
 
     def initial_point(self) -> torch.Tensor:
-        return get_flat_params(self.model)
+        return get_flat_params(self.model).cpu()
 
 
 def local_pseudo_gradient(
