@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.privacy_utility import with_model
 from fl_dp.registry import strategies_table
 
 ROOT = Path(__file__).parents[1]
@@ -72,18 +73,18 @@ def privacy_utility_runs() -> str:
 
 def privacy_utility_confirmed() -> str:
     """Each cell's chosen setting again on fresh seeds and the whole test set: mean, spread and every seed."""
-    runs = pd.read_csv(RESULTS / "privacy_utility_confirm.csv")
+    runs = with_model(pd.read_csv(RESULTS / "privacy_utility_confirm.csv"))
     lines = [
-        "| privacy model | rounds | epsilon | strategy | setting | seeds | test accuracy (mean ± std) | each seed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| privacy model | rounds | epsilon | strategy | network | setting | seeds | test accuracy (mean ± std) | each seed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    by = ["privacy_model", "rounds", "epsilon", "strategy", "setting"]
-    for (model, rounds, eps, strategy, setting), cell in runs.sort_values(by + ["seed"]).groupby(by, sort=False):
+    by = ["privacy_model", "rounds", "epsilon", "strategy", "model", "setting"]
+    for (model, rounds, eps, strategy, network, setting), cell in runs.sort_values(by + ["seed"]).groupby(by, sort=False):
         accuracy = cell["test_accuracy"]
         each = ", ".join(f"{a:.4f}" for a in accuracy)
         seeds = ", ".join(str(s) for s in cell["seed"])
         lines.append(
-            f"| {model} | {rounds} | {_eps(eps)} | {strategy} | {setting} | {seeds} "
+            f"| {model} | {rounds} | {_eps(eps)} | {strategy} | {network} | {setting} | {seeds} "
             f"| {accuracy.mean():.4f} ± {accuracy.std():.4f} | {each} |"
         )
     return "\n".join(lines)

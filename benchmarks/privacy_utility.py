@@ -67,20 +67,31 @@ TUNING: dict[str, tuple[dict[str, float], ...]] = {
     "dp-fedavg": tuple(dict(clip=c, server_lr=lr) for c, lr in ((1.0, 1.0), (0.3, 3.0), (0.1, 3.0), (0.1, 10.0))),
 }
 TUNING["fed-alpha-normec"] = TUNING["normec-server-normalized"] = TUNING["alpha-normec"]
-TASK = dict(dataset="fashion-mnist", model="cnn", batch_size=64, eval_samples=2000, delta=1e-5)
+TASK = dict(dataset="fashion-mnist", batch_size=64, eval_samples=2000, delta=1e-5)
 FULL_EPSILONS = (1.0, 2.0, 4.0, 8.0, math.inf)
 COLUMNS = [
     "strategy", "privacy_model", "num_clients", "clients_per_round", "epsilon", "delta", "noise_multiplier", "rounds",
-    "test_accuracy", "seed", "setting", "server_lr", "seconds", "bytes_up_per_client",
+    "test_accuracy", "seed", "setting", "server_lr", "seconds", "bytes_up_per_client", "model",
 ]
-RUN_KEY = ["strategy", "privacy_model", "epsilon", "setting", "rounds", "seed"]
+RUN_KEY = ["strategy", "privacy_model", "epsilon", "setting", "rounds", "seed", "model"]
 #: the same key in the per-round histories' column names
-HISTORY_KEY = ["strategy", "privacy-model", "epsilon", "setting", "rounds", "seed"]
+HISTORY_KEY = ["strategy", "privacy-model", "epsilon", "setting", "rounds", "seed", "model"]
+#: the network of every run written before tables had a model column
+FIRST_MODEL = "cnn"
 
 
 def run_key(cfg: RunConfig, labels: dict[str, Any]) -> tuple[Any, ...]:
     """A job's values of :data:`HISTORY_KEY`."""
-    return (labels["strategy"], cfg.privacy_model, labels["epsilon"], labels["setting"], cfg.num_server_rounds, cfg.seed)
+    return (
+        labels["strategy"], cfg.privacy_model, labels["epsilon"], labels["setting"], cfg.num_server_rounds, cfg.seed, cfg.model
+    )
+
+
+def with_model(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``model`` column: tables written before it existed are of :data:`FIRST_MODEL`."""
+    if "model" not in frame.columns:
+        return frame.assign(model=FIRST_MODEL)
+    return frame.assign(model=frame["model"].fillna(FIRST_MODEL))
 
 
 def setting_label(setting: dict[str, float]) -> str:
@@ -100,8 +111,9 @@ def config(
     seed: int,
     scale: dict[str, int],
     eval_samples: int | None = None,
+    model: str = FIRST_MODEL,
 ) -> RunConfig:
-    settings = {**TASK, **STRATEGIES[strategy], **setting}
+    settings = {**TASK, "model": model, **STRATEGIES[strategy], **setting}
     if eval_samples is not None:
         settings["eval_samples"] = eval_samples
     return RunConfig(
@@ -123,17 +135,18 @@ def jobs(
     settings: dict[tuple[str, str, float], list[dict[str, float]]] | None = None,
     first_seed: int = 0,
     eval_samples: int | None = None,
+    model: str = FIRST_MODEL,
 ) -> list[tuple[RunConfig, dict[str, Any]]]:
     """(config, labels) for every (strategy, privacy model, eps) cell, setting and seed (``first_seed``
-    onwards); ``settings`` replaces the tuning grid of a cell (e.g. its best setting only)."""
+    onwards) of ``model``; ``settings`` replaces the tuning grid of a cell (e.g. its best setting only)."""
     grid = []
     for strategy, privacy_model, eps in cells:
         cell_settings = (settings or {}).get((strategy, privacy_model, eps), list(TUNING[strategy]))
         for setting in cell_settings:
             for seed in range(first_seed, first_seed + seeds):
-                cfg = config(strategy, privacy_model, eps, setting, seed, scale, eval_samples)
+                cfg = config(strategy, privacy_model, eps, setting, seed, scale, eval_samples, model)
                 # the method's name (a variant of a strategy has its own) becomes the history's strategy column
-                grid.append((cfg, {"strategy": strategy, "epsilon": eps, "setting": setting_label(setting)}))
+                grid.append((cfg, {"strategy": strategy, "epsilon": eps, "setting": setting_label(setting), "model": model}))
     return grid
 
 
@@ -148,6 +161,7 @@ def rows_of(histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]
             & (histories["setting"] == labels["setting"])
             & (histories["rounds"] == cfg.num_server_rounds)
             & (histories["seed"] == cfg.seed)
+            & (histories["model"] == cfg.model)
         ].sort_values("round")
         last = run.iloc[-1]
         rows.append({
@@ -165,6 +179,7 @@ def rows_of(histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]
             "server_lr": cfg.server_lr,
             "seconds": float(last["run-seconds"]),
             "bytes_up_per_client": bytes_per_client(run),
+            "model": cfg.model,
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -179,7 +194,7 @@ def finished_runs(
     histories: pd.DataFrame, grid: list[tuple[RunConfig, dict[str, Any]]]
 ) -> tuple[pd.DataFrame, list[tuple[RunConfig, dict[str, Any]]]]:
     """The histories of the runs that reached their last round, and the grid's jobs still to run."""
-    histories = histories.drop_duplicates(subset=HISTORY_KEY + ["round"], keep="last")
+    histories = with_model(histories).drop_duplicates(subset=HISTORY_KEY + ["round"], keep="last")
     last_rounds = histories[histories["round"] == histories["rounds"]]
     complete = {tuple(k) for k in last_rounds[HISTORY_KEY].itertuples(index=False)}
     todo = [(cfg, labels) for cfg, labels in grid if run_key(cfg, labels) not in complete]
@@ -188,8 +203,9 @@ def finished_runs(
 
 
 def merged(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
-    """Rows of both grids; where a run (strategy, model, eps, setting, rounds, seed) is in both, the latest."""
-    both = pd.concat([earlier, latest], ignore_index=True)
+    """Rows of both grids; where a run (strategy, privacy model, eps, setting, rounds, seed, network) is in
+    both, the latest."""
+    both = pd.concat([with_model(earlier), latest], ignore_index=True)
     return both.drop_duplicates(subset=RUN_KEY, keep="last").reset_index(drop=True)
 
 
@@ -249,6 +265,8 @@ def main() -> None:
                         help="seeds from this one on (with --best-of: fresh seeds, to confirm settings chosen on seed 0)")
     parser.add_argument("--eval-samples", type=int, default=None,
                         help=f"test images each evaluation uses (default {TASK['eval_samples']}; 0: the whole test set)")
+    parser.add_argument("--model", default=FIRST_MODEL, choices=["cnn", "cnn-tanh"],
+                        help="the network every method trains (cnn-tanh: the same CNN with tanh activations)")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
     args = parser.parse_args()
     if args.quick:
@@ -270,7 +288,7 @@ def main() -> None:
         settings = {(s, m, e): best[(s, args.best_model or m, e)] for s, m, e in cells if (s, args.best_model or m, e) in best}
         cells = [cell for cell in cells if cell in settings]
     seeds = 1 if args.quick else args.seeds
-    grid = jobs(cells, seeds, scale, settings, first_seed=args.first_seed, eval_samples=args.eval_samples)
+    grid = jobs(cells, seeds, scale, settings, first_seed=args.first_seed, eval_samples=args.eval_samples, model=args.model)
     for _, labels in grid:
         labels["rounds"] = scale["rounds"]
     print(f"{len(grid)} runs on {args.workers} workers", flush=True)
@@ -278,7 +296,7 @@ def main() -> None:
     histories_csv = args.out.with_name(args.out.stem + "_histories.csv")
     earlier_runs, earlier_histories = None, None
     if args.merge and args.out.exists() and histories_csv.exists():
-        earlier_runs, earlier_histories = pd.read_csv(args.out), pd.read_csv(histories_csv)
+        earlier_runs, earlier_histories = pd.read_csv(args.out), with_model(pd.read_csv(histories_csv))
         rerun = {run_key(cfg, labels) for cfg, labels in grid}
         key = earlier_histories[HISTORY_KEY].itertuples(index=False)
         earlier_histories = earlier_histories[[tuple(k) not in rerun for k in key]]

@@ -4,7 +4,16 @@ import math
 
 import pandas as pd
 
-from benchmarks.privacy_utility import COLUMNS, TUNING, best_per_cell, best_settings, jobs, parse_setting, setting_label
+from benchmarks.privacy_utility import (
+    COLUMNS,
+    TUNING,
+    best_per_cell,
+    best_settings,
+    jobs,
+    merged,
+    parse_setting,
+    setting_label,
+)
 
 
 def test_every_method_gets_the_same_number_of_settings():
@@ -76,3 +85,23 @@ def test_a_resumed_grid_runs_only_what_did_not_reach_its_last_round():
     kept, todo = finished_runs(done, grid)
     assert [labels["setting"] for _, labels in todo] == [labels["setting"] for _, labels in grid[1:]]
     assert set(kept["setting"]) == {first} and len(kept) == 3
+
+
+def test_the_network_is_part_of_a_runs_identity():
+    scale = dict(clients=1000, per_round=100, rounds=100)
+    chosen = {("alpha-normec", "central", 8.0): [{"beta": 0.3, "server_lr": 1.0}]}
+    relu = jobs([("alpha-normec", "central", 8.0)], seeds=1, scale=scale, settings=chosen)
+    tanh = jobs([("alpha-normec", "central", 8.0)], seeds=1, scale=scale, settings=chosen, model="cnn-tanh")
+    assert relu[0][0].model == "cnn" and tanh[0][0].model == "cnn-tanh" and tanh[0][1]["model"] == "cnn-tanh"
+    assert relu[0][0].replace(model="cnn-tanh") == tanh[0][0]  # nothing else differs
+
+    def row(accuracy, model=None):
+        values = ("alpha-normec", "central", 1000, 100, 8.0, 1e-5, 0.99, 100, accuracy, 1, "beta=0.3 server-lr=1", 1.0, 1.0, 1.0)
+        return {**dict(zip(COLUMNS, values)), **({"model": model} if model else {})}
+
+    # a table written before the model column existed holds cnn runs; a tanh run sits beside them, a cnn rerun replaces one
+    earlier = pd.DataFrame([row(0.80)]).drop(columns="model", errors="ignore")
+    both = merged(earlier, pd.DataFrame([row(0.84, "cnn-tanh")]))
+    assert sorted(zip(both["model"], both["test_accuracy"])) == [("cnn", 0.80), ("cnn-tanh", 0.84)]
+    again = merged(both, pd.DataFrame([row(0.81, "cnn")]))
+    assert sorted(zip(again["model"], again["test_accuracy"])) == [("cnn", 0.81), ("cnn-tanh", 0.84)]
