@@ -5,6 +5,9 @@ One-run audits (:mod:`fl_dp.audit`) of runs on Fashion-MNIST with the small CNN,
 - client-level, ``local``: 10 clients all in every round, 5 rounds, + gradient-canary clients
   (alpha-normec, dp-normalized-sgd, clip21, dp-fedavg, sign-vote with dp-sign);
 - client-level, ``central``: 1,000 clients sampled at q = 0.1, 10 rounds, + canary clients;
+- client-level, ``central`` at the regime of the privacy-utility benchmark (1,000 clients, q = 0.1,
+  100 rounds), alpha-normec, 16,000 canaries: the run users train, where more rounds make the
+  composed subsampled mechanism closer to a Gaussian one and the audit tighter than at 10 rounds;
 - client-level, ``central`` without amplification (q = 1: 10 clients, all in each of 5 rounds), where
   the audit can be tight: alpha-normec, 16,000 canaries (the four strategies give the same scores by
   construction, see docs/privacy_audit.md);
@@ -51,6 +54,8 @@ COLUMNS = [
     "approx_dp_epsilon_lower_bound", "ideal_mechanism_bound", "confidence", "canaries", "runs", "seconds", "method",
     "sample_rate", "kind",
 ]
+#: what makes a row one audited configuration: a rerun of it replaces the row under --merge
+AUDIT_KEY = ["strategy", "privacy_model", "target_epsilon", "kind", "method"]
 TASK = dict(dataset="fashion-mnist", model="cnn", batch_size=64, eval_samples=200, eval_every=10_000, delta=1e-5)
 CLIENT_LEVEL = {
     "alpha-normec": dict(alpha=0.1, beta=1.0, server_lr=0.5),
@@ -67,13 +72,14 @@ EPSILONS = (1.0, 2.0, 4.0, 8.0)
 SCALE = {
     "local": (10, 10, 5, 16000),
     "central": (1000, 100, 10, 2000),
+    "central-100-rounds": (1000, 100, 100, 16000),
     "central-full": (10, 10, 5, 16000),
     "sample": (10, 10, 5, 1000),
     "sample-full-batch": (10, 10, 5, 16000),
 }
 QUICK = {
-    "local": (4, 4, 2, 200), "central": (40, 4, 3, 200), "central-full": (4, 4, 2, 200), "sample": (4, 4, 1, 100),
-    "sample-full-batch": (4, 4, 1, 100),
+    "local": (4, 4, 2, 200), "central": (40, 4, 3, 200), "central-100-rounds": (40, 4, 6, 200), "central-full": (4, 4, 2, 200),
+    "sample": (4, 4, 1, 100), "sample-full-batch": (4, 4, 1, 100),
 }
 CROSS_CHECK = dict(
     dataset="breast-cancer", model="logreg", strategy="alpha-normec", privacy_model="local",
@@ -85,7 +91,8 @@ def cells(epsilons: tuple[float, ...]) -> list[tuple[str, str, dict[str, Any]]]:
     """(kind, privacy model, strategy keys) of every audited configuration."""
     grid = [("local", "local", dict(strategy=s, **kw)) for s, kw in {**CLIENT_LEVEL, **LOCAL_ONLY}.items()]
     grid += [("central", "central", dict(strategy=s, **kw)) for s, kw in CLIENT_LEVEL.items()]
-    grid += [("central-full", "central", dict(strategy="alpha-normec", **CLIENT_LEVEL["alpha-normec"]))]
+    normec = dict(strategy="alpha-normec", **CLIENT_LEVEL["alpha-normec"])
+    grid += [(kind, "central", normec) for kind in ("central-100-rounds", "central-full")]
     grid += [("central", "distributed", dict(strategy=s, **CLIENT_LEVEL[s])) for s in ("alpha-normec", "dp-fedavg")]
     grid += [("sample", "local", dict(strategy=s, **kw)) for s, kw in SAMPLE_LEVEL.items()]
     grid += [("sample-full-batch", "local", dict(strategy=s, **kw, batch_size=WHOLE_CLIENT_BATCH)) for s, kw in SAMPLE_LEVEL.items()]
@@ -101,8 +108,8 @@ def config(kind: str, privacy_model: str, keys: dict[str, Any], scale: dict[str,
     )
 
 
-def run(args: argparse.Namespace) -> pd.DataFrame:
-    """Every cell of the grid, then the cross-check; the CSV is rewritten after every row."""
+def run(args: argparse.Namespace, earlier: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every cell of the grid, then the cross-check; the CSV (``earlier``'s rows first) is rewritten after every row."""
     scale = QUICK if args.quick else SCALE
     canary_factor, rounds_factor = (4, 2) if args.full else (1, 1)
     canary_factor = args.canary_factor or canary_factor
@@ -116,7 +123,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         ideal = ideal_bound(cfg, result.members, args.seed)
         rows.append({**result.row(), "ideal_mechanism_bound": ideal, "method": "one-run", "sample_rate": cfg.client_sample_rate,
                      "kind": kind})
-        _progress(rows, args.out)
+        _progress(rows, args.out, earlier)
     for eps in () if args.no_cross_check else (1.0, 2.0):
         cfg = RunConfig(**CROSS_CHECK, target_epsilon=eps, delta=1e-5)
         many = audit_many_runs(cfg, 40 if args.quick else args.cross_check_runs, seed=args.seed)
@@ -126,8 +133,17 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             "approx_dp_epsilon_lower_bound": many.epsilon, "ideal_mechanism_bound": math.nan, "confidence": 0.95, "canaries": 1,
             "runs": many.runs, "seconds": many.seconds, "method": "many-run (Clopper-Pearson)", "sample_rate": 1.0, "kind": "many-run",
         })
-        _progress(rows, args.out)
-    return pd.DataFrame(rows, columns=COLUMNS)
+        _progress(rows, args.out, earlier)
+    return merged(earlier, pd.DataFrame(rows, columns=COLUMNS))
+
+
+def merged(earlier: pd.DataFrame | None, latest: pd.DataFrame) -> pd.DataFrame:
+    """``earlier``'s rows, then ``latest``'s; a configuration in both keeps only its latest row."""
+    if earlier is None or earlier.empty:
+        return latest
+    rerun = set(latest[AUDIT_KEY].itertuples(index=False))
+    kept = earlier[[key not in rerun for key in earlier[AUDIT_KEY].itertuples(index=False)]]
+    return pd.concat([kept, latest], ignore_index=True)[COLUMNS]
 
 
 def ideal_bound(cfg: RunConfig, members: Any, seed: int) -> float:
@@ -138,10 +154,10 @@ def ideal_bound(cfg: RunConfig, members: Any, seed: int) -> float:
     return best_one_run_bound(list(scores), list(members), cfg.delta, two_sided=cfg.privacy_model == "local").gdp_epsilon
 
 
-def _progress(rows: list[dict[str, Any]], out: Path) -> None:
+def _progress(rows: list[dict[str, Any]], out: Path, earlier: pd.DataFrame | None) -> None:
     print(_line(rows[-1]), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(out, index=False)
+    merged(earlier, pd.DataFrame(rows, columns=COLUMNS)).to_csv(out, index=False)
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -164,7 +180,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     for (strategy, model, method, rate, kind), group in table.groupby(["strategy", "privacy_model", "method", "sample_rate", "kind"]):
         marker = "x" if method != "one-run" else markers.get(model, "o")
         where = "" if rate == 1 or model == "local" else f", q = {rate:g}"
-        label = f"{strategy} ({model}{where}{', whole-client batch' if kind == 'sample-full-batch' else ''}, {method})"
+        label = f"{strategy} ({model}{where}, {kind}, {method})"
         ax.plot(group["ledger_epsilon"], group["audited_epsilon_lower_bound"], marker=marker, ls=":", label=label)
     ax.set_xlabel("ledger epsilon (Opacus RDP)")
     ax.set_ylabel("audited lower bound on epsilon (95%)")
@@ -185,11 +201,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cross-check-runs", type=int, default=2000, help="runs of the many-run audit")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_audit.csv")
+    parser.add_argument("--merge", action="store_true", help="keep --out's rows; a configuration audited again replaces its row")
     args = parser.parse_args()
     logging.getLogger("fl_dp").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     started = time.perf_counter()
-    table = run(args)
+    table = run(args, pd.read_csv(args.out) if args.merge and args.out.exists() else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     plot(table, args.out.with_suffix(".png"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.privacy_audit import COLUMNS, cells
+from benchmarks.privacy_audit import COLUMNS, SCALE, cells, merged
 
 
 def test_grid_covers_every_private_strategy_and_model():
@@ -29,3 +29,25 @@ def test_quick_run_writes_csv_and_plot(tmp_path: Path):
     assert set(table["method"]) == {"one-run", "many-run (Clopper-Pearson)"}
     assert (table["audited_epsilon_lower_bound"] <= table["ledger_epsilon"]).all()
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_central_is_also_audited_at_the_privacy_utility_runs_regime():
+    # the privacy-utility benchmark's default run: 1,000 clients, 100 a round, 100 rounds
+    assert SCALE["central-100-rounds"][:3] == (1000, 100, 100)
+    assert ("central-100-rounds", "central") in {(kind, model) for kind, model, _ in cells((8.0,))}
+
+
+def test_a_merged_audit_keeps_earlier_rows_and_replaces_a_rerun_configuration():
+    def row(strategy, kind, audited):
+        values = dict.fromkeys(COLUMNS, 1.0)
+        values.update(strategy=strategy, privacy_model="central", target_epsilon=8.0, kind=kind, method="one-run",
+                      audited_epsilon_lower_bound=audited)
+        return values
+
+    earlier = pd.DataFrame([row("clip21", "central", 2.0), row("alpha-normec", "central", 2.1)], columns=COLUMNS)
+    latest = pd.DataFrame([row("alpha-normec", "central", 2.5), row("alpha-normec", "central-100-rounds", 3.5)], columns=COLUMNS)
+    table = merged(earlier, latest)
+    assert list(table.columns) == COLUMNS
+    got = sorted(zip(table["strategy"], table["kind"], table["audited_epsilon_lower_bound"]))
+    assert got == [("alpha-normec", "central", 2.5), ("alpha-normec", "central-100-rounds", 3.5), ("clip21", "central", 2.0)]
+    assert merged(None, latest) is latest
