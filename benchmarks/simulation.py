@@ -16,7 +16,8 @@ larger replies go through the object store) and the 1 MiB that scripts/simulate.
 
     python -m benchmarks.simulation                 # about 14 minutes on 2 cores
     python -m benchmarks.simulation --clients 100 --repeats 3   # three triples, about 6 minutes
-    FL_DP_CLIENT_GPUS=0.1 python -m benchmarks.simulation --clients 100   # GPU variant
+    FL_DP_CLIENT_GPUS=0.1 python -m benchmarks.simulation --clients 100   # GPU variant: Ray actors given 0.1 GPU each
+    python -m benchmarks.simulation --clients 100 --devices cpu cuda      # clients per second on the CPU and on CUDA
 """
 
 from __future__ import annotations
@@ -44,20 +45,20 @@ ROUNDS = 8
 GOAL = 1.5
 
 
-def settings(num_clients: int) -> dict:
+def settings(num_clients: int, device: str = "auto", rounds: int = ROUNDS) -> dict:
     return dict(
         strategy="alpha-normec", dataset="fashion-mnist", model="cnn", batch_size=32, server_lr=0.5,
-        num_server_rounds=ROUNDS, num_clients=num_clients, clients_per_round=num_clients, eval_samples=1000,
+        num_server_rounds=rounds, num_clients=num_clients, clients_per_round=num_clients, eval_samples=1000, device=device,
     )
 
 
-def plain_loop(num_clients: int) -> dict:
+def plain_loop(num_clients: int, device: str = "auto", rounds: int = ROUNDS) -> dict:
     """Run in a fresh process so that its peak RSS is its own."""
     code = (
         "import json, resource, time, torch\n"
         "from fl_dp.config import RunConfig\n"
         "from fl_dp.inprocess import run_inprocess\n"
-        f"cfg = RunConfig(**{settings(num_clients)!r}, results_dir='unused')\n"
+        f"cfg = RunConfig(**{settings(num_clients, device, rounds)!r}, results_dir='unused')\n"
         "t = time.perf_counter(); h = run_inprocess(cfg); total = time.perf_counter() - t\n"
         "print(json.dumps({'total': total, 'rounds': h['round-seconds'].tolist(), 'accuracy': float(h['test-accuracy'].iloc[-1]),"
         " 'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
@@ -201,6 +202,27 @@ def ray_round_trips() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def device_throughput(num_clients: int, devices: list[str], rounds: int = ROUNDS) -> pd.DataFrame:
+    """Clients served per second by the plain loop on each device (each client computes one minibatch
+    gradient of the CNN), side by side in one run; a device this machine lacks gets a row saying so."""
+    import torch
+
+    rows = []
+    for device in devices:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            rows.append({"device": device, "clients": num_clients, "s/round after start-up": np.nan, "clients/s": np.nan,
+                         "GPU": "none on this machine"})
+            continue
+        measured = plain_loop(num_clients, device, rounds)
+        per_round = float(np.median(measured["rounds"][1:]))
+        gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else ""
+        rows.append({"device": device, "clients": num_clients, "s/round after start-up": per_round,
+                     "clients/s": num_clients / per_round, "GPU": gpu})
+    table = pd.DataFrame(rows)
+    table["clients/s vs cpu"] = table["clients/s"] / table.loc[table["device"] == "cpu", "clients/s"].mean()
+    return table
+
+
 def paired_ratios(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (clients, repeat, Flower variant): the Flower run against the mean of the plain
     loops run just before and after the repeat's Flower runs, so that drift of the host's speed
@@ -298,11 +320,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="plain / flower / plain triples per client count")
     parser.add_argument("--round-trip-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sweeps-only", action="store_true", help="only the LinkState sweep table (seconds)")
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
+                        help="only the plain loop's clients per second on these devices, side by side (at --clients)")
     parser.add_argument("--own-polling", action="store_true",
                         help="also run Flower with its engine's and Grid's own 0.1 s polls, in each repeat (FL_DP_FLOWER_OWN_POLLING=1)")
     args = parser.parse_args()
     if args.sweeps_only:
         print(markdown_table(linkstate_sweeps()))
+        return
+    if args.devices:
+        out = RESULTS / "simulation"
+        out.mkdir(parents=True, exist_ok=True)
+        devices = pd.concat([device_throughput(n, args.devices) for n in args.clients], ignore_index=True)
+        devices.to_csv(out / "devices.csv", index=False)
+        print(markdown_table(devices))
+        print(f"written to {out / 'devices.csv'}")
         return
     if args.round_trip_child:
         _round_trip_child()
@@ -321,7 +353,8 @@ def main() -> None:
                 measured = run(num_clients)
                 after_startup = float(np.median(measured["rounds"][1:]))
                 rows.append({"clients": num_clients, "repeat": repeat, "path": path, "total s": measured["total"],
-                             "s/round after start-up": after_startup, "round-1 s": measured["rounds"][0],
+                             "s/round after start-up": after_startup, "clients/s": num_clients / after_startup,
+                             "round-1 s": measured["rounds"][0],
                              "peak RAM MiB": measured["peak_mib"], "final accuracy": measured["accuracy"]})
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)

@@ -55,3 +55,14 @@ def test_both_flower_variants_of_a_repeat_are_compared_with_the_same_plain_loops
     assert ratios.loc[FLOWER_OWN_POLLS, "per-round ratio after start-up"] == pytest.approx(1.5)
     summary = ratio_summary(paired_ratios(pd.DataFrame(rows)))
     assert sorted(summary["flower path"]) == sorted([FLOWER, FLOWER_OWN_POLLS])
+
+
+def test_device_throughput_measures_the_cpu_and_says_when_a_device_is_missing():
+    import torch
+
+    from benchmarks.simulation import device_throughput
+
+    table = device_throughput(4, ["cpu", "cuda"], rounds=2).set_index("device")
+    assert table.loc["cpu", "clients/s"] > 0 and table.loc["cpu", "clients/s vs cpu"] == pytest.approx(1.0)
+    if not torch.cuda.is_available():
+        assert table.loc["cuda", "GPU"] == "none on this machine" and pd.isna(table.loc["cuda", "clients/s"])
