@@ -40,6 +40,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from benchmarks.common import markdown_table, new_figure, save_figure
@@ -154,6 +155,21 @@ def ideal_bound(cfg: RunConfig, members: Any, seed: int) -> float:
     return best_one_run_bound(list(scores), list(members), cfg.delta, two_sided=cfg.privacy_model == "local").gdp_epsilon
 
 
+def ideal_table(sizes: list[tuple[int, int]], epsilon: float, seeds: int = 3) -> pd.DataFrame:
+    """The ideal reference alone (seconds each): the bound the attack gets against the textbook
+    subsampled Gaussian mechanism of ``central`` at q = 0.1 and ``epsilon``, per (rounds, canaries),
+    for ``seeds`` draws of the canaries' coins."""
+    rows = []
+    for rounds, canaries in sizes:
+        keys = dict(strategy="alpha-normec", **CLIENT_LEVEL["alpha-normec"], target_epsilon=epsilon)
+        cfg = config("central", "central", keys, {"central": (1000, 100, rounds, canaries)}, 1)
+        for seed in range(seeds):
+            members = np.random.default_rng([seed, 7]).random(canaries) < 0.5  # audit_run's coins
+            rows.append({"rounds": rounds, "canaries": canaries, "seed": seed, "noise_multiplier": resolve_noise_multiplier(cfg),
+                         "ideal_mechanism_bound": ideal_bound(cfg, members, seed)})
+    return pd.DataFrame(rows)
+
+
 def _progress(rows: list[dict[str, Any]], out: Path, earlier: pd.DataFrame | None) -> None:
     print(_line(rows[-1]), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,11 +217,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cross-check-runs", type=int, default=2000, help="runs of the many-run audit")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_audit.csv")
+    parser.add_argument("--ideal", nargs=2, type=int, action="append", metavar=("ROUNDS", "CANARIES"),
+                        help="only the ideal reference of central at q = 0.1 with this many rounds and canaries (repeatable)")
     parser.add_argument("--merge", action="store_true", help="keep --out's rows; a configuration audited again replaces its row")
     args = parser.parse_args()
     logging.getLogger("fl_dp").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     started = time.perf_counter()
+    if args.ideal:
+        print(markdown_table(ideal_table([tuple(size) for size in args.ideal], max(args.epsilons or [8.0]))))
+        return
     table = run(args, pd.read_csv(args.out) if args.merge and args.out.exists() else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
