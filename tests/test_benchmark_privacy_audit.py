@@ -51,3 +51,12 @@ def test_a_merged_audit_keeps_earlier_rows_and_replaces_a_rerun_configuration():
     got = sorted(zip(table["strategy"], table["kind"], table["audited_epsilon_lower_bound"]))
     assert got == [("alpha-normec", "central", 2.5), ("alpha-normec", "central-100-rounds", 3.5), ("clip21", "central", 2.0)]
     assert merged(None, latest) is latest
+
+
+def test_the_ideal_reference_alone_gives_one_bound_per_size_and_coin_draw():
+    from benchmarks.privacy_audit import ideal_table
+
+    table = ideal_table([(3, 200), (6, 200)], 8.0, seeds=2)
+    assert list(zip(table["rounds"], table["seed"])) == [(3, 0), (3, 1), (6, 0), (6, 1)]
+    assert table["noise_multiplier"].iloc[2] > table["noise_multiplier"].iloc[0]  # more releases, more noise each
+    assert ((table["ideal_mechanism_bound"] >= 0) & (table["ideal_mechanism_bound"] < 8.0)).all()
