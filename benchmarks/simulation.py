@@ -45,14 +45,21 @@ ROUNDS = 8
 GOAL = 1.5
 
 
-def settings(num_clients: int, device: str = "auto", rounds: int = ROUNDS) -> dict:
+def paired_device() -> str:
+    """The device both paths of a paired run compute on: the GPU only where FL_DP_CLIENT_GPUS gives
+    the Flower path's clients one (else the plain loop alone would run on it)."""
+    return "auto" if float(os.environ.get("FL_DP_CLIENT_GPUS") or 0) > 0 else "cpu"
+
+
+def settings(num_clients: int, device: str | None = None, rounds: int = ROUNDS) -> dict:
+    device = device or paired_device()
     return dict(
         strategy="alpha-normec", dataset="fashion-mnist", model="cnn", batch_size=32, server_lr=0.5,
         num_server_rounds=rounds, num_clients=num_clients, clients_per_round=num_clients, eval_samples=1000, device=device,
     )
 
 
-def plain_loop(num_clients: int, device: str = "auto", rounds: int = ROUNDS) -> dict:
+def plain_loop(num_clients: int, device: str | None = None, rounds: int = ROUNDS) -> dict:
     """Run in a fresh process so that its peak RSS is its own."""
     code = (
         "import json, resource, time, torch\n"

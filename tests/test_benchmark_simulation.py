@@ -66,3 +66,13 @@ def test_device_throughput_measures_the_cpu_and_says_when_a_device_is_missing():
     assert table.loc["cpu", "clients/s"] > 0 and table.loc["cpu", "clients/s vs cpu"] == pytest.approx(1.0)
     if not torch.cuda.is_available():
         assert table.loc["cuda", "GPU"] == "none on this machine" and pd.isna(table.loc["cuda", "clients/s"])
+
+
+def test_both_paths_of_a_pair_compute_on_the_cpu_unless_flower_clients_are_given_gpus(monkeypatch):
+    from benchmarks.simulation import settings
+
+    monkeypatch.delenv("FL_DP_CLIENT_GPUS", raising=False)
+    assert settings(10)["device"] == "cpu"
+    monkeypatch.setenv("FL_DP_CLIENT_GPUS", "0.1")
+    assert settings(10)["device"] == "auto"
+    assert settings(10, "cuda")["device"] == "cuda"
