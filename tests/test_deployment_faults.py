@@ -1,7 +1,8 @@
 """Faults in a real deployment (SuperLink + 3 SuperNodes, TLS, SuperNode authentication, as in
 deploy.sh): a SuperNode killed mid-run and restarted (with Flower's own SuperNode runtime and with
 deploy.sh's default, scripts/flower_runtime.py's prompt SuperNode and long-lived ClientApp process),
-and a run stopped and resumed from its checkpoint."""
+and a run stopped and resumed from its checkpoint (on deploy.sh's runtime). A run that outlives its
+wait fails with the run's log, every process log's tail and the Flower processes alive."""
 
 import json
 import os
@@ -115,19 +116,22 @@ class Federation:
             if status.startswith("finished"):
                 return status
             time.sleep(2)
-        raise AssertionError(f"run {run_id} not finished after {timeout} s")
+        raise AssertionError(f"run {run_id} not finished after {timeout} s\n{self.diagnosis(run_id)}")
+
+    def diagnosis(self, run_id: str) -> str:
+        """The run's log and every process log's tail, so a stalled run in CI says where it stalled."""
+        tails = [f"--- flwr log {run_id}\n{self.log(run_id)[-3000:]}"]
+        for path in sorted(self.tmp.glob("*.log")):
+            tails.append(f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}")
+        processes = subprocess.run(["ps", "-eo", "pid,ppid,etimes,args"], capture_output=True, text=True).stdout
+        flower = [line[:200] for line in processes.splitlines() if "flwr" in line or "flower" in line]
+        tails.append("--- flwr processes\n" + "\n".join(flower))
+        return "\n".join(tails)
 
     def close(self) -> None:
         for proc in [*self.clientapps.values(), *self.nodes.values(), self.superlink]:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture
-def federation(tmp_path):
-    fed = Federation(tmp_path, 3)
-    yield fed
-    fed.close()
 
 
 SETTINGS = dict(
@@ -160,7 +164,7 @@ def make_federation(tmp_path):
 def _completed_with_the_node_back(federation, run_id, tmp_path, run_name, rounds):
     """The run's per-round table, once it has completed every round with the restarted node back and
     the restarted client's own ledger (restored from its disk) agreeing with the server's."""
-    assert federation.wait_until_finished(run_id) == "finished:completed", federation.log(run_id)[-4000:]
+    assert federation.wait_until_finished(run_id) == "finished:completed", federation.diagnosis(run_id)
     history = pd.read_csv(tmp_path / "results" / f"{run_name}.csv")
     assert list(history["round"]) == list(range(1, rounds + 1))
     assert history["accepted"].iloc[-1] == 3  # it came back and was sampled again
@@ -199,16 +203,20 @@ def test_a_supernode_restarted_at_once_after_a_crash_rejoins_when_its_old_sessio
     assert "refuses to activate this SuperNode" in (tmp_path / "supernode-1.log").read_text()
 
 
-def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(federation, tmp_path):
-    rounds = 5
-    config = _run_config(tmp_path, num_server_rounds=rounds, checkpoint_every=1, run_name="resumed")
+def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(make_federation, tmp_path):
+    # on deploy.sh's default runtime (1 s rounds); a round that lost a reply would end after 120 s with
+    # two clients and the trajectory check below would name it, instead of a run outliving the wait
+    rounds = 40
+    federation = make_federation(True)
+    config = _run_config(tmp_path, num_server_rounds=rounds, checkpoint_every=1, round_timeout=120.0, run_name="resumed")
     first = federation.run(config)
-    federation.wait_for(first, r"round 2/5:")
+    federation.wait_for(first, rf"round 2/{rounds}:")
     assert federation.flwr("stop", first, "t").returncode == 0
     assert federation.wait_until_finished(first) == "finished:stopped"
     second = federation.run(config + " resume=true")
-    assert federation.wait_until_finished(second) == "finished:completed", federation.log(second)[-4000:]
-    assert re.search(r"resume: continuing after round [2-4]", federation.log(second))
+    assert federation.wait_until_finished(second) == "finished:completed", federation.diagnosis(second)
+    resumed_after = int(re.search(r"resume: continuing after round (\d+)", federation.log(second)).group(1))
+    assert 2 <= resumed_after < rounds
     history = pd.read_csv(tmp_path / "results" / "resumed.csv")
     assert list(history["round"]) == list(range(1, rounds + 1))
     reference = run_inprocess(RunConfig(**SETTINGS, num_server_rounds=rounds, results_dir=str(tmp_path / "reference")))
