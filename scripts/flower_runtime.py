@@ -19,6 +19,12 @@ within a minute of a crash never came back): :class:`PatientActivation` asks aga
 (Flower's HTTP Fleet transport, flower-supernode's default in 1.42.) Upstream change: flower-supernode
 retrying a refused activation until the old session expires.
 
+It also never waits forever for a reply that cannot come: flower-supernode waits after each
+message for its reply with no end, and a ClientApp task that finishes without pushing one (it
+failed before it held the message, or pushing the reply failed) left the node pulling nothing
+again; :func:`answer_orphaned_messages` answers such a message with Flower's own "ClientApp
+stopped responding" Error. Upstream change: the same in ``InMemoryNodeState.finish_task``.
+
 ``clientapp``: Flower 1.42's own SuperExec (``flower-superexec``) starts a new ``flwr-clientapp`` process for
 every task, and ``flwr-clientapp`` serves one task and exits
 (``flwr/supernode/runtime/run_clientapp.py``), so a deployment round pays Python's, torch's and
@@ -123,11 +129,79 @@ def patient_activation(client_class: type, retry_seconds: float, patience_second
                         raise
                     log.warning(
                         "the SuperLink refuses to activate this SuperNode: its previous session still counts as "
-                        "online (up to 2 heartbeats after it stopped); asking again in %.0f s", retry_seconds,
+                        "online (up to 2 heartbeats after it stopped); asking again in %.0f s",
+                        retry_seconds,
                     )
                     time.sleep(retry_seconds)
 
     return PatientActivation
+
+
+def answer_orphaned_messages(state: Any) -> int:
+    """Store a "ClientApp stopped responding" Error reply for every message that no live task can
+    answer any more, and return how many.
+
+    flower-supernode waits for a reply after each message it pulls, with no end
+    (``_push_messages`` in ``flwr/supernode/start_client_internal.py``); Flower writes an Error reply
+    only when a running task's heartbeat lapses. A ClientApp task that *finishes* without having
+    pushed a reply (it failed before it held the message, or pushing the reply failed, then
+    ``push_task_output`` closed it) leaves the node waiting forever: it pulls no message again, and
+    every later round of every run times out on it. A message is orphaned when it has no reply and
+    no task of its run is pending, starting or running. Upstream change: the SuperNode answering a
+    message whose run has no unfinished task, as ``InMemoryNodeState.finish_task`` already does for
+    an AgentApp that failed."""
+    from flwr.common.constant import Status
+    from flwr.supernode.nodestate.in_memory_nodestate import CLIENT_APP_CRASHED_ERROR
+
+    def unanswered() -> dict[str, Any]:
+        with state.lock_msg_store:
+            entries = list(state.msg_store.values())
+        replied = {e.message.metadata.reply_to_message_id for e in entries if e.message.metadata.reply_to_message_id}
+        return {
+            e.message.metadata.message_id: e
+            for e in entries
+            if not e.message.metadata.reply_to_message_id and e.message.metadata.message_id not in replied
+        }
+
+    # messages first, then tasks: a message is stored after its task is created, and a task pushes
+    # its reply before it finishes, so looking again after the tasks leaves no race
+    before = unanswered()
+    if not before:
+        return 0
+    live_runs = {task.run_id for task in state.get_tasks() if task.status.status != Status.FINISHED}
+    orphans = [entry for message_id, entry in unanswered().items() if message_id in before]
+    orphans = [entry for entry in orphans if entry.message.metadata.run_id not in live_runs]
+    if not orphans:
+        return 0
+    with state.lock_msg_store:
+        for entry in orphans:
+            entry.is_retrieved = True  # Flower answers only messages a task has taken
+    runs = {entry.message.metadata.run_id for entry in orphans}
+    log.warning(
+        "%d message(s) of run(s) %s have no reply and no live ClientApp task: answering them with "
+        "Flower's ClientApp-stopped-responding Error so this node pulls again",
+        len(orphans),
+        sorted(runs),
+    )
+    state._store_error_replies(runs, CLIENT_APP_CRASHED_ERROR)
+    return len(orphans)
+
+
+def never_wedged(push_messages: Any, poll_seconds: float) -> Any:
+    """Flower's ``_push_messages``, entered once a reply is there or an orphaned message has been
+    answered (:func:`answer_orphaned_messages`), so its own endless wait always ends."""
+
+    def push(*, state: Any, **kwargs: Any) -> None:
+        while True:
+            with state.lock_msg_store:
+                if any(e.message.metadata.reply_to_message_id and not e.is_retrieved for e in state.msg_store.values()):
+                    break
+            if answer_orphaned_messages(state):
+                break
+            time.sleep(poll_seconds)
+        push_messages(state=state, **kwargs)
+
+    return push
 
 
 def run_supernode(argv: list[str], poll_seconds: float) -> int:
@@ -142,6 +216,7 @@ def run_supernode(argv: list[str], poll_seconds: float) -> int:
     )
 
     supernode_loop.time = ShortSleeps(poll_seconds)  # type: ignore[assignment]
+    supernode_loop._push_messages = never_wedged(supernode_loop._push_messages, max(poll_seconds, 0.05))
     # a message's objects may reach the SuperLink after the message: retry them soon, not after 1 s
     supernode_loop.pull_objects = functools.partial(  # type: ignore[assignment]
         supernode_loop.pull_objects, initial_backoff=poll_seconds, backoff_cap=1.0

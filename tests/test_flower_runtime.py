@@ -241,3 +241,66 @@ def test_the_supernode_runs_with_the_patient_activation(runtime, monkeypatch):
     original = fleet_connection.FleetHttpClient
     assert runtime.run_supernode(["--insecure"], 0.1) == 0
     assert issubclass(fleet_connection.FleetHttpClient, original) and fleet_connection.FleetHttpClient is not original
+
+
+def _node_state_with_a_pulled_message(run_id=7):
+    """A SuperNode's state as ``_pull_and_store_message`` leaves it: a task created, then its message."""
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    state = InMemoryNodeState(ObjectStoreFactory().store())
+    task_id = state.create_task(task_type=TaskType.CLIENT_APP, run_id=run_id, fab_hash="f")
+    message = Message(RecordDict(), dst_node_id=1, message_type="train")
+    message.metadata.__dict__["_run_id"] = run_id
+    message.metadata.__dict__["_message_id"] = message.object_id
+    state.store_message(message)
+    return state, task_id, message
+
+
+def _replies(state):
+    return [e.message for e in state.msg_store.values() if e.message.metadata.reply_to_message_id]
+
+
+def test_a_message_whose_task_finished_without_a_reply_is_answered_so_the_supernode_pulls_again(runtime):
+    from flwr.common.constant import SubStatus
+
+    state, task_id, message = _node_state_with_a_pulled_message()
+    assert runtime.answer_orphaned_messages(state) == 0  # its task is pending: a ClientApp will answer
+    token = state.claim_task(task_id)
+    assert token and state.activate_task(task_id)
+    assert runtime.answer_orphaned_messages(state) == 0  # running
+    assert state.finish_task(task_id, SubStatus.FAILED, "pushing the reply failed")
+    assert runtime.answer_orphaned_messages(state) == 1
+    (reply,) = _replies(state)
+    assert reply.metadata.reply_to_message_id == message.metadata.message_id and reply.has_error()
+    assert runtime.answer_orphaned_messages(state) == 0  # answered once
+
+
+def test_a_message_with_its_reply_or_a_live_task_of_its_run_is_left_to_flower(runtime):
+    from flwr.common.constant import SubStatus
+
+    state, task_id, message = _node_state_with_a_pulled_message()
+    state.claim_task(task_id)
+    state.activate_task(task_id)
+    reply = Message(RecordDict(), reply_to=message)
+    reply.metadata.__dict__["_message_id"] = reply.object_id
+    state.store_message(reply)
+    assert state.finish_task(task_id, SubStatus.COMPLETED, "")
+    assert runtime.answer_orphaned_messages(state) == 0
+    assert len(_replies(state)) == 1
+
+
+def test_flowers_endless_wait_for_a_reply_ends_on_an_orphaned_message(runtime):
+    from flwr.common.constant import SubStatus
+
+    state, task_id, message = _node_state_with_a_pulled_message()
+    state.finish_task(task_id, SubStatus.FAILED, "the ClientApp failed before it held the message")
+    pushed = []
+
+    def flowers_push_messages(*, state, object_store, send, push_object):
+        (reply,) = state.get_messages_legacy(is_reply=True)  # Flower's own wait, which returns at once now
+        pushed.append(reply)
+
+    runtime.never_wedged(flowers_push_messages, 0.01)(state=state, object_store=None, send=None, push_object=None)
+    assert pushed[0].metadata.reply_to_message_id == message.metadata.message_id and pushed[0].has_error()
