@@ -19,6 +19,9 @@ within a minute of a crash never came back): :class:`PatientActivation` asks aga
 (Flower's HTTP Fleet transport, flower-supernode's default in 1.42.) Upstream change: flower-supernode
 retrying a refused activation until the old session expires.
 
+It cleans up after a run stopped while one of its messages was being received (Flower leaves
+the message without its parts and its task open, and the ClientApp that took the task asked for
+the parts for 500 tries, about 8 minutes, serving nothing else: :func:`abandoning_stopped_runs`).
 It also never waits forever for a reply that cannot come: flower-supernode waits after each
 message for its reply with no end, and a ClientApp task that finishes without pushing one (it
 failed before it held the message, or pushing the reply failed) left the node pulling nothing
@@ -187,6 +190,48 @@ def answer_orphaned_messages(state: Any) -> int:
     return len(orphans)
 
 
+def abandoning_stopped_runs(pull_and_store_message: Any) -> Any:
+    """Flower's ``_pull_and_store_message``, cleaning up after a run stopped while its message was received.
+
+    Flower's ``RunNotRunningException`` is a ``BaseException``: when the run stops while the SuperNode
+    pulls the parts of a message it has already stored (with a task for it), the handler meant for
+    failed pulls does not run, and the message stays without its parts, its task unfinished. The
+    ClientApp that took the task then asks for the missing parts forever (this runtime's one
+    ClientApp process, so the node served nothing more: a resumed run lost it every round). Here the
+    message and its parts are deleted and the run's unfinished tasks closed as failed, so the
+    ClientApp's next request is refused and it moves on. Upstream change: catch
+    ``RunNotRunningException`` around the parts' pull as the other failures are."""
+    from flwr.common.constant import Status, SubStatus
+
+    def pull(*, state: Any, object_store: Any, **kwargs: Any) -> Any:
+        with state.lock_msg_store:
+            before = set(state.msg_store)
+        run_id = pull_and_store_message(state=state, object_store=object_store, **kwargs)
+        if run_id is not None:
+            return run_id
+        with state.lock_msg_store:
+            stranded = [
+                e.message
+                for key, e in state.msg_store.items()
+                if key not in before and not e.message.metadata.reply_to_message_id
+            ]
+        for message in stranded:
+            state.delete_messages(message_ids=[message.metadata.message_id])
+            object_store.delete(message.metadata.message_id)
+            unfinished = state.get_tasks(run_ids=[message.metadata.run_id])
+            for task in unfinished:
+                if task.status.status != Status.FINISHED:
+                    state.finish_task(task.task_id, SubStatus.FAILED, "the run stopped while its message was received")
+            log.warning(
+                "run %s stopped while its message %s was received: message dropped, its task closed",
+                message.metadata.run_id,
+                message.metadata.message_id[:12],
+            )
+        return None
+
+    return pull
+
+
 def never_wedged(push_messages: Any, poll_seconds: float) -> Any:
     """Flower's ``_push_messages``, entered once a reply is there or an orphaned message has been
     answered (:func:`answer_orphaned_messages`), so its own endless wait always ends."""
@@ -216,6 +261,7 @@ def run_supernode(argv: list[str], poll_seconds: float) -> int:
     )
 
     supernode_loop.time = ShortSleeps(poll_seconds)  # type: ignore[assignment]
+    supernode_loop._pull_and_store_message = abandoning_stopped_runs(supernode_loop._pull_and_store_message)
     supernode_loop._push_messages = never_wedged(supernode_loop._push_messages, max(poll_seconds, 0.05))
     # a message's objects may reach the SuperLink after the message: retry them soon, not after 1 s
     supernode_loop.pull_objects = functools.partial(  # type: ignore[assignment]

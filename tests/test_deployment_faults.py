@@ -24,6 +24,8 @@ ROOT = Path(__file__).parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
+#: log lines of the processes' polling, left out of a stalled run's diagnosis
+POLLING = re.compile(r"AcquireTask|Heartbeat|Runtime\.PullObject|list-runs|ListRuns")
 
 
 class Federation:
@@ -122,7 +124,8 @@ class Federation:
         """The run's log and every process log's tail, so a stalled run in CI says where it stalled."""
         tails = [f"--- flwr log {run_id}\n{self.log(run_id)[-3000:]}"]
         for path in sorted(self.tmp.glob("*.log")):
-            tails.append(f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}")
+            lines = [line for line in path.read_text(errors="replace").splitlines() if not POLLING.search(line)]
+            tails.append(f"--- {path.name}\n" + "\n".join(lines[-25:]))
         processes = subprocess.run(["ps", "-eo", "pid,ppid,etimes,args"], capture_output=True, text=True).stdout
         flower = [line[:200] for line in processes.splitlines() if "flwr" in line or "flower" in line]
         tails.append("--- flwr processes\n" + "\n".join(flower))

@@ -243,13 +243,13 @@ def test_the_supernode_runs_with_the_patient_activation(runtime, monkeypatch):
     assert issubclass(fleet_connection.FleetHttpClient, original) and fleet_connection.FleetHttpClient is not original
 
 
-def _node_state_with_a_pulled_message(run_id=7):
+def _node_state_with_a_pulled_message(run_id=7, state=None):
     """A SuperNode's state as ``_pull_and_store_message`` leaves it: a task created, then its message."""
     from flwr.supercore.constant import TaskType
     from flwr.supercore.object_store import ObjectStoreFactory
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
-    state = InMemoryNodeState(ObjectStoreFactory().store())
+    state = state or InMemoryNodeState(ObjectStoreFactory().store())
     task_id = state.create_task(task_type=TaskType.CLIENT_APP, run_id=run_id, fab_hash="f")
     message = Message(RecordDict(), dst_node_id=1, message_type="train")
     message.metadata.__dict__["_run_id"] = run_id
@@ -304,3 +304,29 @@ def test_flowers_endless_wait_for_a_reply_ends_on_an_orphaned_message(runtime):
 
     runtime.never_wedged(flowers_push_messages, 0.01)(state=state, object_store=None, send=None, push_object=None)
     assert pushed[0].metadata.reply_to_message_id == message.metadata.message_id and pushed[0].has_error()
+
+
+def test_a_message_stranded_by_its_run_stopping_while_received_is_dropped_and_its_task_closed(runtime):
+    """Flower's RunNotRunningException is a BaseException: its handler returns None and leaves the
+    message, without its parts, and the task that a ClientApp may already hold."""
+    from flwr.common.constant import Status
+    from flwr.supercore.object_store import ObjectStoreFactory
+
+    holder = {}
+
+    def flowers_pull(*, state, object_store, stopped):
+        _, task_id, message = _node_state_with_a_pulled_message(state=state)
+        holder.update(task_id=task_id, message=message)
+        return None if stopped else message.metadata.run_id
+
+    for stopped in (False, True):
+        state, _, old = _node_state_with_a_pulled_message(run_id=3)  # another run's message, left alone
+        store = ObjectStoreFactory().store()
+        returned = runtime.abandoning_stopped_runs(flowers_pull)(state=state, object_store=store, stopped=stopped)
+        (task,) = state.get_tasks(task_ids=[holder["task_id"]])
+        kept = holder["message"].metadata.message_id in state.msg_store
+        assert old.metadata.message_id in state.msg_store
+        if stopped:
+            assert returned is None and not kept and task.status.status == Status.FINISHED
+        else:
+            assert returned == 7 and kept and task.status.status == Status.PENDING
