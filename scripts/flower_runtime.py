@@ -272,8 +272,26 @@ def run_supernode(argv: list[str], poll_seconds: float) -> int:
     return int(flower_supernode() or 0)
 
 
-def runtime_client(address: str, insecure: bool, certificates: bytes | None, interceptors: list[Any]) -> Any:
+def long_lived_retry_invoker() -> Any:
+    """Flower's HTTP retry for the Runtime API, except that a 401 fails the call: Flower's ends its
+    own process (SIGINT) then, right for a one-task flwr-clientapp whose task was closed, while this
+    process outlives its tasks."""
+    import httpx
     from flwr.supercore.retry import make_simple_http_retry_invoker
+
+    retry_invoker = make_simple_http_retry_invoker()
+    flowers_giveup = retry_invoker.should_giveup
+
+    def should_giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return bool(flowers_giveup(exc)) if flowers_giveup else False
+
+    retry_invoker.should_giveup = should_giveup
+    return retry_invoker
+
+
+def runtime_client(address: str, insecure: bool, certificates: bytes | None, interceptors: list[Any]) -> Any:
     from flwr.supercore.runtime import RuntimeHttpClient
 
     return RuntimeHttpClient.from_server_address(
@@ -281,7 +299,7 @@ def runtime_client(address: str, insecure: bool, certificates: bytes | None, int
         insecure=insecure,
         root_certificates=certificates,
         interceptors=interceptors,
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=long_lived_retry_invoker(),
     )
 
 
@@ -381,9 +399,12 @@ def serve_task(address: str, token: str, insecure: bool, certificates: bytes | N
         try:
             if reply is not None and context is not None:
                 push_message(client, reply, context)
-        except Exception as err:  # the SuperNode may be gone; the next task decides
+        except Exception as err:  # the SuperNode may be gone, or the task closed; the next task decides
             log.error("failed to push the reply: %s", err)
-        push_task_output(client=client, context=context, sub_status=sub_status, details=details)
+        try:
+            push_task_output(client=client, context=context, sub_status=sub_status, details=details)
+        except Exception as err:
+            log.error("failed to close the task: %s", err)
         heartbeat.stop()
         client.close()
     done = time.perf_counter()
@@ -431,6 +452,7 @@ def serve(
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.run import RunNotRunningException
 
     check_flower_version()
     certificates = Path(root_certificates_path).read_bytes() if root_certificates_path else None
@@ -453,7 +475,7 @@ def serve(
             if task.type == TaskType.CLIENT_APP and same_app:
                 try:
                     serve_task(address, res.token, insecure, certificates, state)
-                except Exception as err:  # the SuperNode went away mid-task: its expiry handling applies
+                except (Exception, RunNotRunningException) as err:  # the SuperNode went away mid-task, or the run stopped
                     log.error("task %d not completed: %s", task.task_id, err)
                     state.failed += 1
             else:

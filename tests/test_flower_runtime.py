@@ -330,3 +330,23 @@ def test_a_message_stranded_by_its_run_stopping_while_received_is_dropped_and_it
             assert returned is None and not kept and task.status.status == Status.FINISHED
         else:
             assert returned == 7 and kept and task.status.status == Status.PENDING
+
+
+def test_a_closed_tasks_401_fails_the_call_instead_of_ending_the_long_lived_process(runtime, monkeypatch):
+    import httpx
+
+    killed = []
+    monkeypatch.setattr("os.kill", lambda pid, sig: killed.append(sig))
+    invoker = runtime.long_lived_retry_invoker()
+    request = httpx.Request("POST", "http://127.0.0.1:9094/x")
+
+    def failing(status):
+        def call():
+            raise httpx.HTTPStatusError("", request=request, response=httpx.Response(status, request=request))
+
+        return call
+
+    with pytest.raises(httpx.HTTPStatusError):
+        invoker.invoke(failing(401))
+    assert killed == []  # Flower's own invoker SIGINTs its process here
+    assert invoker.should_giveup(httpx.HTTPStatusError("", request=request, response=httpx.Response(404, request=request)))
