@@ -196,8 +196,9 @@ def abandoning_stopped_runs(pull_and_store_message: Any) -> Any:
     Flower's ``RunNotRunningException`` is a ``BaseException``: when the run stops while the SuperNode
     pulls the parts of a message it has already stored (with a task for it), the handler meant for
     failed pulls does not run, and the message stays without its parts, its task unfinished. The
-    ClientApp that took the task then asks for the missing parts forever (this runtime's one
-    ClientApp process, so the node served nothing more: a resumed run lost it every round). Here the
+    ClientApp that took the task then asks for the missing parts for 500 tries (500.7 s measured),
+    and this runtime's one ClientApp process served nothing else: a resumed run lost the node every
+    round. Here the
     message and its parts are deleted and the run's unfinished tasks closed as failed, so the
     ClientApp's next request is refused and it moves on. Upstream change: catch
     ``RunNotRunningException`` around the parts' pull as the other failures are."""
