@@ -207,8 +207,8 @@ def test_a_supernode_restarted_at_once_after_a_crash_rejoins_when_its_old_sessio
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(make_federation, tmp_path):
-    # on deploy.sh's default runtime (1 s rounds); a round that lost a reply would end after 120 s with
-    # two clients and the trajectory check below would name it, instead of a run outliving the wait
+    # on deploy.sh's default runtime (1 s rounds); a reply lost once costs its round 120 s (not the
+    # default 600 s, past the wait) and the trajectory check below names it
     rounds = 40
     federation = make_federation(True)
     config = _run_config(tmp_path, num_server_rounds=rounds, checkpoint_every=1, round_timeout=120.0, run_name="resumed")
