@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import flwr
+from flwr.common.constant import Status
 
 SUPPORTED_FLOWER = ("1.42.0",)
 #: first retry of a message part the SuperNode has not stored yet (Flower's: 1 s)
@@ -140,6 +141,10 @@ def patient_activation(client_class: type, retry_seconds: float, patience_second
     return PatientActivation
 
 
+#: the statuses of a task that may still answer its message
+UNFINISHED = (Status.PENDING, Status.STARTING, Status.RUNNING)
+
+
 def answer_orphaned_messages(state: Any) -> int:
     """Store a "ClientApp stopped responding" Error reply for every message that no live task can
     answer any more, and return how many.
@@ -153,7 +158,6 @@ def answer_orphaned_messages(state: Any) -> int:
     no task of its run is pending, starting or running. Upstream change: the SuperNode answering a
     message whose run has no unfinished task, as ``InMemoryNodeState.finish_task`` already does for
     an AgentApp that failed."""
-    from flwr.common.constant import Status
     from flwr.supernode.nodestate.in_memory_nodestate import CLIENT_APP_CRASHED_ERROR
 
     def unanswered() -> dict[str, Any]:
@@ -171,7 +175,9 @@ def answer_orphaned_messages(state: Any) -> int:
     before = unanswered()
     if not before:
         return 0
-    live_runs = {task.run_id for task in state.get_tasks() if task.status.status != Status.FINISHED}
+    # polled while a reply is awaited: only the unfinished tasks of these messages' runs, not every task kept
+    runs_awaited = sorted({entry.message.metadata.run_id for entry in before.values()})
+    live_runs = {task.run_id for task in state.get_tasks(run_ids=runs_awaited, statuses=UNFINISHED)}
     orphans = [entry for message_id, entry in unanswered().items() if message_id in before]
     orphans = [entry for entry in orphans if entry.message.metadata.run_id not in live_runs]
     if not orphans:
@@ -202,7 +208,7 @@ def abandoning_stopped_runs(pull_and_store_message: Any) -> Any:
     message and its parts are deleted and the run's unfinished tasks closed as failed, so the
     ClientApp's next request is refused and it moves on. Upstream change: catch
     ``RunNotRunningException`` around the parts' pull as the other failures are."""
-    from flwr.common.constant import Status, SubStatus
+    from flwr.common.constant import SubStatus
 
     def pull(*, state: Any, object_store: Any, **kwargs: Any) -> Any:
         with state.lock_msg_store:
@@ -219,10 +225,8 @@ def abandoning_stopped_runs(pull_and_store_message: Any) -> Any:
         for message in stranded:
             state.delete_messages(message_ids=[message.metadata.message_id])
             object_store.delete(message.metadata.message_id)
-            unfinished = state.get_tasks(run_ids=[message.metadata.run_id])
-            for task in unfinished:
-                if task.status.status != Status.FINISHED:
-                    state.finish_task(task.task_id, SubStatus.FAILED, "the run stopped while its message was received")
+            for task in state.get_tasks(run_ids=[message.metadata.run_id], statuses=UNFINISHED):
+                state.finish_task(task.task_id, SubStatus.FAILED, "the run stopped while its message was received")
             log.warning(
                 "run %s stopped while its message %s was received: message dropped, its task closed",
                 message.metadata.run_id,
