@@ -24,6 +24,7 @@ logistic regression, 2 clients, 3 rounds, one canary client per run) as a cross-
     python -m benchmarks.privacy_audit --full          # 4x the canaries, 2x the rounds
     python -m benchmarks.privacy_audit --quick         # smoke test (seconds)
     python -m benchmarks.privacy_audit --kinds local --canary-factor 4 --no-cross-check   # one kind, 4x the canaries
+    python -m benchmarks.privacy_audit --ideal 100 16000 --family   # the textbook mechanism alone, also against its own curves
 
 Writes ``results/privacy_audit.csv`` (strategy, privacy_model, target_epsilon, ledger_epsilon,
 audited_epsilon_lower_bound, approx_dp_epsilon_lower_bound, confidence, canaries, runs, seconds,
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.audit_family import family_epsilon_lower_bound, subsampled_gaussian_epsilon
 from benchmarks.common import markdown_table, new_figure, save_figure
 from fl_dp.privacy_policy import resolve_noise_multiplier
 from fl_dp.audit import audit_many_runs, audit_run, ideal_scores
@@ -155,18 +157,28 @@ def ideal_bound(cfg: RunConfig, members: Any, seed: int) -> float:
     return best_one_run_bound(list(scores), list(members), cfg.delta, two_sided=cfg.privacy_model == "local").gdp_epsilon
 
 
-def ideal_table(sizes: list[tuple[int, int]], epsilon: float, seeds: int = 3) -> pd.DataFrame:
+def ideal_table(sizes: list[tuple[int, int]], epsilon: float, seeds: int = 3, family: bool = False) -> pd.DataFrame:
     """The ideal reference alone (seconds each): the bound the attack gets against the textbook
     subsampled Gaussian mechanism of ``central`` at q = 0.1 and ``epsilon``, per (rounds, canaries),
-    for ``seeds`` draws of the canaries' coins."""
+    for ``seeds`` draws of the canaries' coins. ``family``: also the bound from the same scores
+    against the composed subsampled Gaussian curves themselves (:mod:`benchmarks.audit_family`)
+    and that mechanism's exact epsilon (PLD), the most any audit of it can show."""
     rows = []
     for rounds, canaries in sizes:
         keys = dict(strategy="alpha-normec", **CLIENT_LEVEL["alpha-normec"], target_epsilon=epsilon)
         cfg = config("central", "central", keys, {"central": (1000, 100, rounds, canaries)}, 1)
+        sigma = resolve_noise_multiplier(cfg)
         for seed in range(seeds):
             members = np.random.default_rng([seed, 7]).random(canaries) < 0.5  # audit_run's coins
-            rows.append({"rounds": rounds, "canaries": canaries, "seed": seed, "noise_multiplier": resolve_noise_multiplier(cfg),
-                         "ideal_mechanism_bound": ideal_bound(cfg, members, seed)})
+            row = {"rounds": rounds, "canaries": canaries, "seed": seed, "noise_multiplier": sigma,
+                   "ideal_mechanism_bound": ideal_bound(cfg, members, seed)}
+            if family:
+                scores = ideal_scores(cfg, members, sigma, seed)
+                assert scores is not None  # alpha-normec under central
+                shape = dict(noise_multiplier=sigma, sample_rate=cfg.client_sample_rate, rounds=rounds, delta=cfg.delta)
+                row["ideal_family_bound"] = family_epsilon_lower_bound(list(scores), list(members), **shape)
+                row["mechanism_epsilon"] = subsampled_gaussian_epsilon(sigma, cfg.client_sample_rate, rounds, cfg.delta)
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -219,13 +231,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_audit.csv")
     parser.add_argument("--ideal", nargs=2, type=int, action="append", metavar=("ROUNDS", "CANARIES"),
                         help="only the ideal reference of central at q = 0.1 with this many rounds and canaries (repeatable)")
+    parser.add_argument("--family", action="store_true",
+                        help="with --ideal: also audit against the composed subsampled Gaussian curves (benchmarks.audit_family)")
+    parser.add_argument("--coin-draws", type=int, default=3, help="with --ideal: draws of the canaries' coins per size")
     parser.add_argument("--merge", action="store_true", help="keep --out's rows; a configuration audited again replaces its row")
     args = parser.parse_args()
     logging.getLogger("fl_dp").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     started = time.perf_counter()
     if args.ideal:
-        print(markdown_table(ideal_table([tuple(size) for size in args.ideal], max(args.epsilons or [8.0]))))
+        sizes = [(rounds, canaries) for rounds, canaries in args.ideal]
+        print(markdown_table(ideal_table(sizes, max(args.epsilons or [8.0]), args.coin_draws, args.family)))
         return
     table = run(args, pd.read_csv(args.out) if args.merge and args.out.exists() else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
