@@ -237,10 +237,14 @@ def plot(best: pd.DataFrame, path: Path) -> None:
     epsilons = sorted(best["epsilon"].unique())
     labels = ["inf" if math.isinf(e) else f"{e:g}" for e in epsilons]
     fig, ax = new_figure(figsize=(6.5, 4))
+    # one colour per method, one marker per number of rounds, one line style per privacy model
+    colours = {strategy: f"C{i}" for i, strategy in enumerate(sorted(best["strategy"].unique()))}
+    markers = {rounds: marker for rounds, marker in zip(sorted(best["rounds"].unique()), "o^sDv")}
     for (strategy, model, rounds), rows in best.groupby(["strategy", "privacy_model", "rounds"]):
         rows = rows.set_index("epsilon").reindex(epsilons)
         style = {"central": "-", "distributed": "--"}.get(model, ":")
-        ax.plot(range(len(epsilons)), rows["test_accuracy"], marker="o", linestyle=style, label=f"{strategy} ({model}, {rounds} rounds)")
+        ax.plot(range(len(epsilons)), rows["test_accuracy"], color=colours[strategy], marker=markers.get(rounds, "o"),
+                linestyle=style, label=f"{strategy} ({model}, {rounds} rounds)")
     ax.set_xticks(range(len(epsilons)), labels)
     ax.set_xlabel("epsilon (user level, delta = 1e-5)")
     ax.set_ylabel("test accuracy")
