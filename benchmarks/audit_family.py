@@ -10,7 +10,7 @@ the epsilon at delta of the least noise whose curve the guesses reject.
 
 It answers one question of docs/privacy_audit.md: whether the audit of ``central`` at q = 0.1 stays
 below half the ledger because Gaussian curves misdescribe a subsampled mechanism (they do not:
-the two bounds agree within a few hundredths on the same scores). dp-accounting is a test
+the two bounds differ by at most 0.2 on the same scores, docs/privacy_audit.md). dp-accounting is a test
 dependency, so this lives with the benchmarks.
 """
 
