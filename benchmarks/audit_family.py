@@ -46,6 +46,14 @@ def _composed_pld(noise_multiplier: float, sample_rate: float, rounds: int, pess
     return single.self_compose(rounds)
 
 
+@functools.lru_cache(maxsize=256)
+def _privacy_profile(noise_multiplier: float, sample_rate: float, rounds: int) -> np.ndarray:
+    """delta(epsilon) on :data:`PROFILE_EPSILONS` (pessimistic); read once per noise level, as the
+    bisections of every number of guesses try the same noise levels."""
+    pld = _composed_pld(noise_multiplier, sample_rate, rounds, True)
+    return np.asarray(pld.get_delta_for_epsilon(PROFILE_EPSILONS))
+
+
 def subsampled_gaussian_inverse_tradeoff(noise_multiplier: float, sample_rate: float, rounds: int) -> Callable[[float], float]:
     """x -> f(1 - x), f the trade-off curve of ``rounds`` Poisson-subsampled Gaussian releases.
 
@@ -53,8 +61,8 @@ def subsampled_gaussian_inverse_tradeoff(noise_multiplier: float, sample_rate: f
     2022, Proposition 2.12) from the pessimistic PLD's delta(eps) on :data:`PROFILE_EPSILONS`: a
     curve at or below the mechanism's, so that rejecting it rejects the mechanism.
     """
-    deltas = np.asarray(_composed_pld(noise_multiplier, sample_rate, rounds, True).get_delta_for_epsilon(PROFILE_EPSILONS))
-    keep, grow, shrink = 1 - deltas, np.exp(PROFILE_EPSILONS), np.exp(-PROFILE_EPSILONS)
+    keep = 1 - _privacy_profile(noise_multiplier, sample_rate, rounds)
+    grow, shrink = np.exp(PROFILE_EPSILONS), np.exp(-PROFILE_EPSILONS)
 
     def inverse(x: float) -> float:
         alpha = 1 - x

@@ -151,7 +151,10 @@ def merged(earlier: pd.DataFrame | None, latest: pd.DataFrame) -> pd.DataFrame:
 
 def ideal_bound(cfg: RunConfig, members: Any, seed: int) -> float:
     """The audited bound the same attack gets against a textbook Gaussian mechanism of the run's sigma."""
-    scores = ideal_scores(cfg, members, resolve_noise_multiplier(cfg), seed)
+    return _gaussian_curves_bound(cfg, ideal_scores(cfg, members, resolve_noise_multiplier(cfg), seed), members)
+
+
+def _gaussian_curves_bound(cfg: RunConfig, scores: np.ndarray | None, members: Any) -> float:
     if scores is None:
         return math.nan
     return best_one_run_bound(list(scores), list(members), cfg.delta, two_sided=cfg.privacy_model == "local").gdp_epsilon
@@ -170,11 +173,11 @@ def ideal_table(sizes: list[tuple[int, int]], epsilon: float, seeds: int = 3, fa
         sigma = resolve_noise_multiplier(cfg)
         for seed in range(seeds):
             members = np.random.default_rng([seed, 7]).random(canaries) < 0.5  # audit_run's coins
+            scores = ideal_scores(cfg, members, sigma, seed)
+            assert scores is not None  # alpha-normec under central
             row = {"rounds": rounds, "canaries": canaries, "seed": seed, "noise_multiplier": sigma,
-                   "ideal_mechanism_bound": ideal_bound(cfg, members, seed)}
+                   "ideal_mechanism_bound": _gaussian_curves_bound(cfg, scores, members)}
             if family:
-                scores = ideal_scores(cfg, members, sigma, seed)
-                assert scores is not None  # alpha-normec under central
                 shape = dict(noise_multiplier=sigma, sample_rate=cfg.client_sample_rate, rounds=rounds, delta=cfg.delta)
                 row["ideal_family_bound"] = family_epsilon_lower_bound(list(scores), list(members), **shape)
                 row["mechanism_epsilon"] = subsampled_gaussian_epsilon(sigma, cfg.client_sample_rate, rounds, cfg.delta)

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import flwr
-from flwr.common.constant import Status
+from flwr.common.constant import Status, SubStatus
 
 SUPPORTED_FLOWER = ("1.42.0",)
 #: first retry of a message part the SuperNode has not stored yet (Flower's: 1 s)
@@ -208,7 +208,6 @@ def abandoning_stopped_runs(pull_and_store_message: Any) -> Any:
     message and its parts are deleted and the run's unfinished tasks closed as failed, so the
     ClientApp's next request is refused and it moves on. Upstream change: catch
     ``RunNotRunningException`` around the parts' pull as the other failures are."""
-    from flwr.common.constant import SubStatus
 
     def pull(*, state: Any, object_store: Any, **kwargs: Any) -> Any:
         with state.lock_msg_store:

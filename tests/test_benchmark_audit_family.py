@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.audit_family import family_epsilon_lower_bound, subsampled_gaussian_epsilon, subsampled_gaussian_inverse_tradeoff
+from fl_dp.audit import _subsampled_gaussian_log_ratio
 from fl_dp.audit_bounds import best_one_run_bound, gaussian_inverse_tradeoff, gdp_epsilon
 from fl_dp.privacy import Release, epsilon_of
 
@@ -27,8 +29,8 @@ def _scores(members, sigma, rate, rounds, *, included_at=None, seed=0):
     """The likelihood-ratio scores of canaries included at ``included_at`` (default: the claimed ``rate``)."""
     rng = np.random.default_rng(seed)
     sampled = (rng.random((len(members), rounds)) < (included_at or rate)) & members[:, None]
-    y = sampled + sigma * rng.standard_normal(sampled.shape)
-    return np.logaddexp(np.log1p(-rate), np.log(rate) + (y - 0.5) / sigma**2).sum(1)
+    y = torch.from_numpy(sampled + sigma * rng.standard_normal(sampled.shape))
+    return _subsampled_gaussian_log_ratio(y, sigma, rate).sum(1).numpy()
 
 
 def test_the_bound_stays_below_the_mechanisms_epsilon_and_catches_a_canary_included_beyond_its_sample_rate():
