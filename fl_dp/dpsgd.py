@@ -12,7 +12,6 @@ from functools import lru_cache
 
 import torch
 
-from fl_dp.operators import clip_rows
 from fl_dp.privacy import calibrate_noise_multiplier
 
 
@@ -47,8 +46,15 @@ def masked_noisy_sum(
 ) -> torch.Tensor:
     """sum_j clip_C(mask * grad_j) + mask * N(0, noise_std^2): the mask comes before clipping,
     so the clipping budget is spent on the coordinates that are kept."""
-    kept = clip_rows(per_sample * mask, clip) if len(per_sample) else per_sample
-    total = kept.sum(0) if len(per_sample) else torch.zeros_like(mask)
+    if clip <= 0:
+        raise ValueError(f"clipping threshold must be positive, got {clip}")
+    total = torch.zeros_like(mask)
+    if len(per_sample):
+        kept = per_sample if bool(mask.all()) else per_sample * mask
+        scale = torch.clamp(clip / (torch.linalg.vector_norm(kept, dim=1) + 1e-12), max=1.0)
+        # the clipped rows' sum as one matrix-vector product: no clipped copy of the (batch, d)
+        # matrix, which made up most of a step's time at batch 2048
+        total = scale @ kept
     return total + mask * torch.randn(mask.shape, generator=generator) * noise_std
 
 

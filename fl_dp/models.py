@@ -48,6 +48,27 @@ class SmallCNN(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))
 
 
+class DPCNN(nn.Module):
+    """The end-to-end CNN for 28x28 images of Papernot et al. (AAAI 2021) and Tramer and Boneh
+    (ICLR 2021), "DP-CNN/S" in Zhu and Blaschko's Table 2 (26,010 parameters): conv 16 8x8 /2,
+    max-pool 2 /1, conv 32 4x4 /2, max-pool 2 /1, linear 32, linear; tanh throughout, no norm."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 8, stride=2, padding=2),
+            nn.Tanh(),
+            nn.MaxPool2d(2, stride=1),
+            nn.Conv2d(16, 32, 4, stride=2),
+            nn.Tanh(),
+            nn.MaxPool2d(2, stride=1),
+        )
+        self.head = nn.Sequential(nn.Linear(32 * 4 * 4, 32), nn.Tanh(), nn.Linear(32, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
@@ -87,7 +108,7 @@ class ResNet20(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
 
 
-MODELS = ("logreg", "cnn", "cnn-tanh", "resnet20")
+MODELS = ("logreg", "cnn", "cnn-tanh", "dp-cnn", "resnet20")
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> nn.Module:
@@ -99,12 +120,16 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
             for size in input_shape:
                 num_features *= size
             return LogisticRegression(num_features, num_classes)
-        if len(input_shape) != 3 and name in ("cnn", "cnn-tanh", "resnet20"):
+        if len(input_shape) != 3 and name in ("cnn", "cnn-tanh", "dp-cnn", "resnet20"):
             raise ValueError(f"model {name!r} needs image inputs (C, H, W), got shape {input_shape}")
+        if name == "dp-cnn" and tuple(input_shape[1:]) != (28, 28):
+            raise ValueError(f"model 'dp-cnn' is built for 28x28 images, got shape {input_shape}")
         if name == "cnn":
             return SmallCNN(input_shape[0], num_classes)
         if name == "cnn-tanh":
             return SmallCNN(input_shape[0], num_classes, activation=nn.Tanh)
+        if name == "dp-cnn":
+            return DPCNN(input_shape[0], num_classes)
         if name == "resnet20":
             return ResNet20(input_shape[0], num_classes)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

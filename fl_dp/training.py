@@ -12,6 +12,7 @@ from fl_dp.data import ArrayDataset
 from fl_dp.models import get_flat_grad, get_flat_params, num_params, set_flat_params
 
 EVAL_CHUNK = 2048
+PER_SAMPLE_CHUNK = 256
 
 
 def nonconvex_regularizer(x: torch.Tensor, lam: float) -> torch.Tensor:
@@ -126,7 +127,8 @@ class Objective:
 
     def per_sample_gradients(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """(batch, d) gradients of each sample's loss at x, from Opacus' GradSampleModule
-        (on a copy of the model, so the ordinary gradient path keeps no hooks)."""
+        (on a copy of the model, so the ordinary gradient path keeps no hooks), in chunks of
+        ``PER_SAMPLE_CHUNK`` samples (at batch 2048 one pass took twice as long per sample)."""
         from opacus import GradSampleModule
 
         if self.regularizer_lambda:
@@ -142,9 +144,14 @@ class Objective:
             p.grad, p.grad_sample = None, None
         if len(indices) == 0:
             return torch.zeros(0, self.dim)
-        rows = indices.to(self.device)
-        self.loss_fn(module(self._x[rows]), self._y[rows], reduction="sum").backward()
-        return torch.cat([p.grad_sample.reshape(len(indices), -1) for p in params], 1).detach().cpu()
+        chunks = []
+        for start in range(0, len(indices), PER_SAMPLE_CHUNK):
+            rows = indices[start : start + PER_SAMPLE_CHUNK].to(self.device)
+            self.loss_fn(module(self._x[rows]), self._y[rows], reduction="sum").backward()
+            chunks.append(torch.cat([p.grad_sample.reshape(len(rows), -1) for p in params], 1).detach().cpu())
+            for p in params:
+                p.grad, p.grad_sample = None, None
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor) -> dict[str, float]:

@@ -5,8 +5,10 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
+from fl_dp import training
 from fl_dp.dpsgd import cooling_rate, epoch_mask, masked_noisy_sum, poisson_batch
 from fl_dp.inprocess import InProcessFederation
+from fl_dp.operators import clip_rows
 from fl_dp.privacy import Release, epsilon_of
 
 
@@ -27,6 +29,17 @@ def test_every_kept_part_has_norm_at_most_c_and_noise_is_zero_on_masked_coordina
         assert torch.linalg.vector_norm(clean) <= 0.5 + 1e-6
     noisy = masked_noisy_sum(torch.randn(8, 50), mask, clip=0.5, noise_std=5.0, generator=generator)
     assert torch.all(noisy[mask == 0] == 0) and torch.all(noisy[mask == 1] != 0)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_masked_noisy_sum_is_the_sum_of_the_clipped_masked_rows(rate):
+    per_sample = torch.randn(300, 40) * torch.logspace(-2, 2, 300).unsqueeze(1)  # some rows clipped, some not
+    mask = epoch_mask(40, rate, seed=1)
+    reference = clip_rows(per_sample * mask, 0.7).sum(0)
+    assert torch.allclose(masked_noisy_sum(per_sample, mask, clip=0.7, noise_std=0.0, generator=None), reference, atol=1e-5)
+    assert torch.equal(masked_noisy_sum(torch.zeros(0, 40), mask, clip=0.7, noise_std=0.0, generator=None), torch.zeros(40))
+    with pytest.raises(ValueError, match="clipping threshold"):
+        masked_noisy_sum(per_sample, mask, clip=0.0, noise_std=0.0, generator=None)
 
 
 def test_gradual_cooling_and_epoch_masks():
@@ -79,6 +92,14 @@ def test_per_sample_gradients_match_single_sample_gradients(tiny_cfg):
         for row, index in zip(per_sample, indices):
             _, reference = objective.loss_and_grad(x, index.view(1))
             assert torch.allclose(row, reference, atol=1e-6)
+
+
+def test_per_sample_gradients_in_chunks_are_the_whole_batchs(tiny_cfg, monkeypatch):
+    objective = InProcessFederation(tiny_cfg).clients["client-0"].objective
+    x, indices = torch.randn(objective.dim), torch.tensor([4, 0, 7, 2, 9])
+    whole = objective.per_sample_gradients(x, indices)
+    monkeypatch.setattr(training, "PER_SAMPLE_CHUNK", 2)
+    assert torch.allclose(objective.per_sample_gradients(x, indices), whole, atol=1e-6)
 
 
 def test_dp_sgd_rs_round_sends_sparse_updates_and_accounts_each_clients_steps(tiny_cfg):

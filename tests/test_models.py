@@ -13,6 +13,7 @@ from fl_dp.models import build_model, get_flat_params, num_params, set_flat_para
         ("logreg", (1, 28, 28), 10),
         ("cnn", (1, 28, 28), 10),
         ("cnn-tanh", (1, 28, 28), 10),
+        ("dp-cnn", (1, 28, 28), 10),
         ("resnet20", (3, 32, 32), 10),
     ],
 )
@@ -23,7 +24,7 @@ def test_models_are_opacus_compatible_and_give_logits(name, shape, classes):
     assert out.shape == (4, 1 if classes == 2 else classes)
 
 
-@pytest.mark.parametrize("name", ["cnn", "cnn-tanh"])
+@pytest.mark.parametrize("name", ["cnn", "cnn-tanh", "dp-cnn"])
 def test_per_sample_gradients_of_cnn_match_a_loop(name):
     model = build_model(name, (1, 28, 28), 10)
     x, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 4, 9])
@@ -46,6 +47,15 @@ def test_the_tanh_cnn_is_the_cnn_with_bounded_activations():
     assert activations == ["Tanh", "Tanh"]
     x = 100 * torch.randn(2, 1, 28, 28)
     assert not torch.allclose(relu(x), tanh(x))
+
+
+def test_dp_cnn_is_the_26k_network_of_the_dp_sgd_papers():
+    # Zhu and Blaschko's Table 2 lists DP-CNN/S on Fashion-MNIST with 26K parameters
+    model = build_model("dp-cnn", (1, 28, 28), 10)
+    assert num_params(model) == 16 * 8 * 8 + 16 + 32 * 16 * 4 * 4 + 32 + 512 * 32 + 32 + 32 * 10 + 10 == 26_010
+    assert {type(m).__name__ for m in model.modules()} >= {"Tanh"} and not any("Norm" in type(m).__name__ for m in model.modules())
+    with pytest.raises(ValueError, match="28x28"):
+        build_model("dp-cnn", (3, 32, 32), 10)
 
 
 def test_resnet20_has_the_usual_size():
