@@ -128,7 +128,7 @@ class Objective:
     def per_sample_gradients(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """(batch, d) gradients of each sample's loss at x, from Opacus' GradSampleModule
         (on a copy of the model, so the ordinary gradient path keeps no hooks), in chunks of
-        ``PER_SAMPLE_CHUNK`` samples (at batch 2048 one pass took twice as long per sample)."""
+        ``PER_SAMPLE_CHUNK`` samples on a CPU (at batch 2048 one pass took twice as long per sample)."""
         from opacus import GradSampleModule
 
         if self.regularizer_lambda:
@@ -144,9 +144,10 @@ class Objective:
             p.grad, p.grad_sample = None, None
         if len(indices) == 0:
             return torch.zeros(0, self.dim)
+        chunk = PER_SAMPLE_CHUNK if self.device.type == "cpu" else len(indices)
         chunks = []
-        for start in range(0, len(indices), PER_SAMPLE_CHUNK):
-            rows = indices[start : start + PER_SAMPLE_CHUNK].to(self.device)
+        for start in range(0, len(indices), chunk):
+            rows = indices[start : start + chunk].to(self.device)
             self.loss_fn(module(self._x[rows]), self._y[rows], reduction="sum").backward()
             chunks.append(torch.cat([p.grad_sample.reshape(len(rows), -1) for p in params], 1).detach().cpu())
             for p in params:
