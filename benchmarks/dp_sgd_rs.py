@@ -158,14 +158,15 @@ def main() -> None:
 
 
 def runs_of(histories: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its final test accuracy, the ledger's epsilon, sigma, upload and run time."""
+    """One row per run: its final test accuracy, the ledger's epsilon, upload and run time (sigma is
+    each client's own, calibrated from its schedule, and not in the history)."""
     rows = []
     for (clients, eps, rate, seed), run in histories.sort_values("round").groupby(["clients", "epsilon", "r*", "seed"]):
         last = run.iloc[-1]
         rows.append({
             "clients": clients, "epsilon": eps, "r*": rate, "seed": seed, "rounds": int(last["round"]),
             "test_accuracy": last["test-accuracy"], "ledger_epsilon": last["epsilon-max"],
-            "noise_multiplier": last["noise-multiplier"], "megabits_up_per_round": run["bytes-up"].mean() * 8 / 1e6,
+            "megabits_up_per_round": run["bytes-up"].mean() * 8 / 1e6,
             "run_seconds": last["run-seconds"],
         })
     return pd.DataFrame(rows)
