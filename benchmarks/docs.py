@@ -114,6 +114,15 @@ def privacy_audit(method: str) -> Callable[[], str]:
     return table
 
 
+def _spread(accuracy: pd.Series) -> str:
+    """mean ± std (count) over seeds, or the one value, or '-'."""
+    if accuracy.empty:
+        return "-"
+    if len(accuracy) == 1:
+        return f"{accuracy.iloc[0]:.4f} (1)"
+    return f"{accuracy.mean():.4f} ± {accuracy.std():.4f} ({len(accuracy)})"
+
+
 def dp_sgd_rs_full() -> str:
     """The random-sparsification paper's Fashion-MNIST regime: DP-SGD against RS per (clients, eps),
     mean ± std over seeds, each seed, and the paper's Table 2 (one client, tuned) beside them."""
@@ -125,12 +134,6 @@ def dp_sgd_rs_full() -> str:
     ]
     for (clients, eps), cell in runs.sort_values("seed").groupby(["clients", "epsilon"]):
         plain, sparse = cell[cell["r*"] == 0]["test_accuracy"], cell[cell["r*"] > 0]["test_accuracy"]
-
-        def spread(accuracy: pd.Series) -> str:
-            if accuracy.empty:
-                return "-"
-            return f"{accuracy.mean():.4f} ± {accuracy.std():.4f} ({len(accuracy)})" if len(accuracy) > 1 else f"{accuracy.iloc[0]:.4f} (1)"
-
         gain = f"{sparse.mean() - plain.mean():+.4f}" if len(plain) and len(sparse) else "-"
         # a seed draws the same initial model, batches and noise for both methods: paired differences
         by_seed = cell.pivot_table(index="seed", columns="r*", values="test_accuracy").dropna()
@@ -138,7 +141,7 @@ def dp_sgd_rs_full() -> str:
         paper = (PAPER.get((eps, 0.0)), PAPER_WITH_RS.get(eps))
         paper_text = f"{paper[0] / 100:.3f} / {paper[1] / 100:.3f}" if None not in paper and clients == 1 else "-"
         lines.append(
-            f"| {clients} | {eps:g} | {spread(plain)} | {spread(sparse)} | {gain} | {paired} "
+            f"| {clients} | {eps:g} | {_spread(plain)} | {_spread(sparse)} | {gain} | {paired} "
             f"| {', '.join(f'{a:.4f}' for a in plain)} | {', '.join(f'{a:.4f}' for a in sparse)} | {paper_text} "
             f"| {cell['ledger_epsilon'].max():.3f} | {cell['run_seconds'].mean() / 60:.1f} |"
         )

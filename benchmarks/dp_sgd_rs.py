@@ -175,7 +175,11 @@ def runs_of(histories: pd.DataFrame) -> pd.DataFrame:
 def summary(histories: pd.DataFrame) -> pd.DataFrame:
     """Final accuracy per (clients, eps, r*) over seeds, the paper's Table 2 beside it, and upload."""
     table = summarise(histories, ["clients", "epsilon", "r*"], last_k=1)
-    paper = [PAPER.get((e, 0.0)) if r == 0 else PAPER_WITH_RS.get(e) for e, r in zip(table["epsilon"], table["r*"])]
+    # the paper trains one model on all the data: its figures stand beside the one-client rows only
+    paper = [
+        None if c != 1 else PAPER.get((e, 0.0)) if r == 0 else PAPER_WITH_RS.get(e)
+        for c, e, r in zip(table["clients"], table["epsilon"], table["r*"])
+    ]
     table["paper (DP-CNN/S, tuned)"] = [float("nan") if p is None else p / 100 for p in paper]
     table["megabits-up per round"] = [
         histories[(histories["clients"] == c) & (histories["epsilon"] == e) & (histories["r*"] == r)]["bytes-up"].mean() * 8 / 1e6
