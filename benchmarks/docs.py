@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.dp_sgd_rs import PAPER, PAPER_WITH_RS
+from benchmarks.dp_sgd_rs import PAPER
 from benchmarks.privacy_utility import with_model
 from fl_dp.registry import strategies_table
 
@@ -138,8 +138,7 @@ def dp_sgd_rs_full() -> str:
         # a seed draws the same initial model, batches and noise for both methods: paired differences
         by_seed = cell.pivot_table(index="seed", columns="r*", values="test_accuracy").dropna()
         paired = ", ".join(f"{d:+.4f}" for d in by_seed.iloc[:, -1] - by_seed.iloc[:, 0]) if by_seed.shape[1] == 2 else "-"
-        paper = (PAPER.get((eps, 0.0)), PAPER_WITH_RS.get(eps))
-        paper_text = f"{paper[0] / 100:.3f} / {paper[1] / 100:.3f}" if None not in paper and clients == 1 else "-"
+        paper_text = f"{PAPER[eps][0] / 100:.3f} / {PAPER[eps][1] / 100:.3f}" if clients == 1 and eps in PAPER else "-"
         lines.append(
             f"| {clients} | {eps:g} | {_spread(plain)} | {_spread(sparse)} | {gain} | {paired} "
             f"| {', '.join(f'{a:.4f}' for a in plain)} | {', '.join(f'{a:.4f}' for a in sparse)} | {paper_text} "

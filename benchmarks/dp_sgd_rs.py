@@ -35,8 +35,8 @@ import pandas as pd
 from benchmarks.common import RESULTS, base_parser, markdown_table, new_figure, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
 
-PAPER = {(1.0, 0.0): 83.2, (3.0, 0.0): 86.6}  # DP-CNN/S without RS; with RS: 84.5 and 87.4
-PAPER_WITH_RS = {1.0: 84.5, 3.0: 87.4}
+#: Table 2, Fashion-MNIST DP-CNN/S: eps -> (DP-SGD, with RS), test accuracy in %
+PAPER = {1.0: (83.2, 84.5), 3.0: (86.6, 87.4)}
 FULL = dict(model="dp-cnn", batch_size=2048, client_lr=4.0, momentum=0.9, clip=1e-1, epochs=40, final_rate=0.9)
 FULL_EPSILONS = (1.0, 2.0, 4.0)
 FULL_CLIENTS = (1, 10)
@@ -150,10 +150,11 @@ def main() -> None:
         grid = list(jobs(samples, epochs, 1 if args.quick else args.seeds or 2, args.quick))
         print(f"{len(grid)} runs of {epochs} epochs on {samples or 60000} samples, {args.workers} workers", flush=True)
         histories = run_grid(grid, args.workers)
-    out = write_outputs(name, histories, summary(histories), None if args.full else plot(histories))
+    table = summary(histories)
+    out = write_outputs(name, histories, table, None if args.full else plot(histories))
     if args.full:
         runs_of(histories).to_csv(out / "runs.csv", index=False)  # what docs/results/dp_sgd_rs_full.csv holds
-    print(markdown_table(summary(histories)))
+    print(markdown_table(table))
     print(f"written to {out}")
 
 
@@ -176,11 +177,10 @@ def summary(histories: pd.DataFrame) -> pd.DataFrame:
     """Final accuracy per (clients, eps, r*) over seeds, the paper's Table 2 beside it, and upload."""
     table = summarise(histories, ["clients", "epsilon", "r*"], last_k=1)
     # the paper trains one model on all the data: its figures stand beside the one-client rows only
-    paper = [
-        None if c != 1 else PAPER.get((e, 0.0)) if r == 0 else PAPER_WITH_RS.get(e)
+    table["paper (DP-CNN/S, tuned)"] = [
+        PAPER[e][r > 0] / 100 if c == 1 and e in PAPER else float("nan")
         for c, e, r in zip(table["clients"], table["epsilon"], table["r*"])
     ]
-    table["paper (DP-CNN/S, tuned)"] = [float("nan") if p is None else p / 100 for p in paper]
     table["megabits-up per round"] = [
         histories[(histories["clients"] == c) & (histories["epsilon"] == e) & (histories["r*"] == r)]["bytes-up"].mean() * 8 / 1e6
         for c, e, r in zip(table["clients"], table["epsilon"], table["r*"])
