@@ -27,6 +27,8 @@ message for its reply with no end, and a ClientApp task that finishes without pu
 failed before it held the message, or pushing the reply failed) left the node pulling nothing
 again; :func:`answer_orphaned_messages` answers such a message with Flower's own "ClientApp
 stopped responding" Error. Upstream change: the same in ``InMemoryNodeState.finish_task``.
+And it pushes once the message it holds has its reply, not on any reply (:func:`never_wedged`):
+a stale reply from a stopped run put the node one round behind for the rest of the next run.
 
 ``clientapp``: Flower 1.42's own SuperExec (``flower-superexec``) starts a new ``flwr-clientapp`` process for
 every task, and ``flwr-clientapp`` serves one task and exits
@@ -145,6 +147,18 @@ def patient_activation(client_class: type, retry_seconds: float, patience_second
 UNFINISHED = (Status.PENDING, Status.STARTING, Status.RUNNING)
 
 
+def unanswered_messages(state: Any) -> dict[str, Any]:
+    """The SuperNode's stored messages (not replies) that no stored reply answers, by message ID."""
+    with state.lock_msg_store:
+        entries = list(state.msg_store.values())
+    replied = {e.message.metadata.reply_to_message_id for e in entries if e.message.metadata.reply_to_message_id}
+    return {
+        e.message.metadata.message_id: e
+        for e in entries
+        if not e.message.metadata.reply_to_message_id and e.message.metadata.message_id not in replied
+    }
+
+
 def answer_orphaned_messages(state: Any) -> int:
     """Store a "ClientApp stopped responding" Error reply for every message that no live task can
     answer any more, and return how many.
@@ -160,25 +174,15 @@ def answer_orphaned_messages(state: Any) -> int:
     an AgentApp that failed."""
     from flwr.supernode.nodestate.in_memory_nodestate import CLIENT_APP_CRASHED_ERROR
 
-    def unanswered() -> dict[str, Any]:
-        with state.lock_msg_store:
-            entries = list(state.msg_store.values())
-        replied = {e.message.metadata.reply_to_message_id for e in entries if e.message.metadata.reply_to_message_id}
-        return {
-            e.message.metadata.message_id: e
-            for e in entries
-            if not e.message.metadata.reply_to_message_id and e.message.metadata.message_id not in replied
-        }
-
     # messages first, then tasks: a message is stored after its task is created, and a task pushes
     # its reply before it finishes, so looking again after the tasks leaves no race
-    before = unanswered()
+    before = unanswered_messages(state)
     if not before:
         return 0
     # polled while a reply is awaited: only the unfinished tasks of these messages' runs, not every task kept
     runs_awaited = sorted({entry.message.metadata.run_id for entry in before.values()})
     live_runs = {task.run_id for task in state.get_tasks(run_ids=runs_awaited, statuses=UNFINISHED)}
-    orphans = [entry for message_id, entry in unanswered().items() if message_id in before]
+    orphans = [entry for message_id, entry in unanswered_messages(state).items() if message_id in before]
     orphans = [entry for entry in orphans if entry.message.metadata.run_id not in live_runs]
     if not orphans:
         return 0
@@ -204,9 +208,10 @@ def abandoning_stopped_runs(pull_and_store_message: Any) -> Any:
     failed pulls does not run, and the message stays without its parts, its task unfinished. The
     ClientApp that took the task then asks for the missing parts for 500 tries (500.7 s measured),
     and this runtime's one ClientApp process served nothing else: a resumed run lost the node every
-    round. Here the
-    message and its parts are deleted and the run's unfinished tasks closed as failed, so the
-    ClientApp's next request is refused and it moves on. Upstream change: catch
+    round. Here the run's unfinished tasks are closed as failed, so the ClientApp's next request
+    is refused and it moves on, and the message, its parts and any reply to it are deleted (the stop
+    may reach the SuperNode as it confirms the message's receipt, after its ClientApp has already
+    answered it; :func:`never_wedged` says what such a reply did). Upstream change: catch
     ``RunNotRunningException`` around the parts' pull as the other failures are."""
 
     def pull(*, state: Any, object_store: Any, **kwargs: Any) -> Any:
@@ -222,10 +227,18 @@ def abandoning_stopped_runs(pull_and_store_message: Any) -> Any:
                 if key not in before and not e.message.metadata.reply_to_message_id
             ]
         for message in stranded:
-            state.delete_messages(message_ids=[message.metadata.message_id])
-            object_store.delete(message.metadata.message_id)
+            # the task first: once it is closed its ClientApp can push no reply (401)
             for task in state.get_tasks(run_ids=[message.metadata.run_id], statuses=UNFINISHED):
                 state.finish_task(task.task_id, SubStatus.FAILED, "the run stopped while its message was received")
+            with state.lock_msg_store:
+                replies = [
+                    key
+                    for key, e in state.msg_store.items()
+                    if e.message.metadata.reply_to_message_id == message.metadata.message_id
+                ]
+            state.delete_messages(message_ids=[message.metadata.message_id, *replies])
+            for message_id in (message.metadata.message_id, *replies):
+                object_store.delete(message_id)
             log.warning(
                 "run %s stopped while its message %s was received: message dropped, its task closed",
                 message.metadata.run_id,
@@ -237,17 +250,28 @@ def abandoning_stopped_runs(pull_and_store_message: Any) -> Any:
 
 
 def never_wedged(push_messages: Any, poll_seconds: float) -> Any:
-    """Flower's ``_push_messages``, entered once a reply is there or an orphaned message has been
-    answered (:func:`answer_orphaned_messages`), so its own endless wait always ends."""
+    """Flower's ``_push_messages``, entered once every message this node holds has its reply (an
+    orphaned one answered by :func:`answer_orphaned_messages`), so that its own endless wait always
+    ends and the reply it pushes is the one the SuperLink awaits now.
+
+    Flower's wait ends on *any* reply not yet pushed. A reply left over from a stopped run (its
+    ClientApp pushed it just before the run's stop reached the SuperNode) ended the wait for the
+    next run's first message at once: the SuperNode pushed the stale reply, pulled again, and the
+    current reply waited in its state for the next message, one round-timeout later; from then on
+    the node answered every round one round late, each round lasting its timeout (a CI run of
+    test_deployment_faults: 120 s a round after a resume, the only sequence found in the code that
+    gives it). With nothing left to push and nothing unanswered the node pulls again without
+    entering Flower's wait."""
 
     def push(*, state: Any, **kwargs: Any) -> None:
         while True:
-            with state.lock_msg_store:
-                if any(e.message.metadata.reply_to_message_id and not e.is_retrieved for e in state.msg_store.values()):
-                    break
-            if answer_orphaned_messages(state):
+            answer_orphaned_messages(state)
+            if not unanswered_messages(state):
                 break
             time.sleep(poll_seconds)
+        with state.lock_msg_store:
+            if not any(e.message.metadata.reply_to_message_id and not e.is_retrieved for e in state.msg_store.values()):
+                return
         push_messages(state=state, **kwargs)
 
     return push

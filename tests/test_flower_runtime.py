@@ -4,6 +4,7 @@ with an Error reply, and keeps serving; the SuperNode's waits are capped, nothin
 
 import importlib.util
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -247,10 +248,12 @@ def _node_state_with_a_pulled_message(run_id=7, state=None):
     """A SuperNode's state as ``_pull_and_store_message`` leaves it: a task created, then its message."""
     from flwr.supercore.constant import TaskType
     from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.task_identity import TaskIdentity
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
     state = state or InMemoryNodeState(ObjectStoreFactory().store())
     task_id = state.create_task(task_type=TaskType.CLIENT_APP, run_id=run_id, fab_hash="f")
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = task_id, run_id, 1  # a Message takes them from its task
     message = Message(RecordDict(), dst_node_id=1, message_type="train")
     message.metadata.__dict__["_run_id"] = run_id
     message.metadata.__dict__["_message_id"] = message.object_id
@@ -304,6 +307,100 @@ def test_flowers_endless_wait_for_a_reply_ends_on_an_orphaned_message(runtime):
 
     runtime.never_wedged(flowers_push_messages, 0.01)(state=state, object_store=None, send=None, push_object=None)
     assert pushed[0].metadata.reply_to_message_id == message.metadata.message_id and pushed[0].has_error()
+
+
+def _reply_to(state, message, content=None):
+    reply = Message(content or RecordDict(), reply_to=message)
+    reply.metadata.__dict__["_message_id"] = reply.object_id
+    state.store_message(reply)
+    return reply
+
+
+def _pushing_in_a_thread(runtime, state):
+    """never_wedged around a stand-in for Flower's push, run in a thread: (thread, what it pushed)."""
+    pushed = []
+
+    def flowers_push_messages(*, state, object_store, send, push_object):
+        pushed.extend(state.get_messages_legacy(is_reply=True))
+
+    wedged_push = runtime.never_wedged(flowers_push_messages, 0.01)
+    thread = threading.Thread(
+        target=wedged_push, kwargs=dict(state=state, object_store=None, send=None, push_object=None), daemon=True
+    )
+    thread.start()
+    return thread, pushed
+
+
+def test_a_stale_reply_does_not_end_the_wait_for_the_reply_to_the_message_just_pulled(runtime):
+    """A stopped run's reply still in the state must not be pushed in place of the awaited one:
+    the node then pulled again and answered every later round one round late."""
+    state, _, stopped_runs_message = _node_state_with_a_pulled_message(run_id=3)
+    stale = _reply_to(state, stopped_runs_message)
+    state.delete_messages(message_ids=[stopped_runs_message.metadata.message_id])  # dropped when its run stopped
+    _, task_id, message = _node_state_with_a_pulled_message(run_id=7, state=state)
+    state.claim_task(task_id)
+    state.activate_task(task_id)
+    thread, pushed = _pushing_in_a_thread(runtime, state)
+    thread.join(0.3)
+    assert thread.is_alive() and not pushed  # still waiting: the stale reply is not the one awaited
+    awaited = _reply_to(state, message)
+    thread.join(5)
+    assert not thread.is_alive()
+    assert {m.metadata.message_id for m in pushed} == {stale.metadata.message_id, awaited.metadata.message_id}
+
+
+def test_a_node_holding_two_unanswered_messages_of_a_run_catches_up_within_the_round(runtime):
+    """One task for two messages (the node one round behind): the task answers the older one, the
+    newer is answered with Flower's Error once no task can answer it, and both replies go out."""
+    from flwr.common.constant import SubStatus
+
+    state, old_task, older = _node_state_with_a_pulled_message()
+    state.claim_task(old_task)
+    state.activate_task(old_task)
+    assert state.finish_task(old_task, SubStatus.COMPLETED, "")  # its task answered another message
+    _, task_id, newer = _node_state_with_a_pulled_message(state=state)
+    state.claim_task(task_id)
+    state.activate_task(task_id)
+    thread, pushed = _pushing_in_a_thread(runtime, state)
+    thread.join(0.3)
+    assert thread.is_alive() and not pushed
+    _reply_to(state, older)
+    assert state.finish_task(task_id, SubStatus.COMPLETED, "")
+    thread.join(5)
+    assert not thread.is_alive()
+    answered = {m.metadata.reply_to_message_id: m for m in pushed}
+    assert set(answered) == {older.metadata.message_id, newer.metadata.message_id}
+    assert answered[newer.metadata.message_id].has_error() and not answered[older.metadata.message_id].has_error()
+
+
+def test_with_nothing_unanswered_and_nothing_to_push_the_node_pulls_again(runtime):
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    thread, pushed = _pushing_in_a_thread(runtime, InMemoryNodeState(ObjectStoreFactory().store()))
+    thread.join(5)
+    assert not thread.is_alive() and not pushed
+
+
+def test_a_reply_pushed_before_its_runs_stop_reached_the_supernode_is_dropped_with_its_message(runtime):
+    """The stop may reach the SuperNode as it confirms the receipt, after the ClientApp answered."""
+    from flwr.common.constant import Status
+    from flwr.supercore.object_store import ObjectStoreFactory
+
+    holder = {}
+
+    def flowers_pull(*, state, object_store):
+        _, task_id, message = _node_state_with_a_pulled_message(state=state)
+        holder.update(task_id=task_id, reply=_reply_to(state, message))
+        return None  # RunNotRunningException at ConfirmMessageReceived
+
+    state, _, other = _node_state_with_a_pulled_message(run_id=3)
+    other_reply = _reply_to(state, other)
+    assert runtime.abandoning_stopped_runs(flowers_pull)(state=state, object_store=ObjectStoreFactory().store()) is None
+    assert holder["reply"].metadata.message_id not in state.msg_store
+    assert {other.metadata.message_id, other_reply.metadata.message_id} <= set(state.msg_store)
+    (task,) = state.get_tasks(task_ids=[holder["task_id"]])
+    assert task.status.status == Status.FINISHED
 
 
 def test_a_message_stranded_by_its_run_stopping_while_received_is_dropped_and_its_task_closed(runtime):
