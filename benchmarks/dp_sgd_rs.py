@@ -22,8 +22,8 @@ a mask per epoch. Nothing is tuned, for either method (the paper grid-searched C
 each). eps in {1, 2, 4}, 3 seeds, one client (one round of 40 local epochs, so momentum runs
 through like centralised DP-SGD) and 10 IID clients (6,000 images each, batch 205 so that the
 federation's batch is the paper's, 40 rounds of one epoch; momentum restarts each round). A run
-takes 12-15 minutes on one core with one client, 6-7 with 10; ``--epsilons``, ``--clients`` and ``--resume`` run the grid in
-parts:
+takes 12-15 minutes on one core with one client, 6-7 with 10; ``--epsilons``, ``--clients`` and
+``--resume`` run the grid in parts:
 
     python -m benchmarks.dp_sgd_rs --full --clients 1 --epsilons 1 --resume
 """
