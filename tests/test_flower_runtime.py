@@ -255,10 +255,17 @@ def _node_state_with_a_pulled_message(run_id=7, state=None):
     task_id = state.create_task(task_type=TaskType.CLIENT_APP, run_id=run_id, fab_hash="f")
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = task_id, run_id, 1  # a Message takes them from its task
     message = Message(RecordDict(), dst_node_id=1, message_type="train")
-    message.metadata.__dict__["_run_id"] = run_id
     message.metadata.__dict__["_message_id"] = message.object_id
     state.store_message(message)
     return state, task_id, message
+
+
+def _reply_to(state, message):
+    """A reply to ``message`` stored as a ClientApp's push stores it."""
+    reply = Message(RecordDict(), reply_to=message)
+    reply.metadata.__dict__["_message_id"] = reply.object_id
+    state.store_message(reply)
+    return reply
 
 
 def _replies(state):
@@ -286,9 +293,7 @@ def test_a_message_with_its_reply_or_a_live_task_of_its_run_is_left_to_flower(ru
     state, task_id, message = _node_state_with_a_pulled_message()
     state.claim_task(task_id)
     state.activate_task(task_id)
-    reply = Message(RecordDict(), reply_to=message)
-    reply.metadata.__dict__["_message_id"] = reply.object_id
-    state.store_message(reply)
+    _reply_to(state, message)
     assert state.finish_task(task_id, SubStatus.COMPLETED, "")
     assert runtime.answer_orphaned_messages(state) == 0
     assert len(_replies(state)) == 1
@@ -307,13 +312,6 @@ def test_flowers_endless_wait_for_a_reply_ends_on_an_orphaned_message(runtime):
 
     runtime.never_wedged(flowers_push_messages, 0.01)(state=state, object_store=None, send=None, push_object=None)
     assert pushed[0].metadata.reply_to_message_id == message.metadata.message_id and pushed[0].has_error()
-
-
-def _reply_to(state, message, content=None):
-    reply = Message(content or RecordDict(), reply_to=message)
-    reply.metadata.__dict__["_message_id"] = reply.object_id
-    state.store_message(reply)
-    return reply
 
 
 def _pushing_in_a_thread(runtime, state):
