@@ -15,7 +15,7 @@ Prints, per (dataset, n, k, method, setting), the mean over seeds of the rounds 
 up) to bring ||grad f(x)|| below each target, with how many seeds reached it, and per cell the
 better setting of each method and their ratio; writes gradient norm vs rounds and vs bits.
 
-    python -m benchmarks.ef21                 # 3 seeds (about an hour on 2 cores; one seed on one core: 38 min)
+    python -m benchmarks.ef21 --full          # the paper's regime, also the default: 3 seeds (47 min on 2 cores)
     python -m benchmarks.ef21 --quick         # breast cancer, n = 5, one seed, short horizons
 """
 
@@ -214,7 +214,10 @@ def run(jobs: list[dict], workers: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.
 def main() -> None:
     parser = base_parser(__doc__)
     parser.set_defaults(seeds=3)
+    parser.add_argument("--full", action="store_true", help="the paper's regime (also the default without --quick)")
     args = parser.parse_args()
+    if args.full and args.quick:
+        parser.error("--full and --quick: choose one")
     rounds = args.rounds or (300 if args.quick else max(HORIZONS))
     datasets = ["breast-cancer"] if args.quick else ["breast-cancer", "synthetic"]
     jobs = grid(datasets, [5] if args.quick else [1, 5, 10], 1 if args.quick else args.seeds, rounds)

@@ -20,8 +20,8 @@ Two phases:
 Runs already measured with the same configuration (``--reuse``: the privacy-utility CSVs, whose
 alpha is the strategies' default 0.1) are read, not run again.
 
-    python -m benchmarks.error_compensation --reuse docs/results/privacy_utility.csv --workers 2
-    python -m benchmarks.error_compensation --phase confirm --reuse docs/results/privacy_utility_confirm.csv --workers 2
+    python -m benchmarks.error_compensation --full --reuse docs/results/privacy_utility.csv --workers 2
+    python -m benchmarks.error_compensation --full --phase confirm --reuse docs/results/privacy_utility_confirm.csv --workers 2
     python -m benchmarks.error_compensation --quick          # 100 clients, 5 rounds, eps 8, one setting per alpha
 
 Writes ``results/error_compensation.csv`` (``--phase confirm``: ``results/error_compensation_confirm.csv``;
@@ -220,7 +220,12 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep the runs that the histories beside --out hold to their last round"
     )
+    parser.add_argument(
+        "--full", action="store_true", help="the regime reported (1,000 clients), also the default without --quick"
+    )
     args = parser.parse_args()
+    if args.full and args.quick:
+        parser.error("--full and --quick: choose one")
     if args.quick:
         scale = dict(clients=100, per_round=10, rounds=args.rounds or 5)
     else:

@@ -56,3 +56,17 @@ def test_head_to_head_keeps_a_setting_only_if_every_seed_reached_the_target():
     row = versus.iloc[0]
     assert row["EF21 setting"] == "1x theory" and row["EF21 rounds"] == 400  # 4x missed on one seed
     assert row["norm setting"] == "gamma0=1" and row["rounds ratio (norm / EF21)"] == 0.5
+
+
+def test_a_small_grid_runs_both_methods_on_the_real_task_and_fills_the_head_to_head_table():
+    jobs = ef21.grid(["breast-cancer"], [5], seeds=1, rounds=100)
+    histories, table, versus = ef21.run(jobs, workers=1)
+    assert len(jobs) == 2 * (len(ef21.EF21_STEP_MULTIPLIERS) + len(ef21.GAMMA0))  # k in {1, 2}
+    assert set(table["method"]) == {"EF21", "‖EF21‖"} and set(table["target"]) == set(ef21.TARGETS)
+    assert len(versus) == 2 * len(ef21.TARGETS) and set(versus["k"]) == {1, 2}
+    for _, run in histories.groupby(["method", "setting", "k"]):
+        run = run.sort_values("round")
+        assert run["grad-norm"].iloc[-1] < run["grad-norm"].iloc[0]  # every candidate makes progress from x_0
+        assert run["bits-up-cumulative"].is_monotonic_increasing
+    reached = table.dropna(subset=["rounds"])
+    assert (reached["rounds"] <= 100).all()
