@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.dp_sgd_rs import PAPER
+from benchmarks.error_compensation import CLIPPED, WITH_EC, WITHOUT_EC, alpha_table, confirmed_table, with_alpha
 from benchmarks.privacy_utility import with_model
 from fl_dp.registry import strategies_table
 
@@ -147,6 +148,39 @@ def dp_sgd_rs_full() -> str:
     return "\n".join(lines)
 
 
+def error_compensation() -> str:
+    """Per (eps, alpha): the better setting of alpha-NormEC and of DP-NSGD on seed 0, the gain of error
+    compensation, and Clip21 (no alpha) beside them."""
+    table = alpha_table(with_alpha(pd.read_csv(RESULTS / "error_compensation.csv")))
+    lines = [
+        "| epsilon | alpha | alpha-NormEC (error compensation) | DP-NSGD (none) | gain of error compensation | Clip21 |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def shown(row: pd.Series, method: str) -> str:
+        return "-" if pd.isna(row.get(method)) else f"{row[method]:.4f} ({row[f'{method} setting']})"
+
+    for row in table.sort_values(["epsilon", "alpha"], ascending=[False, True]).to_dict("records"):
+        gain = row["gain of error compensation"]
+        lines.append(
+            f"| {_eps(row['epsilon'])} | {row['alpha']:g} | {shown(row, WITH_EC)} | {shown(row, WITHOUT_EC)} "
+            f"| {'-' if pd.isna(gain) else f'{gain:+.4f}'} | {shown(row, CLIPPED)} |"
+        )
+    return "\n".join(lines)
+
+
+def error_compensation_confirmed() -> str:
+    """Each method's best setting on fresh seeds and the whole test set, and the gain paired by seed."""
+    table = confirmed_table(with_alpha(pd.read_csv(RESULTS / "error_compensation_confirm.csv")))
+    lines = ["| epsilon | method | setting | seeds | test accuracy (mean ± std) | each seed |", "|---|---|---|---|---|---|"]
+    for row in table.sort_values("epsilon", ascending=False, kind="stable").to_dict("records"):
+        sign = "+" if row["method"].startswith("gain") else ""
+        each = ", ".join(f"{value:{sign}.4f}" for value in row["each seed"])
+        mean = f"{row['mean']:{sign}.4f} ± {row['std']:.4f}"
+        lines.append(f"| {_eps(row['epsilon'])} | {row['method']} | {row['setting']} | {row['seeds']} | {mean} | {each} |")
+    return "\n".join(lines)
+
+
 def robust_aggregation() -> str:
     runs = pd.read_csv(RESULTS / "robust_aggregation.csv")
     table = runs.pivot_table(index=["strategy", "attack"], columns="aggregator", values="test-accuracy-mean", sort=False)
@@ -167,6 +201,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "privacy-audit-many-run": privacy_audit("many-run"),
     "robust-aggregation": robust_aggregation,
     "dp-sgd-rs-full": dp_sgd_rs_full,
+    "error-compensation": error_compensation,
+    "error-compensation-confirmed": error_compensation_confirmed,
 }
 
 
