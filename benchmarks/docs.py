@@ -169,9 +169,13 @@ def error_compensation() -> str:
     return "\n".join(lines)
 
 
-def error_compensation_confirmed() -> str:
+def error_compensation_confirmed(csv: str) -> Callable[[], str]:
     """Each method's best setting on fresh seeds and the whole test set, and the gain paired by seed."""
-    table = confirmed_table(with_alpha(pd.read_csv(RESULTS / "error_compensation_confirm.csv")))
+    return lambda: _confirmed(csv)
+
+
+def _confirmed(csv: str) -> str:
+    table = confirmed_table(with_alpha(pd.read_csv(RESULTS / csv)))
     lines = ["| epsilon | method | setting | seeds | test accuracy (mean ± std) | each seed |", "|---|---|---|---|---|---|"]
     for row in table.sort_values("epsilon", ascending=False, kind="stable").to_dict("records"):
         sign = "+" if row["method"].startswith("gain") else ""
@@ -202,7 +206,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "robust-aggregation": robust_aggregation,
     "dp-sgd-rs-full": dp_sgd_rs_full,
     "error-compensation": error_compensation,
-    "error-compensation-confirmed": error_compensation_confirmed,
+    "error-compensation-confirmed": error_compensation_confirmed("error_compensation_confirm.csv"),
+    "error-compensation-distributed": error_compensation_confirmed("error_compensation_confirm_distributed.csv"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Does error compensation help under central DP? alpha-NormEC against DP-NSGD and Clip21 at equal epsilon (seed 000).
+"""Does error compensation help under central and distributed DP? alpha-NormEC against DP-NSGD and Clip21 (seed 000).
 
 alpha-NormEC and DP normalized SGD (DP-NSGD) send the same message, Norm_alpha of a vector of norm
 at most 1, and differ only in error compensation: alpha-NormEC normalizes ``grad - g_i`` and keeps
@@ -15,17 +15,21 @@ Two phases:
 - ``grid``: every setting on seed 0, 2,000 test images; the table gives, per (eps, alpha), each
   method's better setting and the gain of error compensation (alpha-NormEC minus DP-NSGD);
 - ``confirm``: each method's best setting per eps (over all its alphas) on seeds 1, 2, 3 and the
-  whole test set; the gain is then paired by seed.
+  whole test set; the gain is then paired by seed. ``--privacy-model distributed`` runs the same
+  settings (chosen under central DP, not tuned again) with Skellam noise shares under secure
+  aggregation.
 
 Runs already measured with the same configuration (``--reuse``: the privacy-utility CSVs, whose
 alpha is the strategies' default 0.1) are read, not run again.
 
     python -m benchmarks.error_compensation --full --reuse docs/results/privacy_utility.csv --workers 2
     python -m benchmarks.error_compensation --full --phase confirm --reuse docs/results/privacy_utility_confirm.csv --workers 2
+    python -m benchmarks.error_compensation --full --phase confirm --privacy-model distributed --workers 2
     python -m benchmarks.error_compensation --quick          # 100 clients, 5 rounds, eps 8, one setting per alpha
 
-Writes ``results/error_compensation.csv`` (``--phase confirm``: ``results/error_compensation_confirm.csv``;
-the privacy-utility benchmark's columns plus ``alpha``) and prints the tables.
+Writes ``results/error_compensation.csv`` (``--phase confirm``: ``results/error_compensation_confirm.csv``,
+or ``..._confirm_distributed.csv``; the privacy-utility benchmark's columns plus ``alpha``) and prints
+the tables.
 """
 
 from __future__ import annotations
@@ -116,10 +120,11 @@ def grid_jobs(
     return jobs(cells, seeds=1, scale=scale, settings=settings)
 
 
-def confirm_jobs(scale: dict[str, int], grid_runs: pd.DataFrame) -> list[Job]:
-    """Each method's best setting per eps in ``grid_runs`` on the confirmation seeds and the whole test set."""
+def confirm_jobs(scale: dict[str, int], grid_runs: pd.DataFrame, privacy_model: str = "central") -> list[Job]:
+    """Each method's best setting per eps in ``grid_runs`` (the central grid) on the confirmation seeds
+    and the whole test set, under ``privacy_model`` (distributed: at central's settings, untuned)."""
     best = best_per_cell(grid_runs)
-    settings = {(r.strategy, r.privacy_model, float(r.epsilon)): [parse_setting(r.setting)] for r in best.itertuples(index=False)}
+    settings = {(r.strategy, privacy_model, float(r.epsilon)): [parse_setting(r.setting)] for r in best.itertuples(index=False)}
     return jobs(
         list(settings), seeds=len(CONFIRM_SEEDS), scale=scale, settings=settings, first_seed=CONFIRM_SEEDS[0], eval_samples=0
     )
@@ -216,6 +221,12 @@ def main() -> None:
         default=RESULTS / "error_compensation.csv",
         help="the grid phase's runs, from which --phase confirm takes each method's best setting",
     )
+    parser.add_argument(
+        "--privacy-model",
+        choices=["central", "distributed"],
+        default="central",
+        help="--phase confirm: the privacy model of the fresh-seed runs (distributed: at central's chosen settings)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--resume", action="store_true", help="keep the runs that the histories beside --out hold to their last round"
@@ -238,8 +249,11 @@ def main() -> None:
             scale, tuple(args.epsilons[:1] if args.quick else args.epsilons), tuple(args.alphas), 1 if args.quick else None
         )
     else:
-        out = args.out or RESULTS / "error_compensation_confirm.csv"
-        grid = confirm_jobs(scale, with_alpha(pd.read_csv(args.grid_csv)))
+        out = (
+            args.out
+            or RESULTS / f"error_compensation_confirm{'' if args.privacy_model == 'central' else '_' + args.privacy_model}.csv"
+        )
+        grid = confirm_jobs(scale, with_alpha(pd.read_csv(args.grid_csv)), args.privacy_model)
     runs = run(grid, args.reuse, out, args.workers, args.resume)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out, index=False)

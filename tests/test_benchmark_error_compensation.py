@@ -125,3 +125,14 @@ def test_a_small_grid_runs_and_its_table_has_a_gain_at_every_alpha(tmp_path):
     pd.testing.assert_frame_equal(
         again.sort_values("setting").reset_index(drop=True), runs.sort_values("setting").reset_index(drop=True), check_dtype=False
     )
+
+
+def test_the_distributed_confirmation_runs_centrals_choice_with_noise_shares():
+    runs = with_alpha(
+        pd.DataFrame(
+            [_run_row(WITH_EC, 8.0, "alpha=0.01 beta=0.3 server-lr=1", 0.81), _run_row(CLIPPED, 8.0, "clip=0.3 server-lr=1", 0.8)]
+        )
+    )
+    grid = confirm_jobs(SCALE, runs, privacy_model="distributed")
+    assert {cfg.privacy_model for cfg, _ in grid} == {"distributed"} and len(grid) == 2 * 3
+    assert {(cfg.alpha, cfg.beta, cfg.server_lr) for cfg, labels in grid if labels["strategy"] == WITH_EC} == {(0.01, 0.3, 1.0)}
