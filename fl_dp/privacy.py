@@ -129,16 +129,22 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
             f"epsilon {target_epsilon} at delta {delta} over {steps} steps at sample rate {sample_rate:.4g} needs a noise "
             f"multiplier above {MAX_NOISE_MULTIPLIER:g} (that noise gives epsilon {reachable:.3g})"
         )
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant="rdp",
-            epsilon_tolerance=0.005,
+    with warnings.catch_warnings():
+        # Opacus' search tries noise far above the answer, where the best RDP order is the largest it
+        # has and it warns; whether the answer itself sits there is checked below, warning left on
+        warnings.simplefilter("ignore", UserWarning)
+        sigma = float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant="rdp",
+                epsilon_tolerance=0.005,
+            )
         )
-    )
+    epsilon_of([Release(sigma, sample_rate, steps)], delta)
+    return sigma
 
 
 class PrivacyLedger:

@@ -77,3 +77,12 @@ def test_calibration_matches_facts():
 def test_bad_releases_are_refused(kwargs):
     with pytest.raises(ValueError):
         Release(**kwargs)
+
+
+def test_calibration_does_not_pass_on_the_warnings_of_opacus_search():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Opacus warns at the large noise its search tries on the way
+        sigma = calibrate_noise_multiplier.__wrapped__(8.0, 1e-5, 0.1, 100)
+    assert 0.9 < sigma < 1.1
