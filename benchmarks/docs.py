@@ -171,18 +171,18 @@ def error_compensation() -> str:
 
 def error_compensation_confirmed(csv: str) -> Callable[[], str]:
     """Each method's best setting on fresh seeds and the whole test set, and the gain paired by seed."""
-    return lambda: _confirmed(csv)
 
+    def table() -> str:
+        confirmed = confirmed_table(with_alpha(pd.read_csv(RESULTS / csv)))
+        lines = ["| epsilon | method | setting | seeds | test accuracy (mean ± std) | each seed |", "|---|---|---|---|---|---|"]
+        for row in confirmed.sort_values("epsilon", ascending=False, kind="stable").to_dict("records"):
+            sign = "+" if row["method"].startswith("gain") else ""
+            each = ", ".join(f"{value:{sign}.4f}" for value in row["each seed"])
+            mean = f"{row['mean']:{sign}.4f} ± {row['std']:.4f}"
+            lines.append(f"| {_eps(row['epsilon'])} | {row['method']} | {row['setting']} | {row['seeds']} | {mean} | {each} |")
+        return "\n".join(lines)
 
-def _confirmed(csv: str) -> str:
-    table = confirmed_table(with_alpha(pd.read_csv(RESULTS / csv)))
-    lines = ["| epsilon | method | setting | seeds | test accuracy (mean ± std) | each seed |", "|---|---|---|---|---|---|"]
-    for row in table.sort_values("epsilon", ascending=False, kind="stable").to_dict("records"):
-        sign = "+" if row["method"].startswith("gain") else ""
-        each = ", ".join(f"{value:{sign}.4f}" for value in row["each seed"])
-        mean = f"{row['mean']:{sign}.4f} ± {row['std']:.4f}"
-        lines.append(f"| {_eps(row['epsilon'])} | {row['method']} | {row['setting']} | {row['seeds']} | {mean} | {each} |")
-    return "\n".join(lines)
+    return table
 
 
 def robust_aggregation() -> str:

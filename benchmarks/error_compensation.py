@@ -133,66 +133,53 @@ def confirm_jobs(scale: dict[str, int], grid_runs: pd.DataFrame, privacy_model: 
 def alpha_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (eps, alpha): the better setting's accuracy of alpha-NormEC and of DP-NSGD, and the gain of
     error compensation; Clip21 (no alpha) beside every alpha of its eps."""
+    clipped = best_per_cell(runs[runs["strategy"] == CLIPPED]).set_index("epsilon")
     rows = []
-    for eps, at_eps in runs.groupby("epsilon", sort=False):
-        clipped = at_eps[at_eps["strategy"] == CLIPPED].sort_values("test_accuracy")
-        for alpha, cell in at_eps[at_eps["alpha"].notna()].groupby("alpha"):
+    for alpha, at_alpha in runs[runs["alpha"].notna()].groupby("alpha"):
+        for eps, cell in best_per_cell(at_alpha).groupby("epsilon", sort=False):
+            best = cell.set_index("strategy")
             row: dict[str, Any] = {"epsilon": eps, "alpha": alpha}
             for method in (WITH_EC, WITHOUT_EC):
-                ran = cell[cell["strategy"] == method].sort_values("test_accuracy")
-                if len(ran):
-                    top = ran.iloc[-1]
-                    row[method] = float(top["test_accuracy"])
-                    row[f"{method} setting"] = without_alpha(top["setting"])
-                    row[f"{method} settings"] = len(ran)
+                if method in best.index:
+                    row[method] = float(best.loc[method, "test_accuracy"])
+                    row[f"{method} setting"] = without_alpha(best.loc[method, "setting"])
             row["gain of error compensation"] = row.get(WITH_EC, math.nan) - row.get(WITHOUT_EC, math.nan)
-            if len(clipped):
-                row[CLIPPED] = float(clipped["test_accuracy"].iloc[-1])
-                row[f"{CLIPPED} setting"] = clipped["setting"].iloc[-1]
+            if eps in clipped.index:
+                row[CLIPPED] = float(clipped.loc[eps, "test_accuracy"])
+                row[f"{CLIPPED} setting"] = clipped.loc[eps, "setting"]
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def confirmed_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per eps and method: mean and spread over the seeds; and the gain of error compensation paired by seed."""
+
+    def spread(eps: float, method: str, setting: str, values: pd.Series) -> dict[str, Any]:
+        return {
+            "epsilon": eps,
+            "method": method,
+            "setting": setting,
+            "seeds": len(values),
+            "mean": values.mean(),
+            "std": values.std(),
+            "each seed": list(values.round(4)),
+        }
+
     rows = []
     for eps, at_eps in runs.groupby("epsilon", sort=False):
         accuracy = at_eps.pivot_table(index="seed", columns="strategy", values="test_accuracy")
         for method in [m for m in METHODS if m in accuracy.columns]:
             setting = at_eps.loc[at_eps["strategy"] == method, "setting"].iloc[0]
-            values = accuracy[method].dropna()
-            rows.append(
-                {
-                    "epsilon": eps,
-                    "method": method,
-                    "setting": setting,
-                    "seeds": len(values),
-                    "mean": values.mean(),
-                    "std": values.std(),
-                    "each seed": list(values.round(4)),
-                }
-            )
+            rows.append(spread(eps, method, setting, accuracy[method].dropna()))
         if {WITH_EC, WITHOUT_EC} <= set(accuracy.columns):
             gain = (accuracy[WITH_EC] - accuracy[WITHOUT_EC]).dropna()
-            rows.append(
-                {
-                    "epsilon": eps,
-                    "method": "gain of error compensation (paired)",
-                    "setting": "",
-                    "seeds": len(gain),
-                    "mean": gain.mean(),
-                    "std": gain.std(),
-                    "each seed": list(gain.round(4)),
-                }
-            )
+            rows.append(spread(eps, "gain of error compensation (paired)", "", gain))
     return pd.DataFrame(rows)
 
 
 def run(grid: list[Job], reuse: list[Path], out: Path, workers: int, resume: bool) -> pd.DataFrame:
     """The grid's runs: those of the ``reuse`` CSVs as they are, the others run (``resume``: those whose
     histories beside ``out`` reached their last round are kept)."""
-    for cfg, labels in grid:
-        labels["rounds"] = cfg.num_server_rounds
     earlier = pd.DataFrame(columns=COLUMNS)
     if reuse:
         earlier = pd.concat([with_alpha(pd.read_csv(path)) for path in reuse], ignore_index=True)

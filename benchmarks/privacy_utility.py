@@ -146,7 +146,8 @@ def jobs(
             for seed in range(first_seed, first_seed + seeds):
                 cfg = config(strategy, privacy_model, eps, setting, seed, scale, eval_samples, model)
                 # the method's name (a variant of a strategy has its own) becomes the history's strategy column
-                grid.append((cfg, {"strategy": strategy, "epsilon": eps, "setting": setting_label(setting), "model": model}))
+                labels = {"strategy": strategy, "epsilon": eps, "setting": setting_label(setting), "model": model}
+                grid.append((cfg, {**labels, "rounds": cfg.num_server_rounds}))
     return grid
 
 
@@ -293,8 +294,6 @@ def main() -> None:
         cells = [cell for cell in cells if cell in settings]
     seeds = 1 if args.quick else args.seeds
     grid = jobs(cells, seeds, scale, settings, first_seed=args.first_seed, eval_samples=args.eval_samples, model=args.model)
-    for _, labels in grid:
-        labels["rounds"] = scale["rounds"]
     print(f"{len(grid)} runs on {args.workers} workers", flush=True)
     started = time.perf_counter()
     histories_csv = args.out.with_name(args.out.stem + "_histories.csv")

@@ -63,8 +63,6 @@ def test_a_privacy_utility_run_is_relabelled_with_its_default_alpha_and_reused()
     assert list(earlier["setting"][:2]) == ["alpha=0.1 beta=0.3 server-lr=1", "clip=0.3 server-lr=1"]
     assert earlier["alpha"][0] == 0.1 and math.isnan(earlier["alpha"][1]) and math.isnan(earlier["alpha"][3])
     grid = grid_jobs(SCALE, (8.0,), ALPHAS)
-    for cfg, labels in grid:
-        labels["rounds"] = cfg.num_server_rounds
     reused, todo = reused_and_todo(grid, earlier)
     assert len(reused) == 2 and set(reused["seed"]) == {0}
     assert len(todo) == len(grid) - 2
