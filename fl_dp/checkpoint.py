@@ -91,10 +91,16 @@ def read_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise fail("no config")
     wanted = config_fingerprint(cfg)
-    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    differ = sorted(str(k) for k in set(saved) | set(wanted) if not _same_value(saved.get(k), wanted.get(k)))
     if differ:
         raise fail(f"written by a run with other values of {', '.join(differ)}")
     completed = payload.get("round")
     if not isinstance(completed, int) or not 0 <= completed <= cfg.num_server_rounds:
         raise fail(f"round {completed!r} outside [0, num-server-rounds={cfg.num_server_rounds}]")
     return payload
+
+
+def _same_value(saved: Any, wanted: Any) -> bool:
+    """Whether a checkpoint's config value is this run's: of the same plain type and equal (a
+    forged file may hold anything where a value belongs)."""
+    return type(saved) is type(wanted) and isinstance(saved, (str, int, float, bool)) and saved == wanted

@@ -6,12 +6,14 @@ independent of how messages travel: the Flower ClientApp and the in-process loop
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import numpy as np
 import torch
 
+from fl_dp.client_state import check_ledger_rows, check_state
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset
 from fl_dp.distributed import RING_KEY, mechanism_for, rotation_signs
@@ -41,6 +43,8 @@ from fl_dp.wire import (
     decode,
     encode,
 )
+
+log = logging.getLogger("fl_dp")
 
 
 class ClientCore:
@@ -86,6 +90,7 @@ class ClientCore:
     ) -> tuple[dict[str, np.ndarray], dict[str, float], State]:
         """Answer one training request: (wire arrays, metrics, new state)."""
         x = self._global_vector(arrays)
+        state = self._trainable_state(state)
         server_round = int(config[SERVER_ROUND])
         if not math.isclose(float(config[DP_NOISE]), self.noise_multiplier, rel_tol=1e-9):
             raise MalformedMessage(
@@ -119,6 +124,18 @@ class ClientCore:
             metrics.update({DP_NOISE: release.noise_multiplier, DP_RATE: release.sample_rate, DP_STEPS: release.steps})
             state, metrics[CLIENT_EPSILON] = record_own_release(state, release, self.cfg.delta)
         return encode(message), metrics, state
+
+    def _trainable_state(self, state: State) -> State:
+        """``state`` if it is whole. A damaged algorithm vector is dropped (the client starts it
+        afresh and says so in ``state-fresh``); a damaged own ledger is refused with ValueError,
+        since training on would forget what the client released."""
+        if LEDGER_STATE in state:
+            check_ledger_rows(state[LEDGER_STATE])
+        try:
+            return check_state(state, self.objective.dim)
+        except ValueError as err:
+            log.warning("client %d: state unusable (%s); starting it afresh", self.partition_id, err)
+            return {k: v for k, v in state.items() if k == LEDGER_STATE}
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         """Test the global vector on this client's held-out examples (federated evaluation only):

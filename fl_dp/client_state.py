@@ -33,6 +33,32 @@ log = logging.getLogger("fl_dp")
 State = dict[str, torch.Tensor]
 
 
+def check_ledger_rows(rows: Any) -> torch.Tensor:
+    """``rows`` if they are a client's own ledger: float64 (noise multiplier >= 0, sample rate in
+    (0, 1], whole steps >= 1) rows; else ValueError saying why."""
+    if not (isinstance(rows, torch.Tensor) and rows.dtype == torch.float64 and rows.dim() == 2 and rows.shape[1] == 3):
+        raise ValueError(f"{LEDGER_STATE!r} is not float64 rows of (noise multiplier, sample rate, steps)")
+    noise, rate, steps = rows.unbind(1)
+    valid = torch.isfinite(rows).all() and (noise >= 0).all() and (rate > 0).all() and (rate <= 1).all()
+    if not (valid and (steps >= 1).all() and (steps == steps.round()).all()):
+        raise ValueError(f"{LEDGER_STATE!r} holds a row that is not a release")
+    return rows
+
+
+def check_state(state: Any, dim: int) -> State:
+    """``state`` if it is a client state of a model of ``dim`` parameters: each algorithm vector
+    (g_i, m_i, e_i) finite float32 of ``dim`` entries, the own ledger as :func:`check_ledger_rows`
+    says; else ValueError saying why. What a client trains from, wherever it was kept."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ValueError("a client state maps names to tensors")
+    for key, value in state.items():
+        if key == LEDGER_STATE:
+            check_ledger_rows(value)
+        elif not (value.dtype == torch.float32 and value.shape == (dim,) and torch.isfinite(value).all()):
+            raise ValueError(f"{key!r} is not a finite float32 vector of {dim} entries")
+    return state
+
+
 def _fingerprint(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(config_fingerprint(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
 

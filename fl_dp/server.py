@@ -30,6 +30,7 @@ from fl_dp.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
+from fl_dp.client_state import check_state
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import is_schema
 from fl_dp.distributed import DistributedSkellam, mechanism_for, rotation_signs
@@ -625,13 +626,15 @@ class ServerCore:
             )
         ):
             raise fail("the algorithm's server state does not match this strategy's")
-        if not (isinstance(rows, list) and len(rows) == payload["round"] and all(isinstance(r, dict) for r in rows)):
+        if not (isinstance(rows, list) and len(rows) == payload["round"] and all(_is_metrics_row(r) for r in rows)):
             raise fail("metrics rows do not match its round")
-        if not (
-            isinstance(clients, dict)
-            and all(isinstance(c, dict) and all(isinstance(v, torch.Tensor) for v in c.values()) for c in clients.values())
-        ):
-            raise fail("client states are not tensors")
+        if not isinstance(clients, dict) or not all(isinstance(cid, str) for cid in clients):
+            raise fail("client states are not keyed by client id")
+        for cid, client_state in clients.items():
+            try:
+                check_state(client_state, self.dim)
+            except ValueError as err:
+                raise fail(f"state of {cid}: {err}") from None
         shares = payload.get("shares")
         if self.client_shares is None:
             if shares is not None:
@@ -711,6 +714,13 @@ def _rng_from_list(saved: Any) -> tuple[Any, ...]:
 
 
 MAX_NUM_EXAMPLES = 10**9
+
+
+def _is_metrics_row(row: Any) -> bool:
+    """A checkpointed metrics row: names to plain values (what :meth:`ServerCore._close_round` writes)."""
+    return isinstance(row, dict) and all(
+        isinstance(k, str) and (v is None or isinstance(v, (int, float, str))) for k, v in row.items()
+    )
 
 
 def _checked_metrics(metrics: Any, private_run: bool) -> dict[str, float]:

@@ -154,6 +154,15 @@ def _forge(path, **changes):
     (lambda p: _forge(p, rng=[3, [1, 2], None]), "state vector is the wrong size"),
     (lambda p: _forge(p, rng="seed"), "RNG state is malformed"),
     (lambda p: _forge(p, rows=[]), "metrics rows"),
+    (lambda p: _forge(p, rows=[{"round": {"a": 1}}, {"round": 2}]), "metrics rows"),
+    (lambda p: _forge(p, config={**torch.load(p, weights_only=True)["config"], "seed": torch.zeros(3)}), "other values of seed"),
+    (lambda p: _forge(p, clients={"client-0": {"g": torch.zeros(5)}}), "state of client-0: 'g' is not a finite float32 vector"),
+    (lambda p: _forge(p, clients={"client-0": {"g": torch.full((2 * 20 + 2,), float("inf"))}}), "'g' is not a finite"),
+    (lambda p: _forge(p, clients={"client-0": {"g": torch.zeros(2 * 20 + 2, dtype=torch.float64)}}), "'g' is not a finite"),
+    (lambda p: _forge(p, clients={"client-0": {LEDGER_STATE: torch.tensor([[1.0, 2.0, 1.0]], dtype=torch.float64)}}), "not a release"),
+    (lambda p: _forge(p, clients={"client-0": {LEDGER_STATE: torch.zeros(4)}}), "not float64 rows"),
+    (lambda p: _forge(p, clients={"client-0": [torch.zeros(3)]}), "maps names to tensors"),
+    (lambda p: _forge(p, clients={7: {}}), "keyed by client id"),
 ])
 def test_a_damaged_or_forged_checkpoint_is_refused_naming_resume(tiny_cfg, tmp_path, forgery, message):
     cfg, path = _checkpointed(tiny_cfg, tmp_path)
@@ -185,6 +194,24 @@ def test_a_pickled_object_in_a_checkpoint_never_runs(tiny_cfg, tmp_path):
 
 
 # ---------------------------------------------------------------- client state on disk
+
+
+def test_a_client_drops_a_damaged_vector_of_its_state_and_refuses_a_damaged_ledger(tiny_cfg, caplog):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", noise_multiplier=1.0, server_lr=0.3)
+    fed = InProcessFederation(cfg)
+    arrays, config = fed.server.broadcast(1)
+    client = fed.clients["client-0"]
+    _, metrics, state = client.train(arrays, config, {})
+    fresh = client.train(arrays, config, {LEDGER_STATE: state[LEDGER_STATE]})
+    with caplog.at_level(logging.WARNING, logger="fl_dp"):
+        damaged = client.train(arrays, config, {**state, "g": torch.zeros(5)})
+    assert "'g' is not a finite float32 vector" in caplog.text
+    # as if it had lost g_i, and it says so: the server takes its share out of G
+    assert damaged[1]["state-fresh"] == 1.0 and fresh[1]["state-fresh"] == 1.0
+    assert all(torch.equal(damaged[2][k], fresh[2][k]) for k in fresh[2])
+    for rows in (torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64), state[LEDGER_STATE].float()):
+        with pytest.raises(ValueError, match="privacy-ledger"):
+            client.train(arrays, config, {**state, LEDGER_STATE: rows})
 
 
 def _context(cfg, node, partition, run_id, state_dir):
