@@ -16,11 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.utils import get_noise_multiplier
-
-from fl_dp.skellam import epsilon_of_mixed
+from fl_dp.skellam import epsilon_of_mixed, opacus_rdp
 
 
 @dataclass(frozen=True)
@@ -92,9 +88,14 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
     if any(r.is_skellam for r in releases):
         return epsilon_of_mixed(releases, delta)
     # Opacus' own RDP of the subsampled Gaussian, composed over the releases at its default orders
+    from opacus.accountants import RDPAccountant
+
+    analysis = opacus_rdp()
     orders = RDPAccountant.DEFAULT_ALPHAS
-    rdp = sum(compute_rdp(q=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps, orders=orders) for r in releases)
-    epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+    rdp = sum(
+        analysis.compute_rdp(q=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps, orders=orders) for r in releases
+    )
+    epsilon, _ = analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(epsilon)
 
 
@@ -129,6 +130,8 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
             f"epsilon {target_epsilon} at delta {delta} over {steps} steps at sample rate {sample_rate:.4g} needs a noise "
             f"multiplier above {MAX_NOISE_MULTIPLIER:g} (that noise gives epsilon {reachable:.3g})"
         )
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         # Opacus' search tries noise far above the answer, where the best RDP order is the largest it
         # has and it warns; whether the answer itself sits there is checked below, warning left on
