@@ -85,6 +85,7 @@ def test_central_dp_releases_every_drawn_round_whoever_replies(tiny_cfg):
 
 RESUMABLE = [
     ("alpha-normec", dict(privacy_model="central", target_epsilon=5.0, num_clients=12, clients_per_round=4)),
+    ("dp-fedavg", dict(privacy_model="distributed", target_epsilon=5.0, num_clients=12, clients_per_round=4)),
     ("ef21-sgdm-norm", dict(clients_per_round=2, compress_k=3)),
     ("dp-sgd-rs", dict(target_epsilon=5.0, batch_size=16, clients_per_round=2)),
     ("sign-vote", dict(sign_compressor="dp-sign", round_epsilon=1.0, clients_per_round=3)),
