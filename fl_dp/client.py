@@ -129,13 +129,14 @@ class ClientCore:
         """``state`` if it is whole. A damaged algorithm vector is dropped (the client starts it
         afresh and says so in ``state-fresh``); a damaged own ledger is refused with ValueError,
         since training on would forget what the client released."""
-        if LEDGER_STATE in state:
-            check_ledger_rows(state[LEDGER_STATE])
+        ledger = state.get(LEDGER_STATE) if isinstance(state, dict) else None
+        if ledger is not None:
+            check_ledger_rows(ledger)
         try:
             return check_state(state, self.objective.dim)
         except ValueError as err:
             log.warning("client %d: state unusable (%s); starting it afresh", self.partition_id, err)
-            return {k: v for k, v in state.items() if k == LEDGER_STATE}
+            return {} if ledger is None else {LEDGER_STATE: ledger}
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         """Test the global vector on this client's held-out examples (federated evaluation only):
