@@ -195,7 +195,9 @@ def test_a_supernode_stopped_and_restarted_mid_run_does_not_end_it(make_federati
 def test_a_supernode_restarted_at_once_after_a_crash_rejoins_when_its_old_session_expires(make_federation, tmp_path):
     """The SuperLink counts a crashed node online for two heartbeats (60 s) and refuses to activate
     it again until then; flower-supernode would exit (code 305), deploy.sh's runtime asks again."""
-    rounds = 10
+    # the node asks every 5 s and needs a few more to serve: the rounds after its old session expires
+    # (about 0.6 s each here) must outlast that, or the run ends before it is back (10 rounds did not)
+    rounds = 30
     federation = make_federation(True)
     run_id = federation.run(_run_config(tmp_path, num_server_rounds=rounds, min_clients_per_round=2, round_timeout=180.0,
                                         run_name="crash"))
