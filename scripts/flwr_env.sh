@@ -6,14 +6,23 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export PYTHONUNBUFFERED=1
 
-# flwr_run_checked ARGS...: `flwr run ARGS --stream`, then fail unless the run completed.
+# flwr_run_checked APP ARGS...: `flwr run APP ARGS --stream`, then fail unless the run completed.
 # `flwr run` exits 0 even when the run failed, so ask the SuperLink for its final status.
+# APP is handed over as a copy without its ignored directories (scripts/stage_app.py): flwr lists
+# every file under APP, .venv's included, before it applies .gitignore (3.5 s against 0.7 s).
 flwr_run_checked() {
-  local log run_id
+  local log run_id app given="$1" status=0
+  app="$("$venv/bin/python" "$(dirname "${BASH_SOURCE[0]}")/stage_app.py" "$given")"
+  shift
   log="$(mktemp)"
-  flwr run "$@" --stream 2>&1 | tee "$log"
+  flwr run "$app" "$@" --stream 2>&1 | tee "$log" || status=$?
+  [ "$app" = "$given" ] || rm -rf "$app"
   run_id="$(grep -o 'run_id `[0-9]*`' "$log" | head -n 1 | tr -dc '0-9')"
   rm -f "$log"
+  if [ "$status" != 0 ]; then
+    echo "fl-dp: flwr run exited with status $status" >&2
+    return "$status"
+  fi
   if [ -z "$run_id" ]; then
     echo "fl-dp: flwr run did not start a run" >&2
     return 1
