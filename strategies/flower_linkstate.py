@@ -18,10 +18,12 @@ The engine also polls: ``vce_api.add_messages_to_queue`` sweeps every node, then
 round's requests wait up to 0.1 s before the first is dispatched, and ``InMemoryGrid.send_and_receive``
 sleeps 0.1 s between two pulls of replies, so the last reply waits up to 0.1 s more.
 :func:`install` (unless ``FL_DP_FLOWER_OWN_POLLING=1``) wraps ``store_message_ins`` /
-``store_message_res`` to set :data:`MESSAGES_STORED` / :data:`REPLIES_STORED`, and puts
+``store_message_res`` to set :data:`MESSAGES_STORED` / :data:`REPLIES_STORED` (and note which
+requests a stored reply answers, :data:`REPLIES`), and puts
 :func:`add_messages_to_queue` in the engine's place: the same loop, woken by a store (and at least
 every 0.1 s, as Flower's), sweeping only the nodes that have messages waiting;
-``strategies.flower_grid.prompt`` makes the Grid wait on :data:`REPLIES_STORED`.
+``strategies.flower_grid.prompt`` makes the Grid wait on :data:`REPLIES_STORED` and pull only the
+requests answered meanwhile (every pending one at least every 0.1 s, as Flower's Grid does).
 
 Upstream change that would remove this module: ``InMemoryLinkState`` keeping its messages indexed
 by destination node (as :class:`MessagesByDestination` does), ``get_message_ins`` testing
@@ -57,8 +59,39 @@ ORIGINAL_ADD_MESSAGES_TO_QUEUE = vce_api.add_messages_to_queue
 SWEEP_SECONDS = 0.1
 #: set after every request stored in an in-memory LinkState of this process
 MESSAGES_STORED = threading.Event()
+
+
+class StoredReplies:
+    """The requests answered by a reply stored since they were last taken, and :attr:`event`, set
+    after every store: a Grid pulls just those requests, not every pending one, each time it wakes."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._answered: set[str] = set()
+
+    def add(self, request_id: str | None) -> None:
+        if request_id:
+            with self._lock:
+                self._answered.add(request_id)
+        self.event.set()
+
+    def take(self, request_ids: set[str]) -> set[str]:
+        """Those of ``request_ids`` answered since they were last taken (no longer held after)."""
+        with self._lock:
+            answered = self._answered & request_ids
+            self._answered -= answered
+        return answered
+
+    def forget(self, request_ids: set[str]) -> None:
+        with self._lock:
+            self._answered -= request_ids
+
+
+#: the replies stored in an in-memory LinkState of this process
+REPLIES = StoredReplies()
 #: set after every reply stored in an in-memory LinkState of this process
-REPLIES_STORED = threading.Event()
+REPLIES_STORED = REPLIES.event
 
 
 class MessagesByDestination(dict[str, Message]):
@@ -138,9 +171,10 @@ def store_message_ins(self: InMemoryLinkState, message: Message) -> str | None:
 
 
 def store_message_res(self: InMemoryLinkState, message: Message) -> str | None:
-    """Flower's ``store_message_res``, then :data:`REPLIES_STORED` set."""
+    """Flower's ``store_message_res``, then the request it answers added to :data:`REPLIES` (where
+    it was stored) and :data:`REPLIES_STORED` set."""
     message_id = ORIGINAL_STORE_MESSAGE_RES(self, message)
-    REPLIES_STORED.set()
+    REPLIES.add(message.metadata.reply_to_message_id if message_id is not None else None)
     return message_id
 
 

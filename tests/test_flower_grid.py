@@ -167,28 +167,73 @@ def test_replies_stored_while_a_pull_outlasted_the_timeout_are_not_lost(monkeypa
     assert _names(HttpGrid.send_and_receive(flowers, ["m"] * 3, timeout=120.0)) == ["reply-a"]  # type: ignore[arg-type]
 
 
-class RecordingEvent:
-    def __init__(self, log):
-        self.log = log
+class ArrivingGrid(StagedGrid):
+    """An in-memory Grid whose replies are stored while the Grid waits: each wait stores the next
+    batch (noted in ``stored``, as the LinkState's store does) unless the batch is ``silent`` (a reply
+    the LinkState makes itself, such as the error of an expired request, is never stored)."""
 
-    def clear(self):
-        self.log.append("clear")
+    def __init__(self, arrivals, stored, clock, silent=()):
+        super().__init__([])
+        self.arrivals, self.stored, self.clock, self.silent, self.available = list(arrivals), stored, clock, silent, []
+        self.log = []
 
     def wait(self, seconds):
-        self.log.append(("wait", seconds))
+        self.log.append("wait")
+        self.clock["t"] += 0.01
+        if self.arrivals:
+            batch = self.arrivals.pop(0)
+            self.available += batch
+            for request in batch:
+                if request not in self.silent:
+                    self.stored.add(request)
         return True
 
+    def pull_messages(self, message_ids):
+        self.pulls.append(set(message_ids))
+        found = [m for m in self.available if m in message_ids]
+        self.available = [m for m in self.available if m not in found]
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=m), name=f"reply-{m}") for m in found]
 
-def test_an_in_memory_grid_pulls_again_when_a_reply_is_stored(monkeypatch):
-    log = []
-    grid = StagedGrid([[], ["a"], ["b", "c"]])
-    original_pull = grid.pull_messages
-    monkeypatch.setattr(grid, "pull_messages", lambda ids: log.append("pull") or original_pull(ids))
+
+def _arriving(monkeypatch, arrivals, silent=()):
+    from strategies.flower_linkstate import StoredReplies
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(flower_grid.time, "monotonic", lambda: clock["t"])
     monkeypatch.setattr(flower_grid.time, "sleep", lambda s: pytest.fail("must wait on the event, not sleep"))
-    replies = flower_grid.PromptGrid(grid, 0.1, RecordingEvent(log)).send_and_receive(["m"] * 3)
+    stored = StoredReplies()
+    grid = ArrivingGrid(arrivals, stored, clock, silent)
+    monkeypatch.setattr(stored.event, "wait", grid.wait)
+    return grid, stored
+
+
+def test_an_in_memory_grid_pulls_just_the_requests_answered_when_a_reply_is_stored(monkeypatch):
+    grid, stored = _arriving(monkeypatch, [["a"], ["b", "c"]])
+    replies = flower_grid.PromptGrid(grid, 0.1, stored).send_and_receive(["m"] * 3)
     assert _names(replies) == ["reply-a", "reply-b", "reply-c"]
-    # cleared before each pull, so a reply stored after a pull always wakes the next wait
-    assert log == ["clear", "pull", ("wait", 0.1), "clear", "pull", ("wait", 0.1), "clear", "pull"]
+    # every pending request once, then only those a stored reply answers
+    assert grid.pulls == [{"a", "b", "c"}, {"a"}, {"b", "c"}]
+    assert stored.take({"a", "b", "c"}) == set()
+
+
+def test_a_reply_that_was_never_stored_is_pulled_within_the_pull_interval(monkeypatch):
+    """Flower's LinkState answers an expired request itself; every 0.1 s a pull names every pending request."""
+    grid, stored = _arriving(monkeypatch, [["a", "b"], ["c"]], silent=("c",))
+    replies = flower_grid.PromptGrid(grid, 0.1, stored).send_and_receive(["m"] * 3)
+    assert _names(replies) == ["reply-a", "reply-b", "reply-c"]
+    assert grid.pulls[:2] == [{"a", "b", "c"}, {"a", "b"}]
+    assert grid.pulls[-1] == {"c"} and len(grid.log) >= 10  # the full pull came after 0.1 s of waits
+
+
+def test_answered_requests_are_forgotten_when_the_call_ends(monkeypatch):
+    """A reply pulled by a full pull leaves its request noted as answered; the call's end drops it."""
+    grid, stored = _arriving(monkeypatch, [["a", "c"]])
+    stored.add("b")  # stored before the first pull, which names every request and takes it
+    grid.available = ["b"]
+    replies = flower_grid.PromptGrid(grid, 0.1, stored).send_and_receive(["m"] * 3)
+    assert _names(replies) == ["reply-b", "reply-a", "reply-c"]
+    assert grid.pulls == [{"a", "b", "c"}, {"a", "c"}]
+    assert stored.take({"a", "b", "c"}) == set()
 
 
 def test_prompt_wraps_the_simulations_grid_only_where_stores_are_signalled(monkeypatch):
@@ -203,6 +248,6 @@ def test_prompt_wraps_the_simulations_grid_only_where_stores_are_signalled(monke
     assert flower_grid.prompt(grid) is grid
     monkeypatch.setattr(flower_linkstate, "prompt_engine_installed", lambda: True)
     wrapped = flower_grid.prompt(grid)
-    assert isinstance(wrapped, flower_grid.PromptGrid) and wrapped.replies_stored is flower_linkstate.REPLIES_STORED
+    assert isinstance(wrapped, flower_grid.PromptGrid) and wrapped.stored is flower_linkstate.REPLIES
     monkeypatch.setenv(flower_grid.KEEP_FLOWERS_ENV, "1")
     assert flower_grid.prompt(grid) is grid
