@@ -18,7 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pathspec
+try:
+    import pathspec  # flwr's own dependency, with which it reads .gitignore
+except ImportError:  # pragma: no cover - a flwr without it: hand over the directory itself
+    pathspec = None
 
 
 def gitignore_spec(root: Path) -> tuple[pathspec.PathSpec, bool]:
@@ -63,7 +66,8 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
     app = Path(argv[0])
-    print(stage(app) if app.is_dir() and (app / "pyproject.toml").is_file() else argv[0])
+    is_app = app.is_dir() and (app / "pyproject.toml").is_file()
+    print(stage(app) if is_app and pathspec is not None else argv[0])
     return 0
 
 
