@@ -62,17 +62,23 @@ MESSAGES_STORED = threading.Event()
 
 
 class StoredReplies:
-    """The requests answered by a reply stored since they were last taken, and :attr:`event`, set
-    after every store: a Grid pulls just those requests, not every pending one, each time it wakes."""
+    """Which awaited requests a stored reply has answered since they were last taken, and
+    :attr:`event`, set after every store: a Grid pulls just those requests, not every pending one,
+    each time it wakes. Only requests a Grid awaits (:meth:`expect`) are noted: a late reply is not kept."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self._lock = threading.Lock()
+        self._awaited: set[str] = set()
         self._answered: set[str] = set()
 
+    def expect(self, request_ids: set[str]) -> None:
+        with self._lock:
+            self._awaited |= request_ids
+
     def add(self, request_id: str | None) -> None:
-        if request_id:
-            with self._lock:
+        with self._lock:
+            if request_id in self._awaited:
                 self._answered.add(request_id)
         self.event.set()
 
@@ -84,7 +90,9 @@ class StoredReplies:
         return answered
 
     def forget(self, request_ids: set[str]) -> None:
+        """No longer await ``request_ids`` (the Grid's wait for them has ended)."""
         with self._lock:
+            self._awaited -= request_ids
             self._answered -= request_ids
 
 

@@ -228,12 +228,15 @@ def test_a_reply_that_was_never_stored_is_pulled_within_the_pull_interval(monkey
 def test_answered_requests_are_forgotten_when_the_call_ends(monkeypatch):
     """A reply pulled by a full pull leaves its request noted as answered; the call's end drops it."""
     grid, stored = _arriving(monkeypatch, [["a", "c"]])
+    stored.expect({"b"})
     stored.add("b")  # stored before the first pull, which names every request and takes it
     grid.available = ["b"]
     replies = flower_grid.PromptGrid(grid, 0.1, stored).send_and_receive(["m"] * 3)
     assert _names(replies) == ["reply-b", "reply-a", "reply-c"]
     assert grid.pulls == [{"a", "b", "c"}, {"a", "c"}]
     assert stored.take({"a", "b", "c"}) == set()
+    stored.add("a")  # a late reply to a request no longer awaited is not kept
+    assert stored.take({"a"}) == set()
 
 
 def test_prompt_wraps_the_simulations_grid_only_where_stores_are_signalled(monkeypatch):
