@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import os
 import pickle
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 
 from fl_dp.external_data import is_external, load_external
+
+log = logging.getLogger("fl_dp")
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "breast-cancer", "synthetic")
 #: ``schema:<shape>:<classes>``: the shape of a federation's data, where only its clients hold data
@@ -267,6 +271,19 @@ def load_dataset(
     """Train and test splits of dataset ``name`` (an offline one, ``hub:<name>`` or ``files:<path>``:
     :mod:`fl_dp.external_data`, or ``schema:<shape>:<classes>``: no example, only their shape);
     cached per process (clients share it)."""
+    started = time.perf_counter()
+    data = _load_dataset(name, data_dir, seed, label_column, id_column)
+    log.debug(
+        "dataset %r loaded in %.2f s: %d training and %d test examples",
+        name,
+        time.perf_counter() - started,
+        len(data.train),
+        len(data.test),
+    )
+    return data
+
+
+def _load_dataset(name: str, data_dir: str | None, seed: int, label_column: str, id_column: str) -> TrainTest:
     if is_schema(name):
         shape, classes = parse_schema(name)
         empty = ArrayDataset(torch.zeros(0, *shape), torch.zeros(0, dtype=torch.long), classes)

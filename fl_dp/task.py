@@ -31,6 +31,14 @@ def dataset_of(cfg: RunConfig) -> TrainTest:
     return load_dataset(cfg.dataset, cfg.data_dir or None, cfg.seed, cfg.label_column, cfg.id_column)
 
 
+def release_training_data() -> None:
+    """Drop this process's cached datasets and client splits, for a process that trains no client
+    (a ServerApp's): what its evaluator tests on stays held by the evaluator, and a later use loads
+    them again."""
+    _partitions.cache_clear()
+    load_dataset.cache_clear()
+
+
 def _split_key(cfg: RunConfig) -> tuple:
     return (
         cfg.dataset,

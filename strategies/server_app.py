@@ -14,6 +14,7 @@ from fl_dp import results
 from fl_dp.config import RunConfig
 from fl_dp.results import history_from_result
 from fl_dp.server import ServerCore
+from fl_dp.task import release_training_data
 from strategies import flower_grid, flower_linkstate
 from strategies.fl_dp_strategy import FlDpStrategy, wait_for_federation, wait_for_nodes
 
@@ -80,6 +81,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> tuple[ServerCore, pd.DataFrame]:
         log.info("num-clients = 0: the federation's %d SuperNodes, %d a round", cfg.num_clients, cfg.clients_per_round)
         core = ServerCore(cfg)
     core.resume()
+    # the clients train elsewhere: keep the test split the evaluator holds, not the training images
+    release_training_data()
+    log.debug("the ServerApp's process released its copy of the training data")
     strategy = FlDpStrategy(core, first_round=core.completed_rounds + 1)
     if core.distributed is not None:
         from strategies.secagg_bridge import SecAggPlusGrid

@@ -78,3 +78,7 @@ def test_flwr_run_with_central_dp_samples_poisson_cohorts_and_charges_everyone(t
     # every client charged at q = 5/20 every round: the mean equals the max
     assert history["epsilon-mean"].iloc[-1] == pytest.approx(history["epsilon-max"].iloc[-1])
     assert history["train-loss"].isna().all()  # nothing computed from private data leaves a client
+    # the ServerApp's process loads the data once and, training no client, lets the training split go
+    log = (tmp_path / "central" / "flower.log").read_text()
+    assert log.count("dataset 'synthetic' loaded") == 1, log[-3000:]
+    assert log.index("dataset 'synthetic' loaded") < log.index("released its copy of the training data")
