@@ -50,11 +50,13 @@ def _toy_app(root: Path, gitignore: str) -> None:
     (root / ".venv" / "lib" / "big.py").write_text("y = 2\n")
     (root / ".venv" / "lib" / "keep.py").write_text("z = 3\n")
     (root / "link.py").symlink_to(root / "pkg" / "app.py")
+    (root / "data").mkdir()
+    (root / "data" / "images.bin").write_bytes(b"\0" * 1000)
 
 
 @pytest.mark.parametrize("gitignore", [".venv/\n", ".venv/\n!.venv/lib/keep.py\n", ""])
 def test_a_toy_app_staged_builds_the_same_fab(tmp_path, gitignore):
-    """Ignored directories pruned, a re-included file kept (nothing pruned then), symlinks skipped."""
+    """Ignored directories pruned, a re-included file kept (nothing pruned then), symlinks and data skipped."""
     app = tmp_path / "app"
     _toy_app(app, gitignore)
     staged = _staged(app)
@@ -62,7 +64,8 @@ def test_a_toy_app_staged_builds_the_same_fab(tmp_path, gitignore):
         assert build_fab_from_disk(staged) == build_fab_from_disk(app)
         kept = set(stage_app.app_files(app.resolve()))
         assert "link.py" not in kept and "pkg/app.py" in kept
-        assert (".venv/lib/big.py" in kept) == (gitignore == "")
+        assert "data/images.bin" not in kept  # no FAB holds it, so it is not copied
+        assert ".venv/lib/big.py" not in kept  # ignored, or excluded by Flower's own patterns
     finally:
         shutil.rmtree(staged)
 
