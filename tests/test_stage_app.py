@@ -73,3 +73,15 @@ def test_a_toy_app_staged_builds_the_same_fab(tmp_path, gitignore):
 def test_what_is_not_an_app_directory_is_passed_through(tmp_path):
     assert _staged(tmp_path) == tmp_path
     assert _staged(tmp_path / "app.fab") == tmp_path / "app.fab"
+
+
+def test_an_app_too_deep_for_flower_is_handed_over_as_it_is(tmp_path):
+    """Flower refuses a FAB path deeper than its limit; `flwr run` on the directory itself says which."""
+    from flwr.supercore.constant import MAX_DIR_DEPTH
+
+    app = tmp_path / "app"
+    _toy_app(app, ".venv/\n")
+    deep = app.joinpath(*[f"d{i}" for i in range(MAX_DIR_DEPTH + 1)])
+    deep.mkdir(parents=True)
+    (deep / "deep.py").write_text("")
+    assert _staged(app) == app
