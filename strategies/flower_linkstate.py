@@ -18,11 +18,11 @@ The engine also polls: ``vce_api.add_messages_to_queue`` sweeps every node, then
 round's requests wait up to 0.1 s before the first is dispatched, and ``InMemoryGrid.send_and_receive``
 sleeps 0.1 s between two pulls of replies, so the last reply waits up to 0.1 s more.
 :func:`install` (unless ``FL_DP_FLOWER_OWN_POLLING=1``) wraps ``store_message_ins`` /
-``store_message_res`` to set :data:`MESSAGES_STORED` / :data:`REPLIES_STORED` (and note which
-requests a stored reply answers, :data:`REPLIES`), and puts
+``store_message_res`` to set :data:`MESSAGES_STORED` / note in :data:`REPLIES` which request a
+stored reply answers (and set its event), and puts
 :func:`add_messages_to_queue` in the engine's place: the same loop, woken by a store (and at least
 every 0.1 s, as Flower's), sweeping only the nodes that have messages waiting;
-``strategies.flower_grid.prompt`` makes the Grid wait on :data:`REPLIES_STORED` and pull only the
+``strategies.flower_grid.prompt`` makes the Grid wait on :data:`REPLIES` and pull only the
 requests answered meanwhile (every pending one at least every 0.1 s, as Flower's Grid does).
 
 Upstream change that would remove this module: ``InMemoryLinkState`` keeping its messages indexed
@@ -96,10 +96,8 @@ class StoredReplies:
             self._answered -= request_ids
 
 
-#: the replies stored in an in-memory LinkState of this process
+#: the replies stored in an in-memory LinkState of this process (its event: set after every one)
 REPLIES = StoredReplies()
-#: set after every reply stored in an in-memory LinkState of this process
-REPLIES_STORED = REPLIES.event
 
 
 class MessagesByDestination(dict[str, Message]):
@@ -180,7 +178,7 @@ def store_message_ins(self: InMemoryLinkState, message: Message) -> str | None:
 
 def store_message_res(self: InMemoryLinkState, message: Message) -> str | None:
     """Flower's ``store_message_res``, then the request it answers added to :data:`REPLIES` (where
-    it was stored) and :data:`REPLIES_STORED` set."""
+    it was stored), whose event is set."""
     message_id = ORIGINAL_STORE_MESSAGE_RES(self, message)
     REPLIES.add(message.metadata.reply_to_message_id if message_id is not None else None)
     return message_id
@@ -238,7 +236,7 @@ def install_prompt_engine() -> bool:
 
 
 def prompt_engine_installed() -> bool:
-    """Whether this process's in-memory LinkStates signal stored replies (:data:`REPLIES_STORED`)."""
+    """Whether this process's in-memory LinkStates signal stored replies (:data:`REPLIES`)."""
     return InMemoryLinkState.store_message_res is store_message_res
 
 
