@@ -14,7 +14,7 @@ from fl_dp.errors import ConfigError
 from fl_dp.external_data import is_external
 from fl_dp.models import MODELS
 from fl_dp.partitioning import PARTITIONERS, PartitionSpec
-from fl_dp.privacy import MAX_NOISE_MULTIPLIER
+from fl_dp.privacy import MAX_NOISE_MULTIPLIER, MAX_TARGET_EPSILON
 from fl_dp.registry import PRIVACY_MODELS, REGISTRY, STRATEGIES, spec_of
 from fl_dp.robustness import AGGREGATORS, BYZANTINE_ATTACKS, NOISE_KINDS
 from fl_dp.rules.sign import SIGN_COMPRESSORS
@@ -293,6 +293,11 @@ class RunConfig:
             fail(f"delta must be in (0, 1), got {self.delta}")
         if not 0 <= self.compress_ratio <= 1:
             fail(f"compress-ratio must be in [0, 1], got {self.compress_ratio}")
+        if self.target_epsilon > MAX_TARGET_EPSILON:
+            fail(
+                f"target-epsilon {self.target_epsilon:g} is above {MAX_TARGET_EPSILON:g}, a guarantee that says nothing: "
+                "for a run without noise set target-epsilon = 0"
+            )
         if self.noise_multiplier > MAX_NOISE_MULTIPLIER:
             fail(f"noise-multiplier {self.noise_multiplier:g} is above {MAX_NOISE_MULTIPLIER:g}: that noise drowns every message")
         if self.compressor != "identity" and self.compress_k == 0 and self.compress_ratio == 0:

@@ -104,6 +104,11 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
 MAX_NOISE_MULTIPLIER = 1000.0
 
 
+#: above this target epsilon a guarantee says nothing (e^epsilon overflows a double from 710 on), and
+#: Opacus' search, whose tolerance is absolute (0.005), never ends from about 1e16 on
+MAX_TARGET_EPSILON = 1e6
+
+
 class NoiseBeyondUse(ValueError):
     """A privacy target that would need a noise multiplier above :data:`MAX_NOISE_MULTIPLIER`."""
 
@@ -112,8 +117,8 @@ class NoiseBeyondUse(ValueError):
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float = 1.0, steps: int = 1) -> float:
     """Smallest noise multiplier (to Opacus' tolerance) whose RDP composition over
     ``steps`` releases at ``sample_rate`` stays within (target_epsilon, delta)."""
-    if target_epsilon <= 0:
-        raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
+    if not 0 < target_epsilon <= MAX_TARGET_EPSILON:
+        raise ValueError(f"target epsilon must be in (0, {MAX_TARGET_EPSILON:g}], got {target_epsilon}")
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     if steps < 1:

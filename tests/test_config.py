@@ -57,6 +57,8 @@ def test_a_population_of_zero_is_the_federations_size():
         (dict(grad_noise="cauchy"), "unknown grad-noise"),
         (dict(grad_noise="student-t", grad_noise_kappa=2.5), "grad-noise-kappa"),
         (dict(byzantine_fraction=0.5), "byzantine-fraction"),
+        (dict(strategy="dp-fedavg", target_epsilon=1e300), "target-epsilon 1e\\+300 is above 1e\\+06"),
+        (dict(strategy="dp-sgd", target_epsilon=1e16), "target-epsilon 1e\\+16 is above"),
     ],
 )
 def test_bad_configs_fail_with_a_clear_message(changes, message):

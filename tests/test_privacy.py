@@ -69,6 +69,17 @@ def test_calibration_reaches_the_target(target, q, steps):
     assert epsilon_of([Release(sigma * 0.97, q, steps)], 1e-5) > target
 
 
+@pytest.mark.parametrize("q, steps", [(1e-3, 1), (0.1, 300), (1.0, 100_000)])
+def test_calibration_ends_at_the_largest_target_and_refuses_beyond_it(q, steps):
+    from fl_dp.privacy import MAX_TARGET_EPSILON
+
+    # from about 1e16 on Opacus' search, with its absolute tolerance, never ends
+    sigma = calibrate_noise_multiplier.__wrapped__(MAX_TARGET_EPSILON, 1e-5, q, steps)
+    assert 0 < epsilon_of([Release(sigma, q, steps)], 1e-5) <= MAX_TARGET_EPSILON
+    with pytest.raises(ValueError, match="target epsilon must be in"):
+        calibrate_noise_multiplier.__wrapped__(1e16, 1e-5, q, steps)
+
+
 def test_calibration_matches_facts():
     assert calibrate_noise_multiplier(3.0, 1e-5, 0.01, 1000) == pytest.approx(0.8655, abs=0.005)
 
