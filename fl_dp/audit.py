@@ -267,12 +267,12 @@ def _local_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tuple[np.nd
     spent = np.zeros(len(members))
     layouts = federation.server.algorithm.wire_layouts
     for server_round in range(1, cfg.num_server_rounds + 1):
-        arrays, config, replies = federation.train_cohort(server_round)
+        arrays, config, replies, failures = federation.train_cohort(server_round)
         for i, cid in enumerate(ids):
             out, metrics, states[cid] = clients[cid].train(arrays, config, states[cid])
             totals[i] += float(decode(out, dim, layouts).double() @ directions[i].double())
             spent[i] = metrics[CLIENT_EPSILON]
-        federation.server.aggregate(server_round, replies)
+        federation.server.aggregate(server_round, replies, failures)
     # each canary's own Opacus ledger: it took part in every round
     return totals.numpy(), float(spent.max())
 
@@ -462,11 +462,11 @@ def _sample_level_scores(cfg: RunConfig, members: np.ndarray, seed: int) -> tupl
     totals = torch.zeros(dim, dtype=torch.float64)
     layouts = federation.server.algorithm.wire_layouts
     for server_round in range(1, cfg.num_server_rounds + 1):
-        _, _, replies = federation.train_cohort(server_round)
+        _, _, replies, failures = federation.train_cohort(server_round)
         for reply in replies:
             if reply.client_id == host:
                 totals += decode(reply.arrays, dim, layouts).double()
-        federation.server.aggregate(server_round, replies)
+        federation.server.aggregate(server_round, replies, failures)
     # the update is x_local - x: a canary's gradient pulls it along -u
     scores = -(directions.double() @ totals)
     return scores.numpy(), federation.server.ledger.epsilon(host)

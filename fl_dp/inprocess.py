@@ -81,23 +81,35 @@ class InProcessFederation:
             raise ConfigError(f"resume: checkpoint holds states of clients this run does not have: {sorted(unknown)[:3]}")
         self.states.update({cid: restored[str(cid)] for cid in self.clients if str(cid) in restored})
 
-    def train_cohort(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Reply]]:
-        """Broadcast round ``server_round`` and let its sampled clients train: (arrays, config, replies)."""
+    def train_cohort(
+        self, server_round: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Reply], list[tuple[str, str]]]:
+        """Broadcast round ``server_round`` and let its sampled clients train: (arrays, config,
+        replies, failures). A client that raises sends no reply and keeps its state, as a Flower
+        ClientApp that raises does; its failure is ``(client, reason)``. A configuration error is
+        the operator's, and ends the run."""
         cohort = self.server.sample(list(self.clients))
         arrays, config = self.server.broadcast(server_round)
-        replies = []
+        replies, failures = [], []
         for cid in cohort:
-            out_arrays, metrics, self.states[cid] = self.clients[cid].train(arrays, config, self.states[cid])
+            try:
+                out_arrays, metrics, self.states[cid] = self.clients[cid].train(arrays, config, self.states[cid])
+            except ConfigError:
+                raise
+            except Exception as err:  # noqa: BLE001 - one client's failure never ends the run
+                failures.append((str(cid), f"client error: {type(err).__name__}: {err}"))
+                continue
             replies.append(Reply(cid, out_arrays, metrics))
-        return arrays, config, replies
+        return arrays, config, replies, failures
 
     def run_round(self, server_round: int) -> dict[str, Any]:
         """One round: train the cohort, aggregate, evaluate where due; returns the round's row."""
-        _, _, replies = self.train_cohort(server_round)
+        _, _, replies, failures = self.train_cohort(server_round)
         if self.server.distributed is None:
-            row = self.server.aggregate(server_round, replies)
+            row = self.server.aggregate(server_round, replies, failures)
         else:
-            row = self.server.aggregate_secure(server_round, *simulated_secure_sum(replies, self.server.distributed))
+            total, contributors, unreadable = simulated_secure_sum(replies, self.server.distributed)
+            row = self.server.aggregate_secure(server_round, total, contributors, failures + unreadable)
         self.evaluate_cohort(server_round)
         self.server.evaluate_round(server_round)
         if self.server.checkpoint_due(server_round):

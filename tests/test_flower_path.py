@@ -79,6 +79,67 @@ def test_error_replies_and_corrupted_payloads_are_rejected(tiny_cfg):
     assert "NaN" in strategy.core.rows[-1]["rejections"]
 
 
+def _raising_in_round_2(monkeypatch, partition_id):
+    """Client ``partition_id`` raises in round 2 (its training diverged, say)."""
+    from fl_dp.client import ClientCore
+    from fl_dp.wire import MalformedMessage
+
+    honest_train = ClientCore.train
+
+    def train(self, arrays, config, state):
+        if self.partition_id == partition_id and int(config["server-round"]) == 2:
+            raise MalformedMessage("training diverged")
+        return honest_train(self, arrays, config, state)
+
+    monkeypatch.setattr(ClientCore, "train", train)
+
+
+@pytest.mark.parametrize("extra", [
+    dict(noise_multiplier=0.7),
+    dict(privacy_model="central", target_epsilon=4.0),
+])
+def test_a_client_that_raises_is_a_failure_in_both_paths_and_keeps_its_state(tiny_cfg, monkeypatch, extra):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, num_server_rounds=3, **extra)
+    _raising_in_round_2(monkeypatch, 1)
+    node_ids = [101 + i for i in range(cfg.num_clients)]
+    flower = FlDpStrategy(ServerCore(cfg))
+    contexts = contexts_for(cfg, node_ids)
+    arrays = flower.initial_arrays()
+    trajectory = []
+    for server_round in range(1, 4):
+        replies = []
+        for m in flower.configure_train(server_round, arrays, ConfigRecord(), FakeGrid(node_ids)):
+            # as Flower's simulation worker does: an exception is an error reply, the Context is not updated
+            try:
+                replies.append(client_train(m, contexts[m.metadata.dst_node_id]))
+            except Exception as ex:
+                replies.append(Message(Error(code=0, reason=f"{type(ex)}:<'{ex}'>"), reply_to=m))
+        arrays, _ = flower.aggregate_train(server_round, replies)
+        trajectory.append(torch.from_numpy(arrays["x"].numpy().copy()))
+
+    fed = InProcessFederation(cfg)
+    for server_round, x in enumerate(trajectory, start=1):
+        fed.run_round(server_round)
+        assert torch.allclose(fed.server.x, x, atol=1e-6), server_round
+    ours, theirs = fed.server.rows[1], flower.core.rows[1]
+    assert "client-1: client error: MalformedMessage: training diverged" in ours["rejections"]
+    assert "training diverged" in theirs["rejections"]
+    assert ours["accepted"] == theirs["accepted"] == cfg.num_clients - 1
+    for i in range(cfg.num_clients):
+        assert np.allclose(contexts[101 + i].state.array_records[STATE_KEY]["g"].numpy(), fed.states[f"client-{i}"]["g"].numpy())
+
+
+def test_a_client_that_raises_under_secure_aggregation_is_a_dropout_in_process(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg.replace(
+        strategy="alpha-normec", server_lr=0.3, num_server_rounds=3, privacy_model="distributed", target_epsilon=4.0,
+        secagg_survivors=0.5,
+    )
+    _raising_in_round_2(monkeypatch, 1)
+    history = InProcessFederation(cfg).run()
+    assert "client-1: client error: MalformedMessage: training diverged" in history["rejections"].iloc[1]
+    assert history["accepted"].tolist() == [4, 3, 4]
+
+
 def test_client_refuses_a_node_config_that_does_not_match_the_run(tiny_cfg):
     strategy = FlDpStrategy(ServerCore(tiny_cfg))
     message = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), FakeGrid([1, 2, 3, 4])))[0]
