@@ -71,16 +71,25 @@ def privacy_floor_of(context: Context) -> PrivacyFloor | None:
 
 def partition_of(context: Context, cfg: RunConfig) -> tuple[int, RunConfig]:
     """This node's partition id, and the run config with ``num-clients = 0`` as its ``num-partitions``."""
-    try:
-        partition_id = int(context.node_config["partition-id"])
-        num_partitions = int(context.node_config["num-partitions"])
-    except KeyError as err:
-        raise ConfigError(
-            f"node config lacks {err}: start the SuperNode with --node-config 'partition-id=.. num-partitions=..'"
-        ) from None
+    partition_id = _node_integer(context, "partition-id")
+    num_partitions = _node_integer(context, "num-partitions")
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"node config partition-id={partition_id} is outside [0, num-partitions={num_partitions})")
     if cfg.num_clients and num_partitions != cfg.num_clients:
         raise ConfigError(f"node has num-partitions={num_partitions} but the run has num-clients={cfg.num_clients}")
     return partition_id, cfg.for_federation(num_partitions)
+
+
+def _node_integer(context: Context, key: str) -> int:
+    """Node config ``key`` as an int: an integer-valued number, never a bool, a string or a fraction."""
+    if key not in context.node_config:
+        raise ConfigError(
+            f"node config lacks '{key}': start the SuperNode with --node-config 'partition-id=.. num-partitions=..'"
+        )
+    value = context.node_config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ConfigError(f"node config {key} must be an integer, got {value!r}")
+    return int(value)
 
 
 def load_state(context: Context) -> dict[str, torch.Tensor]:

@@ -148,6 +148,25 @@ def test_client_refuses_a_node_config_that_does_not_match_the_run(tiny_cfg):
         client_train(message, context)
 
 
+@pytest.mark.parametrize("node_config, message", [
+    ({"num-partitions": 4}, "lacks 'partition-id'"),
+    ({"partition-id": 1}, "lacks 'num-partitions'"),
+    ({"partition-id": 1.5, "num-partitions": 4}, "partition-id must be an integer, got 1.5"),
+    ({"partition-id": True, "num-partitions": 4}, "partition-id must be an integer, got True"),
+    ({"partition-id": "1", "num-partitions": 4}, "partition-id must be an integer, got '1'"),
+    ({"partition-id": 0, "num-partitions": float("nan")}, "num-partitions must be an integer"),
+    ({"partition-id": -1, "num-partitions": 4}, r"partition-id=-1 is outside \[0, num-partitions=4\)"),
+    ({"partition-id": 4, "num-partitions": 4}, "partition-id=4 is outside"),
+    ({"partition-id": 0, "num-partitions": 0}, "partition-id=0 is outside"),
+])
+def test_a_bad_node_config_is_refused_naming_the_key(tiny_cfg, node_config, message):
+    strategy = FlDpStrategy(ServerCore(tiny_cfg))
+    request = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), FakeGrid([1, 2, 3, 4])))[0]
+    context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=tiny_cfg.to_flwr())
+    with pytest.raises(ConfigError, match=message):
+        client_train(request, context)
+
+
 def test_a_process_keeps_every_partition_of_a_run_and_shares_one_model(tiny_cfg):
     # a Ray actor serves all partitions in turn: none may be rebuilt on its next message
     from clients.client_app import _client
