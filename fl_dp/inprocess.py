@@ -81,9 +81,7 @@ class InProcessFederation:
             raise ConfigError(f"resume: checkpoint holds states of clients this run does not have: {sorted(unknown)[:3]}")
         self.states.update({cid: restored[str(cid)] for cid in self.clients if str(cid) in restored})
 
-    def train_cohort(
-        self, server_round: int
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Reply], list[tuple[str, str]]]:
+    def train_cohort(self, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Reply], list[tuple[str, str]]]:
         """Broadcast round ``server_round`` and let its sampled clients train: (arrays, config,
         replies, failures). A client that raises sends no reply and keeps its state, as a Flower
         ClientApp that raises does; its failure is ``(client, reason)``. A configuration error is
