@@ -709,7 +709,10 @@ def _rng_from_list(saved: Any) -> tuple[Any, ...]:
     ):
         raise ValueError("the cohort RNG state is malformed")
     probe = random.Random()
-    probe.setstate((saved[0], tuple(saved[1]), saved[2]))  # raises on a state Random does not accept
+    try:
+        probe.setstate((saved[0], tuple(saved[1]), saved[2]))
+    except (ValueError, TypeError, OverflowError) as err:  # a word outside 32 bits, a wrong version
+        raise ValueError(f"the cohort RNG state is malformed ({err})") from None
     return probe.getstate()
 
 

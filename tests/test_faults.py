@@ -154,6 +154,8 @@ def _forge(path, **changes):
     (lambda p: _forge(p, ledger={"client-0": [[100.0, 1.0, 2.0]]}), "not this run's mechanism"),
     (lambda p: _forge(p, rng=[3, [1, 2], None]), "state vector is the wrong size"),
     (lambda p: _forge(p, rng="seed"), "RNG state is malformed"),
+    (lambda p: _forge(p, rng=[3, [-1] * 625, None]), "RNG state is malformed"),
+    (lambda p: _forge(p, rng=[3, [2**70] * 625, None]), "RNG state is malformed"),
     (lambda p: _forge(p, rows=[]), "metrics rows"),
     (lambda p: _forge(p, rows=[{"round": {"a": 1}}, {"round": 2}]), "metrics rows"),
     (lambda p: _forge(p, config={**torch.load(p, weights_only=True)["config"], "seed": torch.zeros(3)}), "other values of seed"),
