@@ -6,8 +6,9 @@ client and the server use.
 - images (an ``Image`` column): C x H x W float32, pixels mapped to [-1, 1]; tables: every
   numeric column but the label and id columns, as they are (standardise them beforehand: a
   SuperNode's own files and the server's test set must agree, so nothing here depends on a file);
-- labels: ``label-column``: integers 0..K-1 as they are (what several files must use), other
-  values numbered in sorted order;
+- labels: ``label-column``: integers 0..K-1 as they are (what several files must use; K at most
+  :data:`MAX_CLASSES`), other values numbered in sorted order; a row without a label is refused;
+- features: an empty, NaN, infinite or beyond-float32 value is refused, naming its column;
 - ids: ``id-column`` (optional): one natural client per value (``partitioner = "natural-id"``);
 - splits: the data's own ``train`` / ``test`` splits, else a seeded 80 / 20 split.
 """
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 
 HUB, FILES = "hub:", "files:"
+#: integer labels are classes 0..max as they are, up to this many classes
+MAX_CLASSES = 100_000
 
 
 def is_external(name: str) -> bool:
@@ -50,7 +53,14 @@ def load_external(
             key = "label-column" if column == label_column else "id-column"
             raise ValueError(f"{key} {column!r} is not a column of {name!r} (its columns: {', '.join(train.column_names)})")
     values = set(train[label_column]) | set(test[label_column])
+    if any(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in values):
+        raise ValueError(f"label-column {label_column!r} of {name!r} has rows without a label (empty or NaN)")
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
+        if max(values) >= MAX_CLASSES:
+            raise ValueError(
+                f"label-column {label_column!r} of {name!r} holds the integer label {max(values)}: integer labels are "
+                f"classes 0..K-1, and K is at most {MAX_CLASSES:,}"
+            )
         classes = list(range(int(max(values)) + 1))  # integer labels keep their meaning across files
     else:
         try:
@@ -83,6 +93,7 @@ _NUMERIC = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uin
 
 
 def _read(name: str) -> Any:
+    """The splits of ``name``; FileNotFoundError or ValueError (whatever the reader raised, as its reason)."""
     import datasets
 
     if name.startswith(HUB):
@@ -98,12 +109,15 @@ def _read(name: str) -> Any:
     path = Path(name[len(FILES) :])
     if not path.exists():
         raise FileNotFoundError(f"dataset {name!r}: {path} does not exist")
-    if path.is_dir():
-        return datasets.load_dataset("imagefolder", data_dir=str(path))
-    builder = {".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower())
+    builder = "imagefolder" if path.is_dir() else {".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower())
     if builder is None:
         raise ValueError(f"dataset {name!r}: files: reads a .csv, a .parquet or an image folder, not {path.suffix or path.name}")
-    return datasets.load_dataset(builder, data_files=str(path))
+    files = {"data_dir": str(path)} if path.is_dir() else {"data_files": str(path)}
+    try:
+        return datasets.load_dataset(builder, **files)
+    except Exception as err:  # noqa: BLE001 - a ragged row, a bad encoding, a broken image: the file is refused
+        cause = err.__cause__ or err  # the datasets library wraps the parser's error
+        raise ValueError(f"{path} cannot be read as {builder}: {type(cause).__name__}: {cause}"[:500]) from None
 
 
 def _images(split: Any, column: str) -> torch.Tensor:
@@ -122,4 +136,12 @@ def _images(split: Any, column: str) -> torch.Tensor:
 def _table(split: Any, columns: list[str]) -> torch.Tensor:
     if len(split) == 0:
         return torch.zeros(0, len(columns))
-    return torch.tensor(np.column_stack([np.asarray(split[c], dtype=np.float32) for c in columns]), dtype=torch.float32)
+    values = []
+    for column in columns:
+        # float64 first: a value beyond float32 is refused, not turned into inf
+        value = np.asarray([np.nan if v is None else v for v in split[column]], dtype=np.float64)
+        bad = ~np.isfinite(value) | (np.abs(value) > np.finfo(np.float32).max)
+        if bad.any():
+            raise ValueError(f"feature column {column!r} has {int(bad.sum())} empty, NaN, infinite or out-of-float32 values")
+        values.append(value.astype(np.float32))
+    return torch.from_numpy(np.column_stack(values))

@@ -53,6 +53,50 @@ def test_a_parquet_file_and_bad_columns_are_named(tmp_path):
         RunConfig(dataset="files:")
 
 
+def _damaged(frame: pd.DataFrame, name: str) -> pd.DataFrame | bytes:
+    frame = frame.copy()
+    if name == "missing label":
+        frame.loc[3, "kind"] = None
+    elif name == "NaN feature":
+        frame.loc[5, "f2"] = np.nan
+    elif name == "infinite feature":
+        frame.loc[5, "f2"] = np.inf
+    elif name == "feature beyond float32":
+        frame.loc[5, "f2"] = 1e300
+    elif name == "integer label of a trillion classes":
+        frame["kind"] = np.arange(len(frame)) % 2
+        frame.loc[0, "kind"] = 10**12
+    elif name == "ragged row":
+        return frame.to_csv(index=False).encode() + b"1,2,3,yes,u1,surplus\n"
+    elif name == "not UTF-8":
+        return frame.to_csv(index=False).replace("yes", "y\xe9s").encode("latin-1")
+    elif name == "empty file":
+        return b""
+    return frame
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing label", "label-column 'kind' .* has rows without a label"),
+    ("NaN feature", "feature column 'f2' has 1 empty, NaN, infinite"),
+    ("infinite feature", "feature column 'f2' has 1 empty, NaN, infinite"),
+    ("feature beyond float32", "out-of-float32"),
+    ("integer label of a trillion classes", "integer label 1000000000000: integer labels are classes 0..K-1"),
+    ("ragged row", "cannot be read as csv: ParserError"),
+    ("not UTF-8", "cannot be read as csv: UnicodeDecodeError"),
+    ("empty file", "cannot be read as csv: EmptyDataError"),
+])
+def test_a_damaged_file_is_refused_before_round_1_with_its_reason(tmp_path, damage, message):
+    path = tmp_path / "data.csv"
+    damaged = _damaged(_table(), damage)
+    if isinstance(damaged, bytes):
+        path.write_bytes(damaged)
+    else:
+        damaged.to_csv(path, index=False)
+    cfg = RunConfig(dataset=f"files:{path}", model="logreg", label_column="kind", num_clients=4, clients_per_round=4, eval_samples=0)
+    with pytest.raises(ConfigError, match=message):
+        ServerCore(cfg)
+
+
 def test_an_image_folder_becomes_standardised_channel_first_images(tmp_path):
     from PIL import Image
 
