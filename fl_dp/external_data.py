@@ -138,8 +138,8 @@ def _table(split: Any, columns: list[str]) -> torch.Tensor:
         return torch.zeros(0, len(columns))
     values = []
     for column in columns:
-        # float64 first: a value beyond float32 is refused, not turned into inf
-        value = np.asarray([np.nan if v is None else v for v in split[column]], dtype=np.float64)
+        # float64 first (an empty cell is NaN): a value beyond float32 is refused, not turned into inf
+        value = np.asarray(split[column], dtype=np.float64)
         bad = ~np.isfinite(value) | (np.abs(value) > np.finfo(np.float32).max)
         if bad.any():
             raise ValueError(f"feature column {column!r} has {int(bad.sum())} empty, NaN, infinite or out-of-float32 values")
