@@ -9,7 +9,6 @@ the client is not sampled in, in simulation and on a SuperNode alike.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -21,15 +20,14 @@ from fl_dp.config import ConfigError, RunConfig
 from fl_dp.privacy_floor import PrivacyFloor
 from fl_dp.wire import (
     ARRAYS_KEY,
-    CONFIG_KEY,
     LEDGER_RECORD,
     LEDGER_STATE,
     METRICS_KEY,
-    RESUMED_FROM,
-    SERVER_ROUND,
     STATE_RECORD,
     from_array_record,
     metric_values,
+    parse_request,
+    request_round,
     to_array_record,
 )
 from strategies.secagg_bridge import secure_aggregation_mod
@@ -133,7 +131,8 @@ def evaluate_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message
     accuracy on this client's held-out examples; the client's state is not touched."""
     partition_id, cfg = partition_of(context, run_cfg)
     client = _client(cfg, partition_id, privacy_floor_of(context), str(context.node_config.get("data-path", "")))
-    metrics = client.evaluate(from_array_record(msg.content.array_records[ARRAYS_KEY]))
+    arrays, _ = parse_request(msg)
+    metrics = client.evaluate(arrays)
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metric_values(metrics))}), reply_to=msg)
 
 
@@ -142,15 +141,15 @@ def train_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message:
     partition_id, cfg = partition_of(context, run_cfg)
     # a SuperNode with its own files trains on them (node config data-path); they never leave it
     client = _client(cfg, partition_id, privacy_floor_of(context), str(context.node_config.get("data-path", "")))
-    arrays = from_array_record(msg.content.array_records[ARRAYS_KEY])
-    config: dict[str, Any] = dict(msg.content.config_records[CONFIG_KEY].items())
+    arrays, config = parse_request(msg)
+    server_round, resumed_from = request_round(config, cfg.num_server_rounds)
     store = state_store_of(context, cfg, partition_id)
     state = load_state(context)
     if not state and store is not None:
-        state = store.restore(context.run_id, int(config.get(RESUMED_FROM, 0)))
+        state = store.restore(context.run_id, resumed_from)
     out_arrays, metrics, new_state = client.train(arrays, config, state)
     save_state(context, new_state)
     if store is not None:
-        store.save(context.run_id, int(config[SERVER_ROUND]), state, new_state)
+        store.save(context.run_id, server_round, state, new_state)
     content = RecordDict({ARRAYS_KEY: to_array_record(out_arrays), METRICS_KEY: MetricRecord(metric_values(metrics))})
     return Message(content=content, reply_to=msg)

@@ -36,12 +36,12 @@ from fl_dp.wire import (
     LEDGER_STATE,
     NUM_EXAMPLES,
     PARTITION_ID,
-    SERVER_ROUND,
     STATE_FRESH,
     TRAIN_LOSS,
     MalformedMessage,
     decode,
     encode,
+    request_round,
 )
 
 log = logging.getLogger("fl_dp")
@@ -91,10 +91,15 @@ class ClientCore:
         """Answer one training request: (wire arrays, metrics, new state)."""
         x = self._global_vector(arrays)
         state = self._trainable_state(state)
-        server_round = int(config[SERVER_ROUND])
-        if not math.isclose(float(config[DP_NOISE]), self.noise_multiplier, rel_tol=1e-9):
+        server_round, _ = request_round(config, self.cfg.num_server_rounds)
+        noise = config.get(DP_NOISE)
+        if (
+            isinstance(noise, bool)
+            or not isinstance(noise, (int, float))
+            or not math.isclose(noise, self.noise_multiplier, rel_tol=1e-9)
+        ):
             raise MalformedMessage(
-                f"the server asks for noise multiplier {config[DP_NOISE]}, this client's run config gives "
+                f"the server asks for noise multiplier {noise!r}, this client's run config gives "
                 f"{self.noise_multiplier}: refusing to train"
             )
         if self.floor is not None:

@@ -184,6 +184,35 @@ def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
 
 
+def parse_request(message: Message) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A server's request as (arrays, config), or :class:`MalformedMessage` with the reason: its
+    'arrays' record must decode and its 'config' record be there (other records, a mod's, are not
+    this function's)."""
+    content = message.content
+    if ARRAYS_KEY not in content.array_records or CONFIG_KEY not in content.config_records:
+        raise MalformedMessage(f"a request holds an '{ARRAYS_KEY}' and a '{CONFIG_KEY}' record")
+    try:
+        arrays = from_array_record(content.array_records[ARRAYS_KEY])
+    except Exception as err:  # noqa: BLE001 - whatever the bytes make numpy raise, the request is malformed
+        raise MalformedMessage(f"request arrays do not decode: {type(err).__name__}: {err}"[:300]) from None
+    return arrays, dict(content.config_records[CONFIG_KEY].items())
+
+
+def request_round(config: Mapping[str, Any], num_server_rounds: int) -> tuple[int, int]:
+    """(server round, resumed-from round) of a training request, or :class:`MalformedMessage`:
+    whole numbers with 0 <= resumed-from < round <= num-server-rounds."""
+    server_round, resumed_from = config.get(SERVER_ROUND), config.get(RESUMED_FROM, 0)
+    for key, value in ((SERVER_ROUND, server_round), (RESUMED_FROM, resumed_from)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MalformedMessage(f"request {key} must be an integer, got {value!r}")
+    assert isinstance(server_round, int) and isinstance(resumed_from, int)  # for mypy: checked above
+    if not 0 <= resumed_from < server_round <= num_server_rounds:
+        raise MalformedMessage(
+            f"request round {server_round} (resumed from {resumed_from}) is not a round of this run's {num_server_rounds}"
+        )
+    return server_round, resumed_from
+
+
 def parse_reply(message: Message) -> Reply:
     """The client's wire arrays and metrics, or :class:`MalformedMessage` with the reason.
 

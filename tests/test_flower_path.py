@@ -148,6 +148,50 @@ def test_client_refuses_a_node_config_that_does_not_match_the_run(tiny_cfg):
         client_train(message, context)
 
 
+def _no_arrays(content):
+    del content.array_records["arrays"]
+
+
+def _no_config(content):
+    del content.config_records["config"]
+
+
+def _set(key, value):
+    def change(content):
+        content.config_records["config"][key] = value
+
+    return change
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_no_arrays, "a request holds an 'arrays' and a 'config' record"),
+    (_no_config, "a request holds an 'arrays' and a 'config' record"),
+    (_set("server-round", "1"), "server-round must be an integer, got '1'"),
+    (_set("server-round", 1.5), "server-round must be an integer, got 1.5"),
+    (_set("server-round", True), "server-round must be an integer, got True"),
+    (_set("server-round", 0), "request round 0 .* is not a round of this run's 3"),
+    (_set("server-round", 4), "request round 4 .* is not a round of this run's 3"),
+    (_set("server-round", 2**62), "is not a round of this run's 3"),
+    (_set("resumed-from", -1), "resumed from -1"),
+    (_set("resumed-from", 1), "request round 1 \\(resumed from 1\\)"),
+    (_set("resumed-from", [1]), "resumed-from must be an integer"),
+    (_set("dp-noise-multiplier", "0.5"), "the server asks for noise multiplier '0.5'"),
+    (_set("dp-noise-multiplier", float("nan")), "the server asks for noise multiplier nan"),
+    (_set("dp-noise-multiplier", True), "the server asks for noise multiplier True"),
+])
+def test_a_malformed_request_is_refused_with_its_reason_and_the_state_kept(tiny_cfg, damage, message):
+    from fl_dp.wire import MalformedMessage
+
+    cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, noise_multiplier=0.7)
+    strategy = FlDpStrategy(ServerCore(cfg))
+    request = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), FakeGrid([101, 102, 103, 104])))[0]
+    damage(request.content)
+    context = contexts_for(cfg, [101, 102, 103, 104])[101]
+    with pytest.raises(MalformedMessage, match=message):
+        client_train(request, context)
+    assert not context.state.array_records  # nothing trained, nothing stored
+
+
 @pytest.mark.parametrize("node_config, message", [
     ({"num-partitions": 4}, "lacks 'partition-id'"),
     ({"partition-id": 1}, "lacks 'num-partitions'"),
@@ -201,7 +245,7 @@ def test_flower_path_and_in_process_loop_agree_under_central_dp(tiny_cfg, strate
 def test_a_flower_run_with_unordered_node_ids_replays_in_process(tiny_cfg, privacy_model):
     # Flower's simulation gives SuperNodes random ids: sorted, they are not in partition order
     cfg = tiny_cfg.replace(strategy="alpha-normec", privacy_model=privacy_model, num_clients=6, clients_per_round=3,
-                           server_lr=0.3, noise_multiplier=0.7)
+                           server_lr=0.3, noise_multiplier=0.7, num_server_rounds=4)
     node_ids = [907, 13, 555, 42, 318, 76]
     trajectory, flower_strategy, _, _ = _run_flower(cfg, 4, node_ids=node_ids)
     partitions = flower_strategy.core.client_partitions()
