@@ -61,8 +61,9 @@ def evaluation_cohort(
 
 def check_report(metrics: Mapping[str, Any]) -> tuple[int, float, float]:
     """(examples, loss, accuracy) of one client's report, or :class:`MalformedMessage` with the reason."""
-    if set(metrics) != REPORT_KEYS:
-        raise MalformedMessage(f"an evaluation report holds exactly {sorted(REPORT_KEYS)}, got {sorted(metrics)[:8]}")
+    if not isinstance(metrics, Mapping) or set(metrics) != REPORT_KEYS:
+        got = sorted(map(str, metrics))[:8] if isinstance(metrics, Mapping) else type(metrics).__name__
+        raise MalformedMessage(f"an evaluation report holds exactly {sorted(REPORT_KEYS)}, got {got}")
     values = {}
     for key in REPORT_KEYS:
         value = metrics[key]

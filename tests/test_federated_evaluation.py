@@ -58,6 +58,9 @@ def test_held_out_split_is_seeded_disjoint_and_complete():
     ({**GOOD, "num-examples": 1e12}, "integer in"),
     ({**GOOD, "num-examples": True}, "finite number"),
     ({**GOOD, "test-accuracy": [0.5]}, "finite number"),
+    (None, "got NoneType"),
+    ([0.5, 0.75], "got list"),
+    ({**GOOD, 7: 1.0}, "exactly"),
 ])
 def test_a_report_out_of_its_domain_is_rejected(bad, reason):
     assert check_report(GOOD) == (40, 0.5, 0.75)
