@@ -24,6 +24,8 @@ CENTRAL_DP_STRATEGIES = tuple(key for key, spec in REGISTRY.items() if "central"
 COMPRESSORS = ("identity", "top-k", "rand-k", "rand-k-unbiased")
 EVALUATIONS = ("central", "federated")
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+#: run-name names a folder under results-dir and a SuperNode's state-dir: one plain name, never a path
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 __all__ = ["CENTRAL_DP_STRATEGIES", "COMPRESSORS", "ConfigError", "PRIVACY_MODELS", "RunConfig", "STRATEGIES"]
 
@@ -216,6 +218,11 @@ class RunConfig:
             )
         if not self.label_column:
             fail("label-column must name a column")
+        if self.run_name and not RUN_NAME.fullmatch(self.run_name):
+            fail(
+                f"run-name must be a plain name of at most 100 letters, digits, '.', '_' or '-', not starting with '.', "
+                f"got {self.run_name[:120]!r}"
+            )
         if self.partitioner not in PARTITIONERS:
             fail(f"unknown partitioner {self.partitioner!r}; choose one of {', '.join(PARTITIONERS)}")
         for name in ("pathological_classes", "shard_count"):

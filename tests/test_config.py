@@ -59,6 +59,11 @@ def test_a_population_of_zero_is_the_federations_size():
         (dict(byzantine_fraction=0.5), "byzantine-fraction"),
         (dict(strategy="dp-fedavg", target_epsilon=1e300), "target-epsilon 1e\\+300 is above 1e\\+06"),
         (dict(strategy="dp-sgd", target_epsilon=1e16), "target-epsilon 1e\\+16 is above"),
+        (dict(run_name="../../etc"), "run-name must be a plain name"),
+        (dict(run_name="a/b"), "run-name must be a plain name"),
+        (dict(run_name=".hidden"), "run-name must be a plain name"),
+        (dict(run_name="x" * 101), "run-name must be a plain name"),
+        (dict(run_name="run 1"), "run-name must be a plain name"),
     ],
 )
 def test_bad_configs_fail_with_a_clear_message(changes, message):
