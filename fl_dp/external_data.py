@@ -52,7 +52,7 @@ def load_external(
         if column not in train.column_names:
             key = "label-column" if column == label_column else "id-column"
             raise ValueError(f"{key} {column!r} is not a column of {name!r} (its columns: {', '.join(train.column_names)})")
-    values = set(train[label_column]) | set(test[label_column])
+    values = set(_column(train, label_column)) | set(_column(test, label_column))
     if any(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in values):
         raise ValueError(f"label-column {label_column!r} of {name!r} has rows without a label (empty or NaN)")
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
@@ -81,10 +81,10 @@ def load_external(
         x_train, x_test = _table(train, features), _table(test, features)
     out = []
     for split, x in ((train, x_train), (test, x_test)):
-        y = torch.tensor([code[v] for v in split[label_column]], dtype=torch.long)
+        y = torch.tensor([code[v] for v in _column(split, label_column)], dtype=torch.long)
         groups = None
         if id_column:
-            groups = np.asarray([str(v) for v in split[id_column]])
+            groups = np.asarray([str(v) for v in _column(split, id_column)])
         out.append((x, y, groups))
     return tuple(out), len(classes)
 
@@ -133,13 +133,20 @@ def _images(split: Any, column: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(stacked))
 
 
+def _column(split: Any, name: str) -> list[Any]:
+    """Column ``name`` of a Dataset as a list, without ``split[name]``'s copy of every column's Features."""
+    return split.select_columns([name])[name]
+
+
 def _table(split: Any, columns: list[str]) -> torch.Tensor:
     if len(split) == 0:
         return torch.zeros(0, len(columns))
+    # one conversion: each column lookup on a Dataset copies all its Features (minutes for 800 columns)
+    frame = split.select_columns(columns).to_pandas()
     values = []
     for column in columns:
         # float64 first (an empty cell is NaN): a value beyond float32 is refused, not turned into inf
-        value = np.asarray(split[column], dtype=np.float64)
+        value = np.asarray(frame[column], dtype=np.float64)
         bad = ~np.isfinite(value) | (np.abs(value) > np.finfo(np.float32).max)
         if bad.any():
             raise ValueError(f"feature column {column!r} has {int(bad.sum())} empty, NaN, infinite or out-of-float32 values")
