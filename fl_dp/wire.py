@@ -201,16 +201,19 @@ def parse_request(message: Message) -> tuple[dict[str, np.ndarray], dict[str, An
 def request_round(config: Mapping[str, Any], num_server_rounds: int) -> tuple[int, int]:
     """(server round, resumed-from round) of a training request, or :class:`MalformedMessage`:
     whole numbers with 0 <= resumed-from < round <= num-server-rounds."""
-    server_round, resumed_from = config.get(SERVER_ROUND), config.get(RESUMED_FROM, 0)
-    for key, value in ((SERVER_ROUND, server_round), (RESUMED_FROM, resumed_from)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MalformedMessage(f"request {key} must be an integer, got {value!r}")
-    assert isinstance(server_round, int) and isinstance(resumed_from, int)  # for mypy: checked above
+    server_round, resumed_from = _whole(config, SERVER_ROUND), _whole(config, RESUMED_FROM, 0)
     if not 0 <= resumed_from < server_round <= num_server_rounds:
         raise MalformedMessage(
             f"request round {server_round} (resumed from {resumed_from}) is not a round of this run's {num_server_rounds}"
         )
     return server_round, resumed_from
+
+
+def _whole(config: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedMessage(f"request {key} must be an integer, got {value!r}")
+    return value
 
 
 def parse_reply(message: Message) -> Reply:
