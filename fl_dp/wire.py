@@ -18,7 +18,7 @@ import torch
 from fl_dp.compressors import SparseVector, pack_signs, unpack_signs
 
 if TYPE_CHECKING:
-    from flwr.app import ArrayRecord, Message
+    from flwr.app import ArrayRecord, Message, RecordDict
 
 # records of a training request and its reply
 ARRAYS_KEY = "arrays"
@@ -191,11 +191,7 @@ def parse_request(message: Message) -> tuple[dict[str, np.ndarray], dict[str, An
     content = message.content
     if ARRAYS_KEY not in content.array_records or CONFIG_KEY not in content.config_records:
         raise MalformedMessage(f"a request holds an '{ARRAYS_KEY}' and a '{CONFIG_KEY}' record")
-    try:
-        arrays = from_array_record(content.array_records[ARRAYS_KEY])
-    except Exception as err:  # noqa: BLE001 - whatever the bytes make numpy raise, the request is malformed
-        raise MalformedMessage(f"request arrays do not decode: {type(err).__name__}: {err}"[:300]) from None
-    return arrays, dict(content.config_records[CONFIG_KEY].items())
+    return _decoded_arrays(content, "request arrays"), dict(content.config_records[CONFIG_KEY].items())
 
 
 def request_round(config: Mapping[str, Any], num_server_rounds: int) -> tuple[int, int]:
@@ -207,6 +203,14 @@ def request_round(config: Mapping[str, Any], num_server_rounds: int) -> tuple[in
             f"request round {server_round} (resumed from {resumed_from}) is not a round of this run's {num_server_rounds}"
         )
     return server_round, resumed_from
+
+
+def _decoded_arrays(content: RecordDict, what: str) -> dict[str, np.ndarray]:
+    """The message's 'arrays' record as numpy arrays, or :class:`MalformedMessage` saying why not."""
+    try:
+        return from_array_record(content.array_records[ARRAYS_KEY])
+    except Exception as err:  # noqa: BLE001 - whatever the bytes make numpy raise, the message is malformed
+        raise MalformedMessage(f"{what} do not decode: {type(err).__name__}: {err}"[:300]) from None
 
 
 def _whole(config: Mapping[str, Any], key: str, default: int | None = None) -> int:
@@ -228,10 +232,7 @@ def parse_reply(message: Message) -> Reply:
         raise MalformedMessage(f"a reply holds exactly one '{ARRAYS_KEY}' and one '{METRICS_KEY}' record")
     if content.config_records:
         raise MalformedMessage("a reply holds no config record")
-    try:
-        arrays = from_array_record(content.array_records[ARRAYS_KEY])
-    except Exception as err:  # noqa: BLE001 - whatever the bytes make numpy raise, the reply is malformed
-        raise MalformedMessage(f"arrays do not decode: {type(err).__name__}: {err}"[:300]) from None
+    arrays = _decoded_arrays(content, "arrays")
     metrics: dict[str, Any] = dict(content.metric_records[METRICS_KEY].items())  # checked by the server core
     return Reply(str(message.metadata.src_node_id), arrays, metrics)
 
