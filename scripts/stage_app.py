@@ -6,9 +6,8 @@ each run on a 2-core machine, against 0.7 s for this copy. The copy never enters
 .gitignore ignores, and holds the files that pass Flower's own filter for an app
 (``flwr.cli.utils.filter_paths_for_publish``: its include and exclude patterns, then .gitignore),
 so Flower builds the same FAB from it (same bytes, same hash; tests/test_stage_app.py) and no data
-file is copied. Where .gitignore re-includes
-something (a ``!`` pattern) nothing is pruned, since an ignored directory might then hold a file
-the FAB keeps.
+file is copied. Where .gitignore re-includes something (a ``!`` pattern) nothing is pruned, since
+an ignored directory might then hold a file the FAB keeps.
 
     python scripts/stage_app.py APP_DIR    # prints the copy's path (APP_DIR itself if not an app directory)
 """
