@@ -104,7 +104,7 @@ def partitions(
             raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
         try:
             part = np.sort(np.asarray(partitioner.load_partition(partition_id)["row"], dtype=np.int64))
-        except (ValueError, IndexError, KeyError) as err:
+        except (ValueError, IndexError, KeyError, ArithmeticError) as err:  # Flower Datasets' own failures
             raise ValueError(
                 f"partitioner {spec.name!r} cannot split {len(labels)} samples into {num_partitions}: {err}"
             ) from None
@@ -147,6 +147,11 @@ def _flower_partitioner(spec: PartitionSpec, num_partitions: int, num_classes: i
             seed=spec.seed,
         )
     if spec.name == "shard":
+        shards = num_partitions * spec.shard_count
+        if shards > num_samples:
+            raise ValueError(
+                f"shard-count {spec.shard_count} x {num_partitions} clients = {shards} shards for only {num_samples} samples"
+            )
         return fp.ShardPartitioner(
             num_partitions=num_partitions, partition_by="label", num_shards_per_partition=spec.shard_count, seed=spec.seed
         )

@@ -137,6 +137,7 @@ def test_partitioner_errors():
         (dict(partitioner="exponential", num_clients=60, clients_per_round=6), "partitioner 'exponential'"),
         (dict(partitioner="pathological", pathological_classes=3), "pathological-classes 3 > the dataset's 2 classes"),
         (dict(partitioner="shard", shard_count=0), "shard-count must be >= 1"),
+        (dict(partitioner="shard", shard_count=2, max_train_samples=15), "shard-count 2 x 10 clients = 20 shards for only 15"),
     ],
 )
 def test_a_split_that_cannot_be_made_is_refused_before_round_1_naming_the_key(changes, message):
