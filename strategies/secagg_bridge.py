@@ -7,7 +7,10 @@ the bridge, in one place:
 
 - server: :class:`SecAggPlusGrid` wraps the run's Grid; a round's training messages go through the
   four SecAgg+ stages with a one-round legacy shim strategy, and the strategy receives only
-  :class:`SecureOutcome` (the ring sum of the surviving shares and who contributed);
+  :class:`SecureOutcome` (the ring sum of the surviving shares and who contributed). The stages
+  run on :class:`StageCheckingGrid` (a reply no honest client sends drops its sender) under
+  :class:`DropoutTolerantSecAggPlus` (a client that leaves before sharing its keys does not lose
+  the round, as it does in flwr 1.41 / 1.42's workflow);
 - client: :func:`secure_aggregation_mod` passes SecAgg+ messages through ``secaggplus_mod`` and
   maps the layouts both ways (the app's own ``arrays`` / ``config`` in, the share out as
   ``fitres.parameters``); every other message goes to the app unchanged.
@@ -25,13 +28,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
 import flwr
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
-from flwr.common import Code, FitIns, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    Code,
+    FitIns,
+    FitRes,
+    Parameters,
+    Status,
+    bytes_to_ndarray,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
@@ -40,6 +54,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.supercore.primitives.asymmetric import bytes_to_public_key, generate_key_pairs
 
 from fl_dp.distributed import RING_KEY, SECAGG_MODULUS, DistributedSkellam
 from fl_dp.wire import ARRAYS_KEY, CONFIG_KEY, to_array_record
@@ -153,15 +168,197 @@ class SecAggPlusGrid:
         )
         context.state.config_records["config"] = ConfigRecord({"current_round": int(config["server-round"])})
         context.state.array_records["parameters"] = ArrayRecord()
-        workflow = SecAggPlusWorkflow(**secagg_settings(self.mechanism, len(node_ids), self.num_shares), timeout=self.timeout)
+        workflow = DropoutTolerantSecAggPlus(
+            **secagg_settings(self.mechanism, len(node_ids), self.num_shares), timeout=self.timeout
+        )
+        checked = StageCheckingGrid(self.grid, self.mechanism.padded)
         try:
-            workflow(self.grid, context)
-        except Exception as err:  # noqa: BLE001 - a hostile share (wrong shape, bad bytes) must not end the run
+            workflow(cast(Any, checked), context)  # a Grid by duck typing, as SecAggPlusGrid is
+        except Exception as err:  # noqa: BLE001 - whatever a reply the checks let through makes SecAgg+ raise must not end the run
             log.error("SecAgg+ failed: %s: %s", type(err).__name__, err)
-            return SecureOutcome(None, [], [("secagg", f"{type(err).__name__}: {err}"[:300])])
+            return SecureOutcome(None, [], [*checked.rejected, ("secagg", f"{type(err).__name__}: {err}"[:300])])
         if shim.aggregate is None:
-            return SecureOutcome(None, [], [("secagg", "SecAgg+ halted (too few clients answered a stage)")])
-        return SecureOutcome(ring_sum_of_mean(shim.aggregate, len(shim.contributors), self.mechanism), shim.contributors)
+            return SecureOutcome(None, [], [*checked.rejected, ("secagg", "SecAgg+ halted (too few clients answered a stage)")])
+        total = ring_sum_of_mean(shim.aggregate, len(shim.contributors), self.mechanism)
+        return SecureOutcome(total, shim.contributors, checked.rejected)
+
+
+class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, except that a client who leaves before it has shared its keys
+    (stage 0 or 1) is out of the round, not 'dead'.
+
+    In flwr 1.41 / 1.42 such a client stays in ``sampled_node_ids`` and in its neighbours' lists,
+    so the unmask stage asks the neighbours for key shares it never sent them (each raises
+    KeyError), wants its secret key reconstructed from no shares, and would remove pairwise masks
+    nobody added: one early dropout loses the round for everyone. After stages 0 and 1 this
+    keeps only the clients that answered in ``sampled_node_ids`` and the neighbour sets (the
+    upstream change is the same two assignments at the end of ``setup_stage`` and
+    ``share_keys_stage``). Clients that leave later (stage 2) are unmasked as Flower does.
+    """
+
+    def setup_stage(self, grid: Any, context: Any, state: Any) -> bool:
+        # both stages end with the threshold check, which _keep_answering makes again on the survivors
+        super().setup_stage(grid, context, state)
+        return self._keep_answering(state)
+
+    def share_keys_stage(self, grid: Any, context: Any, state: Any) -> bool:
+        super().share_keys_stage(grid, context, state)
+        return self._keep_answering(state)
+
+    def _keep_answering(self, state: Any) -> bool:
+        if not state.nid_to_neighbours:
+            return False  # setup halted before it drew the neighbours (fewer than 2 clients)
+        answering = set(state.active_node_ids)
+        left = set(state.sampled_node_ids) - answering
+        if left:
+            log.info("SecAgg+: %d client(s) left before sharing their keys, taken out of the round", len(left))
+        state.sampled_node_ids = answering
+        state.nid_to_neighbours = {
+            nid: neighbours & answering for nid, neighbours in state.nid_to_neighbours.items() if nid in answering
+        }
+        return bool(answering) and self._check_threshold(state)
+
+
+class StageCheckingGrid:
+    """The Grid SecAggPlusWorkflow runs on: a stage reply that is not what an honest client of that
+    stage sends (a missing record, a wrong type or length, a key that does not load, a share for a
+    node it was not asked about, a masked vector of the wrong shape) becomes an error reply, so the
+    workflow drops that client as it drops one that went away, instead of raising on it and losing
+    the round for everyone.
+
+    What the server cannot see stays SecAgg+'s own limit: a ciphertext that does not decrypt makes
+    the neighbour that receives it fail, and a forged key share unmasks a wrong sum (which
+    :meth:`fl_dp.server.ServerCore.aggregate_secure` bounds like any other sum).
+    """
+
+    def __init__(self, grid: Any, padded: int) -> None:
+        self.grid, self.padded = grid, padded
+        #: (node id, reason) of every reply turned into an error this round
+        self.rejected: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        requests = {m.metadata.dst_node_id: m for m in messages}
+        checked: list[Message] = []
+        answered: set[int] = set()
+        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            request = requests.get(node)
+            if request is None or node in answered:
+                continue  # not asked this stage, or a second answer: the workflow never sees it
+            answered.add(node)
+            problem = None if reply.has_error() else stage_reply_problem(request, reply, self.padded)
+            if problem is None:
+                checked.append(reply)
+                continue
+            log.warning("SecAgg+ reply of node %s refused: %s", node, problem)
+            self.rejected.append((str(node), f"SecAgg+ reply refused: {problem}"))
+            checked.append(Message(error=Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, problem), reply_to=request))
+        return checked
+
+
+def stage_reply_problem(request: Message, reply: Message, padded: int) -> str | None:
+    """Why ``reply`` is not a reply an honest client sends to ``request`` (a SecAgg+ stage message),
+    or None."""
+    try:
+        sent = request.content.config_records[RECORD_KEY_CONFIGS]
+        stage = sent[Key.STAGE]
+        if RECORD_KEY_CONFIGS not in reply.content.config_records:
+            return f"no '{RECORD_KEY_CONFIGS}' record"
+        got = reply.content.config_records[RECORD_KEY_CONFIGS]
+        if stage == Stage.SETUP:
+            return _public_keys_problem(got)
+        if stage == Stage.SHARE_KEYS:
+            neighbours = {int(key) for key in sent if key != Key.STAGE} - {reply.metadata.src_node_id}
+            return _ciphertexts_problem(got, neighbours)
+        if stage == Stage.COLLECT_MASKED_VECTORS:
+            return _masked_vector_problem(reply, got, padded)
+        if stage == Stage.UNMASK:
+            asked = [*_list_of(sent, Key.ACTIVE_NODE_ID_LIST, int), *_list_of(sent, Key.DEAD_NODE_ID_LIST, int)]
+            return _key_shares_problem(got, asked)
+        return f"a reply to unknown stage {stage!r}"
+    except _Refused as refused:
+        return str(refused)
+    except Exception as err:  # noqa: BLE001 - a reply that cannot even be read is refused, never raised
+        return f"unreadable ({type(err).__name__})"
+
+
+class _Refused(ValueError):
+    """Why a stage reply is refused."""
+
+
+def _list_of(record: ConfigRecord, key: str, kind: type) -> list[Any]:
+    values = record.get(key)
+    if not isinstance(values, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+        raise _Refused(f"'{key}' is not a list of {kind.__name__}")
+    return values
+
+
+def _bytes_of(record: ConfigRecord, key: str) -> bytes:
+    value = record.get(key)
+    if not isinstance(value, bytes):
+        raise _Refused(f"'{key}' is not bytes")
+    return value
+
+
+@cache
+def _secagg_curve() -> str:
+    """The elliptic curve of the keys SecAgg+ clients generate."""
+    return str(generate_key_pairs()[1].curve.name)
+
+
+def _public_keys_problem(got: ConfigRecord) -> str | None:
+    keys = [_bytes_of(got, Key.PUBLIC_KEY_1), _bytes_of(got, Key.PUBLIC_KEY_2)]
+    if keys[0] == keys[1]:
+        return "its two public keys are the same"
+    for key in keys:
+        try:
+            curve = bytes_to_public_key(key).curve.name
+        except Exception as err:  # noqa: BLE001 - bytes that do not load as a key, whatever the parser says
+            return f"a public key does not load ({type(err).__name__})"
+        if curve != _secagg_curve():
+            return f"a public key on curve {curve}, SecAgg+ uses {_secagg_curve()}"
+    return None
+
+
+def _ciphertexts_problem(got: ConfigRecord, neighbours: set[int]) -> str | None:
+    destinations = _list_of(got, Key.DESTINATION_LIST, int)
+    ciphertexts = _list_of(got, Key.CIPHERTEXT_LIST, bytes)
+    if len(destinations) != len(ciphertexts):
+        return f"{len(destinations)} destinations for {len(ciphertexts)} ciphertexts"
+    if len(set(destinations)) != len(destinations) or set(destinations) != neighbours:
+        return "key shares not for each of its neighbours once"
+    return None
+
+
+def _masked_vector_problem(reply: Message, got: ConfigRecord, padded: int) -> str | None:
+    masked = _list_of(got, Key.MASKED_PARAMETERS, bytes)
+    try:
+        compat.recorddict_to_fitres(reply.content, keep_input=True)
+        arrays = [bytes_to_ndarray(b) for b in masked]
+    except Exception as err:  # noqa: BLE001 - records or bytes that do not decode, whatever the parser says
+        return f"the masked vector does not decode ({type(err).__name__})"
+    # an honest client masks [its weight factor, its share]
+    if [a.shape for a in arrays] != [(1,), (padded,)]:
+        return f"masked arrays of shapes {[a.shape for a in arrays]}, SecAgg+ here masks [(1,), ({padded},)]"
+    for array in arrays:
+        if array.dtype.kind not in "iu" or (array.size and (array.min() < 0 or array.max() >= SECAGG_MODULUS)):
+            return f"masked values must be integers in [0, 2^32) (dtype {array.dtype})"
+    return None
+
+
+def _key_shares_problem(got: ConfigRecord, asked: list[int]) -> str | None:
+    owners = _list_of(got, Key.NODE_ID_LIST, int)
+    shares = _list_of(got, Key.SHARE_LIST, bytes)
+    if sorted(owners) != sorted(asked) or len(shares) != len(owners):
+        return "key shares for other nodes than it was asked about"
+    # a Shamir share here is a 4-byte index and 16 bytes per chunk of the secret
+    if any(len(share) < 20 or (len(share) - 4) % 16 for share in shares):
+        return "a key share is not an index and whole 16-byte chunks"
+    return None
 
 
 def ring_sum_of_mean(mean: np.ndarray, count: int, mechanism: DistributedSkellam) -> np.ndarray | None:

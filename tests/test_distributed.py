@@ -154,8 +154,12 @@ class InProcessGrid:
     """A Grid that delivers each message to the ClientApp (with its mods) of its node, in process,
     and records every reply that reaches the server."""
 
-    def __init__(self, contexts, drop=()):
-        self.contexts, self.drop, self.seen = contexts, set(drop), []
+    STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
+
+    def __init__(self, contexts, drop=(), tamper=None, drop_from=None):
+        self.contexts, self.drop, self.seen, self.tamper = contexts, set(drop), [], tamper or {}
+        # node -> the SecAgg+ stage from which it no longer answers
+        self.drop_from = drop_from or {}
 
     def get_node_ids(self):
         return sorted(self.contexts)
@@ -166,14 +170,19 @@ class InProcessGrid:
             node = message.metadata.dst_node_id
             if node in self.drop:
                 continue
+            stage = message.content.config_records.get("secaggplus_configs", {}).get("stage")
+            if node in self.drop_from and self.STAGES.index(stage) >= self.STAGES.index(self.drop_from[node]):
+                continue
             # a real Grid serialises each message: a node never shares the server's RecordDict
             reply = client_app(copy.deepcopy(message), self.contexts[node])
+            if node in self.tamper and not reply.has_error():
+                self.tamper[node](message.content.config_records["secaggplus_configs"]["stage"], reply)
             self.seen.append(reply)
             replies.append(reply)
         return replies
 
 
-def _flower_secure_run(cfg, rounds, drop=()):
+def _flower_secure_run(cfg, rounds, drop=(), tamper=None, drop_from=None):
     node_ids = [101 + i for i in range(cfg.num_clients)]
     contexts = {
         node: Context(run_id=1, node_id=node, node_config={"partition-id": i, "num-partitions": cfg.num_clients},
@@ -182,7 +191,7 @@ def _flower_secure_run(cfg, rounds, drop=()):
     }
     core = ServerCore(cfg)
     strategy = FlDpStrategy(core)
-    inner = InProcessGrid(contexts, drop)
+    inner = InProcessGrid(contexts, drop, tamper, drop_from)
     grid = strategy.secure = SecAggPlusGrid(inner, core.distributed, cfg.secagg_num_shares, None)
     arrays = strategy.initial_arrays()
     for server_round in range(1, rounds + 1):
@@ -219,12 +228,99 @@ def test_flower_secagg_path_equals_the_in_process_loop_and_never_shows_the_serve
 def test_flower_secagg_survives_a_dropped_client_and_skips_below_the_threshold(tiny_cfg):
     cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, secagg_survivors=0.5)
     core, _ = _flower_secure_run(cfg, 1, drop={101})
-    assert core.history()["skipped"].iloc[0] == "" or "shares survived" in core.history()["skipped"].iloc[0]
+    assert core.history()["skipped"].iloc[0] == ""
     cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, secagg_survivors=1.0, num_clients=6, clients_per_round=6)
     x0 = ServerCore(cfg).x.clone()
     core, _ = _flower_secure_run(cfg, 1, drop={101})
     assert core.history()["skipped"].iloc[0] != ""
     assert torch.equal(core.x, x0)
+
+
+def _configs(reply):
+    return reply.content.config_records["secaggplus_configs"]
+
+
+def _set(key, value):
+    def change(reply):
+        _configs(reply)[key] = value(_configs(reply)) if callable(value) else value
+
+    return change
+
+
+def _masked_with(arrays):
+    from flwr.common import ndarray_to_bytes
+
+    return _set(Key.MASKED_PARAMETERS, lambda c: [ndarray_to_bytes(a) for a in arrays(c)])
+
+
+def _masked(configs):
+    return [bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]]
+
+
+HOSTILE_STAGE_REPLIES = {
+    "setup: a key missing": ("setup", lambda r: _configs(r).pop(Key.PUBLIC_KEY_2)),
+    "setup: a key that is not a key": ("setup", _set(Key.PUBLIC_KEY_1, b"-----BEGIN PUBLIC KEY-----junk")),
+    "setup: both keys the same": ("setup", _set(Key.PUBLIC_KEY_2, lambda c: c[Key.PUBLIC_KEY_1])),
+    "setup: no configs record": ("setup", lambda r: r.content.config_records.pop("secaggplus_configs")),
+    "share keys: a stranger as destination": ("share_keys", _set(Key.DESTINATION_LIST, lambda c: [*c[Key.DESTINATION_LIST][:-1], 999])),
+    "share keys: a ciphertext missing": ("share_keys", _set(Key.CIPHERTEXT_LIST, lambda c: c[Key.CIPHERTEXT_LIST][:-1])),
+    "share keys: one destination twice": ("share_keys", _set(Key.DESTINATION_LIST, lambda c: [c[Key.DESTINATION_LIST][0]] * len(c[Key.DESTINATION_LIST]))),
+    "masked vector: truncated": ("collect_masked_vectors", _masked_with(lambda c: [_masked(c)[0], _masked(c)[1][:-1]])),
+    "masked vector: the weight left out": ("collect_masked_vectors", _masked_with(lambda c: _masked(c)[1:])),
+    "masked vector: beyond the modulus": ("collect_masked_vectors", _masked_with(lambda c: [_masked(c)[0], _masked(c)[1] + 2**33])),
+    "masked vector: floats": ("collect_masked_vectors", _masked_with(lambda c: [_masked(c)[0], _masked(c)[1].astype(np.float64)])),
+    "masked vector: bytes that do not decode": ("collect_masked_vectors", _set(Key.MASKED_PARAMETERS, [b"junk", b"junk"])),
+    "unmask: a share for a stranger": ("unmask", _set(Key.NODE_ID_LIST, lambda c: [*c[Key.NODE_ID_LIST][:-1], 999])),
+    "unmask: a share too short": ("unmask", _set(Key.SHARE_LIST, lambda c: [c[Key.SHARE_LIST][0][:7], *c[Key.SHARE_LIST][1:]])),
+    "unmask: ids not integers": ("unmask", _set(Key.NODE_ID_LIST, lambda c: [str(n) for n in c[Key.NODE_ID_LIST]])),
+}
+
+
+def test_honest_secagg_replies_are_never_refused(tiny_cfg):
+    core, _ = _flower_secure_run(_cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5), 2)
+    assert list(core.history()["rejected"]) == [0, 0] and list(core.history()["skipped"]) == ["", ""]
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_STAGE_REPLIES))
+def test_a_malformed_secagg_stage_reply_drops_its_sender_not_the_round(tiny_cfg, case):
+    stage, tamper = HOSTILE_STAGE_REPLIES[case]
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, num_clients=6, clients_per_round=6)
+    x0 = ServerCore(cfg).x.clone()
+    core, _ = _flower_secure_run(cfg, 1, tamper={101: lambda s, r: tamper(r) if s == stage else None})
+    row = core.history().iloc[0]
+    assert row["skipped"] == "" and "101: SecAgg+ reply refused" in row["rejections"], case
+    assert torch.isfinite(core.x).all() and not torch.equal(core.x, x0)
+    if stage == "setup":  # refused before it took part: the round is the one it never answered
+        dropped, _ = _flower_secure_run(cfg, 1, drop={101})
+        assert torch.equal(core.x, dropped.x)
+
+
+@pytest.mark.parametrize("stage", InProcessGrid.STAGES)
+def test_secagg_unmasks_exactly_the_surviving_shares_whichever_stage_a_client_leaves_at(tiny_cfg, monkeypatch, stage):
+    """Flower's own workflow loses the round when a client leaves before sharing its keys (its
+    neighbours are asked for key shares they never got); the bridge's workflow does not."""
+    shares, outcomes = {}, []
+    encode, aggregate_secure = DistributedSkellam.encode, ServerCore.aggregate_secure
+
+    def recording_encode(self, message, signs, rng, cohort):
+        share = encode(self, message, signs, rng, cohort)
+        shares[len(shares)] = share
+        return share
+
+    def recording_aggregate(self, server_round, total, contributors, failures=()):
+        outcomes.append((total, list(contributors)))
+        return aggregate_secure(self, server_round, total, contributors, failures)
+
+    monkeypatch.setattr(DistributedSkellam, "encode", recording_encode)
+    monkeypatch.setattr(ServerCore, "aggregate_secure", recording_aggregate)
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, num_clients=7, clients_per_round=7)
+    core, _ = _flower_secure_run(cfg, 1, drop_from={103: stage})
+    (total, contributors), = outcomes
+    left_after_its_share = stage == "unmask"  # its masked share is in the sum; only its key shares are missing
+    assert sorted(contributors) == sorted(str(101 + i) for i in range(7) if left_after_its_share or i != 2)
+    assert len(shares) == len(contributors)  # a client that left before stage 2 never trained
+    assert np.array_equal(total, np.mod(sum(s.astype(np.int64) for s in shares.values()), core.distributed.modulus))
+    assert core.history()["skipped"].iloc[0] == ""
 
 
 def test_a_client_refuses_a_cohort_size_its_run_cannot_have(tiny_cfg):
