@@ -242,22 +242,58 @@ class StageCheckingGrid:
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         requests = {m.metadata.dst_node_id: m for m in messages}
-        checked: list[Message] = []
-        answered: set[int] = set()
+        replies: dict[int, Message] = {}
+        problems: dict[int, str] = {}
         for reply in self.grid.send_and_receive(messages, timeout=timeout):
             node = reply.metadata.src_node_id
-            request = requests.get(node)
-            if request is None or node in answered:
+            if node not in requests or node in replies:
                 continue  # not asked this stage, or a second answer: the workflow never sees it
-            answered.add(node)
-            problem = None if reply.has_error() else stage_reply_problem(request, reply, self.padded)
-            if problem is None:
-                checked.append(reply)
-                continue
+            replies[node] = reply
+            problem = None if reply.has_error() else stage_reply_problem(requests[node], reply, self.padded)
+            if problem is not None:
+                problems[node] = problem
+        sound = {node: reply for node, reply in replies.items() if node not in problems and not reply.has_error()}
+        problems.update(cross_reply_problems(requests, sound))
+        for node, problem in problems.items():
             log.warning("SecAgg+ reply of node %s refused: %s", node, problem)
             self.rejected.append((str(node), f"SecAgg+ reply refused: {problem}"))
-            checked.append(Message(error=Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, problem), reply_to=request))
-        return checked
+            replies[node] = Message(error=Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, problem), reply_to=requests[node])
+        return list(replies.values())
+
+
+def cross_reply_problems(requests: dict[int, Message], replies: dict[int, Message]) -> dict[int, str]:
+    """Senders whose reply clashes with another's, each of which alone looks honest: a public key
+    that another node sent too (its neighbours would refuse the stage), or a key share with the
+    index of another holder's share of the same secret, or of another length (the secret could not
+    be combined). Both sides of a clash are refused: the server cannot tell which one copied."""
+    if not replies:
+        return {}
+    stage = next(iter(requests.values())).content.config_records[RECORD_KEY_CONFIGS][Key.STAGE]
+    configs = {node: reply.content.config_records[RECORD_KEY_CONFIGS] for node, reply in replies.items()}
+    problems: dict[int, str] = {}
+    if stage == Stage.SETUP:
+        holders: dict[bytes, set[int]] = {}
+        for node, got in configs.items():
+            for key in (got[Key.PUBLIC_KEY_1], got[Key.PUBLIC_KEY_2]):
+                holders.setdefault(cast(bytes, key), set()).add(node)
+        for nodes in holders.values():
+            if len(nodes) > 1:
+                problems.update({node: "a public key another node sent too" for node in nodes})
+    elif stage == Stage.UNMASK:
+        shares: dict[int, list[tuple[int, bytes]]] = {}  # secret's owner -> (holder, share)
+        for node, got in configs.items():
+            for owner, share in zip(cast(list[int], got[Key.NODE_ID_LIST]), cast(list[bytes], got[Key.SHARE_LIST])):
+                shares.setdefault(owner, []).append((node, share))
+        for held in shares.values():
+            lengths = [len(share) for _, share in held]
+            usual = max(set(lengths), key=lengths.count)
+            indices = [share[:4] for _, share in held]
+            for node, share in held:
+                if len(share) != usual:
+                    problems[node] = "a key share of another length than the other holders' of that secret"
+                elif indices.count(share[:4]) > 1:
+                    problems[node] = "a key share with the index of another holder's share of that secret"
+    return problems
 
 
 def stage_reply_problem(request: Message, reply: Message, padded: int) -> str | None:
@@ -358,6 +394,8 @@ def _key_shares_problem(got: ConfigRecord, asked: list[int]) -> str | None:
     # a Shamir share here is a 4-byte index and 16 bytes per chunk of the secret
     if any(len(share) < 20 or (len(share) - 4) % 16 for share in shares):
         return "a key share is not an index and whole 16-byte chunks"
+    if len(set(shares)) != len(shares):
+        return "one key share sent for two secrets"
     return None
 
 

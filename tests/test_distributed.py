@@ -175,10 +175,12 @@ class InProcessGrid:
                 continue
             # a real Grid serialises each message: a node never shares the server's RecordDict
             reply = client_app(copy.deepcopy(message), self.contexts[node])
-            if node in self.tamper and not reply.has_error():
-                self.tamper[node](message.content.config_records["secaggplus_configs"]["stage"], reply)
             self.seen.append(reply)
             replies.append(reply)
+        stage = messages[0].content.config_records.get("secaggplus_configs", {}).get("stage") if messages else None
+        for reply in replies:  # a hostile node may read the others' replies first
+            if reply.metadata.src_node_id in self.tamper and not reply.has_error():
+                self.tamper[reply.metadata.src_node_id](stage, reply, replies)
         return replies
 
 
@@ -273,6 +275,7 @@ HOSTILE_STAGE_REPLIES = {
     "unmask: a share for a stranger": ("unmask", _set(Key.NODE_ID_LIST, lambda c: [*c[Key.NODE_ID_LIST][:-1], 999])),
     "unmask: a share too short": ("unmask", _set(Key.SHARE_LIST, lambda c: [c[Key.SHARE_LIST][0][:7], *c[Key.SHARE_LIST][1:]])),
     "unmask: ids not integers": ("unmask", _set(Key.NODE_ID_LIST, lambda c: [str(n) for n in c[Key.NODE_ID_LIST]])),
+    "unmask: one share sent for two secrets": ("unmask", _set(Key.SHARE_LIST, lambda c: [c[Key.SHARE_LIST][0]] * len(c[Key.SHARE_LIST]))),
 }
 
 
@@ -286,7 +289,7 @@ def test_a_malformed_secagg_stage_reply_drops_its_sender_not_the_round(tiny_cfg,
     stage, tamper = HOSTILE_STAGE_REPLIES[case]
     cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, num_clients=6, clients_per_round=6)
     x0 = ServerCore(cfg).x.clone()
-    core, _ = _flower_secure_run(cfg, 1, tamper={101: lambda s, r: tamper(r) if s == stage else None})
+    core, _ = _flower_secure_run(cfg, 1, tamper={101: lambda s, r, _: tamper(r) if s == stage else None})
     row = core.history().iloc[0]
     assert row["skipped"] == "" and "101: SecAgg+ reply refused" in row["rejections"], case
     assert torch.isfinite(core.x).all() and not torch.equal(core.x, x0)
@@ -321,6 +324,38 @@ def test_secagg_unmasks_exactly_the_surviving_shares_whichever_stage_a_client_le
     assert len(shares) == len(contributors)  # a client that left before stage 2 never trained
     assert np.array_equal(total, np.mod(sum(s.astype(np.int64) for s in shares.values()), core.distributed.modulus))
     assert core.history()["skipped"].iloc[0] == ""
+
+
+def _copy_a_public_key(stage, reply, replies):
+    if stage == "setup":
+        other = next(r for r in replies if r is not reply and not r.has_error())
+        _configs(reply)[Key.PUBLIC_KEY_1] = _configs(other)[Key.PUBLIC_KEY_1]
+
+
+def _reuse_an_index(stage, reply, replies):
+    if stage != "unmask":
+        return
+    mine = _configs(reply)
+    for other in (r for r in replies if r is not reply and not r.has_error()):
+        theirs = dict(zip(_configs(other)[Key.NODE_ID_LIST], _configs(other)[Key.SHARE_LIST]))
+        for i, owner in enumerate(mine[Key.NODE_ID_LIST]):
+            if owner in theirs:
+                shares = list(mine[Key.SHARE_LIST])
+                shares[i] = theirs[owner][:4] + shares[i][4:]
+                mine[Key.SHARE_LIST] = shares
+                return
+
+
+@pytest.mark.parametrize("tamper, refused", [(_copy_a_public_key, "a public key another node sent too"),
+                                             (_reuse_an_index, "a key share with the index of another holder's share")])
+def test_clashing_secagg_replies_refuse_both_sides_and_the_round_goes_on(tiny_cfg, tamper, refused):
+    """Each reply alone looks honest; together they would make every neighbour of both refuse the
+    keys, or the secret impossible to combine. The server cannot tell who copied: both are dropped."""
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, num_clients=7, clients_per_round=7)
+    core, _ = _flower_secure_run(cfg, 1, tamper={101: tamper})
+    row = core.history().iloc[0]
+    assert row["skipped"] == "" and row["rejected"] == 2 and "101: SecAgg+ reply refused: " + refused in row["rejections"]
+    assert torch.isfinite(core.x).all()
 
 
 def test_a_client_refuses_a_cohort_size_its_run_cannot_have(tiny_cfg):
