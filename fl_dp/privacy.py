@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from fl_dp.opacus_import import import_opacus
 from fl_dp.skellam import epsilon_of_mixed, opacus_rdp
 
 
@@ -88,6 +89,7 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
     if any(r.is_skellam for r in releases):
         return epsilon_of_mixed(releases, delta)
     # Opacus' own RDP of the subsampled Gaussian, composed over the releases at its default orders
+    import_opacus()
     from opacus.accountants import RDPAccountant
 
     analysis = opacus_rdp()
@@ -135,6 +137,7 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
             f"epsilon {target_epsilon} at delta {delta} over {steps} steps at sample rate {sample_rate:.4g} needs a noise "
             f"multiplier above {MAX_NOISE_MULTIPLIER:g} (that noise gives epsilon {reachable:.3g})"
         )
+    import_opacus()
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():

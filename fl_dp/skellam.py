@@ -57,6 +57,9 @@ def opacus_rdp() -> ModuleType:
     """Opacus' RDP analysis (``compute_rdp``, ``get_privacy_spent``), imported on first use:
     importing any part of opacus loads its whole privacy engine (about 1.3 s and 110 MB a
     process), which a client that never computes an epsilon (central or no DP) does not need."""
+    from fl_dp.opacus_import import import_opacus
+
+    import_opacus()
     from opacus.accountants.analysis import rdp
 
     return rdp

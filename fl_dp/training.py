@@ -129,6 +129,9 @@ class Objective:
         """(batch, d) gradients of each sample's loss at x, from Opacus' GradSampleModule
         (on a copy of the model, so the ordinary gradient path keeps no hooks), in chunks of
         ``PER_SAMPLE_CHUNK`` samples on a CPU (at batch 2048 one pass took twice as long per sample)."""
+        from fl_dp.opacus_import import import_opacus
+
+        import_opacus()
         from opacus import GradSampleModule
 
         if self.regularizer_lambda:

@@ -97,3 +97,22 @@ def test_calibration_does_not_pass_on_the_warnings_of_opacus_search():
         warnings.simplefilter("error")  # Opacus warns at the large noise its search tries on the way
         sigma = calibrate_noise_multiplier.__wrapped__(8.0, 1e-5, 0.1, 100)
     assert 0.9 < sigma < 1.1
+
+
+def test_opacus_is_imported_without_a_root_log_handler():
+    """opacus' import calls logging.basicConfig; without undoing it, Flower's DEBUG lines of every
+    SecAgg+ stage reached each Ray actor's stderr, and so the console."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from fl_dp.privacy import Release, calibrate_noise_multiplier, epsilon_of\n"
+        "epsilon_of([Release(1.0, 0.1, 10)], 1e-5); calibrate_noise_multiplier(4.0, 1e-5, 0.1, 10)\n"
+        "assert 'opacus' in __import__('sys').modules\n"
+        "logging.getLogger('flwr').propagate = True\n"
+        "logging.getLogger('flwr').debug('a flower debug line')\n"
+        "print(len(logging.getLogger().handlers))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "0" and "a flower debug line" not in done.stderr
