@@ -413,13 +413,15 @@ def ring_sum_of_mean(mean: np.ndarray, count: int, mechanism: DistributedSkellam
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Client mod: SecAgg+ stages go through ``secaggplus_mod`` (after checking that its setup keeps
-    the ring values exact), the training stage reaches the app in its own layout; other messages
-    pass unchanged."""
+    the ring values exact, and that an unmask request cannot reveal both masks of one node), the
+    training stage reaches the app in its own layout; other messages pass unchanged."""
     if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
     configs = msg.content.config_records[RECORD_KEY_CONFIGS]
     if configs.get(Key.STAGE) == Stage.SETUP:
         _check_setup(configs)
+    if configs.get(Key.STAGE) == Stage.UNMASK:
+        _check_unmask(configs, msg.metadata.dst_node_id)
 
     def train_in_app_layout(fit_msg: Message, ctxt: Context) -> Message:
         fitins = compat.recorddict_to_fitins(fit_msg.content, keep_input=True)
@@ -448,3 +450,14 @@ def _check_setup(configs: ConfigRecord) -> None:
     )
     if not ok:
         raise ValueError("SecAgg+ setup does not keep fl-dp's ring values exact (clipping range M/2, weight 1, modulus 2^32)")
+
+
+def _check_unmask(configs: ConfigRecord, own_node_id: int) -> None:
+    """Refuse an unmask request that would reveal both masks of one node: a node listed both as
+    active (its self-mask seed's shares) and as dropped (its pairwise key's shares) would have its
+    masked vector opened, and this node itself is not dropped while it answers. (A server that
+    sends inconsistent lists to different clients is beyond one client's sight: SecAgg+ without
+    its consistency round assumes a server that follows the protocol.)"""
+    active, dead = configs.get(Key.ACTIVE_NODE_ID_LIST), configs.get(Key.DEAD_NODE_ID_LIST)
+    if isinstance(active, list) and isinstance(dead, list) and (set(active) & set(dead) or own_node_id in dead):
+        raise ValueError("SecAgg+ unmask request lists a node both active and dropped, or this node as dropped")

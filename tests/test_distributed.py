@@ -372,3 +372,18 @@ def test_a_client_refuses_a_cohort_size_its_run_cannot_have(tiny_cfg):
     for bad in (0, limit + 1, None, 2.5, True):
         with pytest.raises(MalformedMessage, match="cohort"):
             client.train(arrays, {**config, COHORT_SIZE: bad}, {})
+
+
+@pytest.mark.parametrize("active, dead", [([102, 103], [103]), ([102], [101])])
+def test_a_client_refuses_an_unmask_request_that_would_open_one_node_s_masks(active, dead):
+    """Listed both active and dropped, a node's self-mask and pairwise key would both be revealed
+    (and node 101 is not dropped while it answers): the client answers nothing."""
+    from flwr.common.secure_aggregation.secaggplus_constants import Stage
+
+    from strategies.secagg_bridge import secure_aggregation_mod
+
+    configs = ConfigRecord({Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: active, Key.DEAD_NODE_ID_LIST: dead})
+    message = Message(RecordDict({"secaggplus_configs": configs}), dst_node_id=101, message_type="train")
+    context = Context(run_id=1, node_id=101, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match="both active and dropped"):
+        secure_aggregation_mod(message, context, lambda m, c: pytest.fail("the app was called"))
