@@ -298,8 +298,14 @@ def test_a_malformed_secagg_stage_reply_drops_its_sender_not_the_round(tiny_cfg,
         assert torch.equal(core.x, dropped.x)
 
 
-@pytest.mark.parametrize("stage", InProcessGrid.STAGES)
-def test_secagg_unmasks_exactly_the_surviving_shares_whichever_stage_a_client_leaves_at(tiny_cfg, monkeypatch, stage):
+LEAVING = {f"103 at {stage}": {103: stage} for stage in InProcessGrid.STAGES} | {
+    "104 at share_keys, 105 at collect": {104: "share_keys", 105: "collect_masked_vectors"},
+    "104 at setup, 105 at unmask": {104: "setup", 105: "unmask"},
+}  # two at most: of any secret's 5 holders, 3 (the threshold) are then left whatever SecAgg+'s random ring
+
+
+@pytest.mark.parametrize("case", sorted(LEAVING))
+def test_secagg_unmasks_exactly_the_surviving_shares_whichever_stage_clients_leave_at(tiny_cfg, monkeypatch, case):
     """Flower's own workflow loses the round when a client leaves before sharing its keys (its
     neighbours are asked for key shares they never got); the bridge's workflow does not."""
     shares, outcomes = {}, []
@@ -317,10 +323,11 @@ def test_secagg_unmasks_exactly_the_surviving_shares_whichever_stage_a_client_le
     monkeypatch.setattr(DistributedSkellam, "encode", recording_encode)
     monkeypatch.setattr(ServerCore, "aggregate_secure", recording_aggregate)
     cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, num_clients=7, clients_per_round=7)
-    core, _ = _flower_secure_run(cfg, 1, drop_from={103: stage})
+    core, _ = _flower_secure_run(cfg, 1, drop_from=LEAVING[case])
     (total, contributors), = outcomes
-    left_after_its_share = stage == "unmask"  # its masked share is in the sum; only its key shares are missing
-    assert sorted(contributors) == sorted(str(101 + i) for i in range(7) if left_after_its_share or i != 2)
+    # a client that left at unmask is in the sum (it sent its masked share); only its key shares are missing
+    in_sum = [str(101 + i) for i in range(7) if LEAVING[case].get(101 + i, "unmask") == "unmask"]
+    assert sorted(contributors) == in_sum
     assert len(shares) == len(contributors)  # a client that left before stage 2 never trained
     assert np.array_equal(total, np.mod(sum(s.astype(np.int64) for s in shares.values()), core.distributed.modulus))
     assert core.history()["skipped"].iloc[0] == ""
