@@ -127,9 +127,49 @@ class _RoundShim(LegacyStrategy):
         return None
 
 
+class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, except that a client who leaves before it has shared its keys
+    (stage 0 or 1) is out of the round, not 'dead'.
+
+    In flwr 1.41 / 1.42 such a client stays in ``sampled_node_ids`` and in its neighbours' lists,
+    so the unmask stage asks the neighbours for key shares it never sent them (each raises
+    KeyError), wants its secret key reconstructed from no shares, and would remove pairwise masks
+    nobody added: one early dropout loses the round for everyone. After stages 0 and 1 this
+    keeps only the clients that answered in ``sampled_node_ids`` and the neighbour sets (the
+    upstream change is the same two assignments at the end of ``setup_stage`` and
+    ``share_keys_stage``). Clients that leave later (stage 2) are unmasked as Flower does.
+    """
+
+    def setup_stage(self, grid: Any, context: Any, state: Any) -> bool:
+        # both stages end with the threshold check, which _keep_answering makes again on the survivors
+        super().setup_stage(grid, context, state)
+        return self._keep_answering(state)
+
+    def share_keys_stage(self, grid: Any, context: Any, state: Any) -> bool:
+        super().share_keys_stage(grid, context, state)
+        return self._keep_answering(state)
+
+    def _keep_answering(self, state: Any) -> bool:
+        if not state.nid_to_neighbours:
+            return False  # setup halted before it drew the neighbours (fewer than 2 clients)
+        answering = set(state.active_node_ids)
+        left = set(state.sampled_node_ids) - answering
+        if left:
+            log.info("SecAgg+: %d client(s) left before sharing their keys, taken out of the round", len(left))
+        state.sampled_node_ids = answering
+        state.nid_to_neighbours = {
+            nid: neighbours & answering for nid, neighbours in state.nid_to_neighbours.items() if nid in answering
+        }
+        return bool(answering) and self._check_threshold(state)
+
+
 class SecAggPlusGrid:
     """The Grid the strategy runs on under ``distributed``: training messages go through SecAgg+,
     everything else (node ids, other messages) to the wrapped Grid."""
+
+    #: the SecAgg+ server workflow (Flower's own, ``SecAggPlusWorkflow``, loses a round to a client
+    #: that leaves before sharing its keys; benchmarks.secagg_dropouts compares the two)
+    workflow: type[SecAggPlusWorkflow] = DropoutTolerantSecAggPlus
 
     def __init__(self, grid: Any, mechanism: DistributedSkellam, num_shares: int, timeout: float | None) -> None:
         self.grid, self.mechanism, self.num_shares, self.timeout = grid, mechanism, num_shares, timeout
@@ -168,9 +208,7 @@ class SecAggPlusGrid:
         )
         context.state.config_records["config"] = ConfigRecord({"current_round": int(config["server-round"])})
         context.state.array_records["parameters"] = ArrayRecord()
-        workflow = DropoutTolerantSecAggPlus(
-            **secagg_settings(self.mechanism, len(node_ids), self.num_shares), timeout=self.timeout
-        )
+        workflow = self.workflow(**secagg_settings(self.mechanism, len(node_ids), self.num_shares), timeout=self.timeout)
         checked = StageCheckingGrid(self.grid, self.mechanism.padded)
         try:
             workflow(cast(Any, checked), context)  # a Grid by duck typing, as SecAggPlusGrid is
@@ -181,42 +219,6 @@ class SecAggPlusGrid:
             return SecureOutcome(None, [], [*checked.rejected, ("secagg", "SecAgg+ halted (too few clients answered a stage)")])
         total = ring_sum_of_mean(shim.aggregate, len(shim.contributors), self.mechanism)
         return SecureOutcome(total, shim.contributors, checked.rejected)
-
-
-class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
-    """Flower's SecAgg+ workflow, except that a client who leaves before it has shared its keys
-    (stage 0 or 1) is out of the round, not 'dead'.
-
-    In flwr 1.41 / 1.42 such a client stays in ``sampled_node_ids`` and in its neighbours' lists,
-    so the unmask stage asks the neighbours for key shares it never sent them (each raises
-    KeyError), wants its secret key reconstructed from no shares, and would remove pairwise masks
-    nobody added: one early dropout loses the round for everyone. After stages 0 and 1 this
-    keeps only the clients that answered in ``sampled_node_ids`` and the neighbour sets (the
-    upstream change is the same two assignments at the end of ``setup_stage`` and
-    ``share_keys_stage``). Clients that leave later (stage 2) are unmasked as Flower does.
-    """
-
-    def setup_stage(self, grid: Any, context: Any, state: Any) -> bool:
-        # both stages end with the threshold check, which _keep_answering makes again on the survivors
-        super().setup_stage(grid, context, state)
-        return self._keep_answering(state)
-
-    def share_keys_stage(self, grid: Any, context: Any, state: Any) -> bool:
-        super().share_keys_stage(grid, context, state)
-        return self._keep_answering(state)
-
-    def _keep_answering(self, state: Any) -> bool:
-        if not state.nid_to_neighbours:
-            return False  # setup halted before it drew the neighbours (fewer than 2 clients)
-        answering = set(state.active_node_ids)
-        left = set(state.sampled_node_ids) - answering
-        if left:
-            log.info("SecAgg+: %d client(s) left before sharing their keys, taken out of the round", len(left))
-        state.sampled_node_ids = answering
-        state.nid_to_neighbours = {
-            nid: neighbours & answering for nid, neighbours in state.nid_to_neighbours.items() if nid in answering
-        }
-        return bool(answering) and self._check_threshold(state)
 
 
 class StageCheckingGrid:
