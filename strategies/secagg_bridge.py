@@ -442,7 +442,8 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: Any) -> Me
 
 
 def _check_setup(configs: ConfigRecord) -> None:
-    """Refuse a SecAgg+ setup whose quantization would re-round or clip the shares."""
+    """Refuse a SecAgg+ setup whose quantization would re-round or clip the shares, or whose
+    reconstruction threshold is not a majority of the shares."""
     target = configs.get(Key.TARGET_RANGE)
     ok = (
         isinstance(target, int)
@@ -452,6 +453,18 @@ def _check_setup(configs: ConfigRecord) -> None:
     )
     if not ok:
         raise ValueError("SecAgg+ setup does not keep fl-dp's ring values exact (clipping range M/2, weight 1, modulus 2^32)")
+    shares, threshold, cohort = (configs.get(key) for key in (Key.SHARE_NUMBER, Key.THRESHOLD, Key.SAMPLE_NUMBER))
+    if not (
+        all(isinstance(v, int) and not isinstance(v, bool) for v in (shares, threshold, cohort))
+        and 2 <= cast(int, shares) <= cast(int, cohort)
+        and cast(int, shares) // 2 < cast(int, threshold) <= cast(int, shares)
+    ):
+        # below a majority, fewer colluding neighbours than SecAgg+ assumes could rebuild this
+        # client's mask seeds with the server and open its share
+        raise ValueError(
+            f"SecAgg+ setup: reconstruction threshold {threshold!r} of {shares!r} shares (cohort {cohort!r}) "
+            "is not a majority of the shares"
+        )
 
 
 def _check_unmask(configs: ConfigRecord, own_node_id: int) -> None:

@@ -394,3 +394,39 @@ def test_a_client_refuses_an_unmask_request_that_would_open_one_node_s_masks(act
     context = Context(run_id=1, node_id=101, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(ValueError, match="both active and dropped"):
         secure_aggregation_mod(message, context, lambda m, c: pytest.fail("the app was called"))
+
+
+def _setup_configs(**changes):
+    from flwr.common.secure_aggregation.secaggplus_constants import Stage
+
+    from fl_dp.distributed import SECAGG_MODULUS
+
+    honest = {Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 10, Key.SHARE_NUMBER: 7, Key.THRESHOLD: 4,
+              Key.CLIPPING_RANGE: float(2**19), Key.TARGET_RANGE: 2**20, Key.MOD_RANGE: SECAGG_MODULUS, Key.MAX_WEIGHT: 1.0}
+    return ConfigRecord({**honest, **changes})
+
+
+@pytest.mark.parametrize(
+    "changes, refused",
+    [
+        ({}, None),
+        ({Key.SHARE_NUMBER: 2, Key.THRESHOLD: 2, Key.SAMPLE_NUMBER: 2}, None),
+        ({Key.CLIPPING_RANGE: 8.0}, "ring values exact"),
+        ({Key.MAX_WEIGHT: 1000.0}, "ring values exact"),
+        ({Key.THRESHOLD: 3}, "not a majority"),  # 3 of 7 neighbours with the server could open a share
+        ({Key.THRESHOLD: 1}, "not a majority"),
+        ({Key.THRESHOLD: 8}, "not a majority"),
+        ({Key.SHARE_NUMBER: 11, Key.THRESHOLD: 6}, "not a majority"),  # more shares than the cohort
+    ],
+)
+def test_a_client_refuses_a_secagg_setup_that_re_rounds_its_share_or_lowers_the_threshold(changes, refused):
+    from strategies.secagg_bridge import secure_aggregation_mod
+
+    message = Message(RecordDict({"secaggplus_configs": _setup_configs(**changes)}), dst_node_id=101, message_type="train")
+    context = Context(run_id=1, node_id=101, node_config={}, state=RecordDict(), run_config={})
+    if refused is None:
+        reply = secure_aggregation_mod(message, context, lambda m, c: pytest.fail("setup never reaches the app"))
+        assert Key.PUBLIC_KEY_1 in reply.content.config_records["secaggplus_configs"]
+    else:
+        with pytest.raises(ValueError, match=refused):
+            secure_aggregation_mod(message, context, lambda m, c: pytest.fail("the app was called"))
