@@ -228,9 +228,11 @@ class StageCheckingGrid:
     workflow drops that client as it drops one that went away, instead of raising on it and losing
     the round for everyone.
 
+    Replies that each pass but clash (see :func:`cross_reply_problems`) are refused on both sides.
     What the server cannot see stays SecAgg+'s own limit: a ciphertext that does not decrypt makes
-    the neighbour that receives it fail, and a forged key share unmasks a wrong sum (which
-    :meth:`fl_dp.server.ServerCore.aggregate_secure` bounds like any other sum).
+    the neighbour that receives it fail; a forged key share of the right form fails to combine (the
+    round is lost) or unmasks a wrong sum, as does a masked vector of the right form, and
+    :meth:`fl_dp.server.ServerCore.aggregate_secure` bounds a wrong sum like any other.
     """
 
     def __init__(self, grid: Any, padded: int) -> None:
