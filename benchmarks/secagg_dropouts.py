@@ -3,7 +3,8 @@
 Under `distributed` every round runs SecAgg+'s four stages (setup, share keys, collect masked
 vectors, unmask). Here each sampled client leaves, with probability `p` a round, at one of the four
 stages drawn uniformly, and answers nothing more that round (it is back the next). Both server
-workflows see exactly the same dropouts (one seeded draw per round and client):
+workflows see exactly the same dropouts (one seeded draw per round and client), and the global RNG
+from which SecAgg+ draws each round's ring of neighbours is seeded alike:
 
 - `flower`: flwr's own `SecAggPlusWorkflow`;
 - `fl-dp`: `strategies.secagg_bridge.DropoutTolerantSecAggPlus`, which takes a client that left
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,7 @@ def run(workflow_name: str, num_clients: int, rounds: int, p: float, seed: int) 
     grid = strategy.secure = SecAggPlusGrid(inner, core.distributed, cfg.secagg_num_shares, None)
     grid.workflow = SecAggPlusWorkflow if workflow_name == "flower" else DropoutTolerantSecAggPlus
     dropouts = np.random.default_rng([seed, 0xD209])
+    random.seed(seed)  # SecAggPlusWorkflow draws each round's ring of neighbours from the global RNG
     arrays, left = strategy.initial_arrays(), 0
     started = time.perf_counter()
     for server_round in range(1, rounds + 1):
