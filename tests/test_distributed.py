@@ -158,7 +158,7 @@ class InProcessGrid:
 
     def __init__(self, contexts, drop=(), tamper=None, drop_from=None):
         self.contexts, self.drop, self.seen, self.tamper = contexts, set(drop), [], tamper or {}
-        # node -> the SecAgg+ stage from which it no longer answers
+        # node -> the SecAgg+ stage from which it no longer answers (every round, or (stage, round))
         self.drop_from = drop_from or {}
 
     def get_node_ids(self):
@@ -171,7 +171,10 @@ class InProcessGrid:
             if node in self.drop:
                 continue
             stage = message.content.config_records.get("secaggplus_configs", {}).get("stage")
-            if node in self.drop_from and self.STAGES.index(stage) >= self.STAGES.index(self.drop_from[node]):
+            leave = self.drop_from.get(node)
+            leave_stage, leave_round = leave if isinstance(leave, tuple) else (leave, None)
+            in_round = leave_round is None or message.metadata.group_id == str(leave_round)
+            if leave is not None and in_round and self.STAGES.index(stage) >= self.STAGES.index(leave_stage):
                 continue
             # a real Grid serialises each message: a node never shares the server's RecordDict
             reply = client_app(copy.deepcopy(message), self.contexts[node])
@@ -331,6 +334,29 @@ def test_secagg_unmasks_exactly_the_surviving_shares_whichever_stage_clients_lea
     assert len(shares) == len(contributors)  # a client that left before stage 2 never trained
     assert np.array_equal(total, np.mod(sum(s.astype(np.int64) for s in shares.values()), core.distributed.modulus))
     assert core.history()["skipped"].iloc[0] == ""
+
+
+@pytest.mark.parametrize("stage", ["setup", "share_keys", "collect_masked_vectors"])
+def test_a_client_leaving_secagg_in_one_round_gives_the_in_process_trajectory(tiny_cfg, monkeypatch, stage):
+    """Whichever stage before its masked share a client leaves at, Flower's path (with the bridge's
+    workflow) moves the model as the in-process loop does when that client fails the round."""
+    from fl_dp.client import ClientCore
+    from fl_dp.wire import MalformedMessage
+
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, secagg_num_shares=5, num_clients=6, clients_per_round=6)
+    flower, _ = _flower_secure_run(cfg, 3, drop_from={102: (stage, 2)})
+    honest_train = ClientCore.train
+
+    def train(self, arrays, config, state):
+        if self.partition_id == 1 and int(config["server-round"]) == 2:
+            raise MalformedMessage("left the round")
+        return honest_train(self, arrays, config, state)
+
+    monkeypatch.setattr(ClientCore, "train", train)
+    federation = InProcessFederation(cfg)
+    federation.run()
+    assert torch.allclose(flower.x, federation.server.x, atol=1e-6)
+    assert list(flower.history()["accepted"]) == list(federation.server.history()["accepted"]) == [6, 5, 6]
 
 
 def _copy_a_public_key(stage, reply, replies):
