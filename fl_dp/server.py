@@ -720,10 +720,22 @@ MAX_NUM_EXAMPLES = 10**9
 
 
 def _is_metrics_row(row: Any) -> bool:
-    """A checkpointed metrics row: names to plain values (what :meth:`ServerCore._close_round` writes)."""
-    return isinstance(row, dict) and all(
-        isinstance(k, str) and (v is None or isinstance(v, (int, float, str))) for k, v in row.items()
-    )
+    """A checkpointed metrics row: names to plain values (what :meth:`ServerCore._close_round` writes),
+    its counts whole numbers a table column holds (a forged 2^70 or inf there broke the table at the
+    run's end, after the rounds had run)."""
+
+    def plain(key: Any, value: Any) -> bool:
+        if not isinstance(key, str) or isinstance(value, bool):
+            return False
+        if key in results.INTEGER_COLUMNS:  # a count, or NaN / a whole float where Flower's records made it one
+            if isinstance(value, float) and (math.isnan(value) or value.is_integer()):
+                return math.isnan(value) or 0 <= value < 2**63
+            return isinstance(value, int) and 0 <= value < 2**63
+        if isinstance(value, int):
+            return -(2**63) <= value < 2**63
+        return value is None or isinstance(value, (float, str))
+
+    return isinstance(row, dict) and all(plain(k, v) for k, v in row.items())
 
 
 def _checked_metrics(metrics: Any, private_run: bool) -> dict[str, float]:
