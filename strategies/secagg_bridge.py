@@ -423,7 +423,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: Any) -> Me
         return call_next(msg, context)
     configs = msg.content.config_records[RECORD_KEY_CONFIGS]
     if configs.get(Key.STAGE) == Stage.SETUP:
-        _check_setup(configs)
+        _check_setup(configs, _largest_cohort(context))
     if configs.get(Key.STAGE) == Stage.UNMASK:
         _check_unmask(configs, msg.metadata.dst_node_id)
 
@@ -443,9 +443,23 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: Any) -> Me
     return secaggplus_mod(msg, context, train_in_app_layout)
 
 
-def _check_setup(configs: ConfigRecord) -> None:
-    """Refuse a SecAgg+ setup whose quantization would re-round or clip the shares, or whose
-    reconstruction threshold is not a majority of the shares."""
+def _largest_cohort(context: Context) -> int:
+    """The largest cohort this client's run can draw (:attr:`DistributedSkellam.max_cohort`); a
+    ConfigError for a run that is not ``distributed`` (it has no SecAgg+ to take part in)."""
+    from clients.client_app import partition_of  # the ClientApp imports this module
+    from fl_dp.config import ConfigError, RunConfig
+    from fl_dp.distributed import mechanism_for
+
+    _, cfg = partition_of(context, RunConfig.from_flwr(context.run_config))
+    if cfg.privacy_model != "distributed":
+        raise ConfigError(f"a SecAgg+ setup for a run with privacy-model {cfg.privacy_model!r}: refused")
+    return mechanism_for(cfg).max_cohort
+
+
+def _check_setup(configs: ConfigRecord, largest_cohort: int) -> None:
+    """Refuse a SecAgg+ setup whose quantization would re-round or clip the shares, whose
+    reconstruction threshold is not a majority of the shares, or whose cohort this run cannot
+    draw (each share costs the client work: a server naming millions would stall it)."""
     target = configs.get(Key.TARGET_RANGE)
     ok = (
         isinstance(target, int)
@@ -458,14 +472,14 @@ def _check_setup(configs: ConfigRecord) -> None:
     shares, threshold, cohort = (configs.get(key) for key in (Key.SHARE_NUMBER, Key.THRESHOLD, Key.SAMPLE_NUMBER))
     if not (
         all(isinstance(v, int) and not isinstance(v, bool) for v in (shares, threshold, cohort))
-        and 2 <= cast(int, shares) <= cast(int, cohort)
+        and 2 <= cast(int, shares) <= cast(int, cohort) <= largest_cohort
         and cast(int, shares) // 2 < cast(int, threshold) <= cast(int, shares)
     ):
         # below a majority, fewer colluding neighbours than SecAgg+ assumes could rebuild this
         # client's mask seeds with the server and open its share
         raise ValueError(
-            f"SecAgg+ setup: reconstruction threshold {threshold!r} of {shares!r} shares (cohort {cohort!r}) "
-            "is not a majority of the shares"
+            f"SecAgg+ setup: reconstruction threshold {threshold!r} of {shares!r} shares in a cohort of {cohort!r} "
+            f"is not a majority of the shares, or not a cohort this run draws (at most {largest_cohort})"
         )
 
 

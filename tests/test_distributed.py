@@ -443,16 +443,30 @@ def _setup_configs(**changes):
         ({Key.THRESHOLD: 1}, "not a majority"),
         ({Key.THRESHOLD: 8}, "not a majority"),
         ({Key.SHARE_NUMBER: 11, Key.THRESHOLD: 6}, "not a majority"),  # more shares than the cohort
+        ({Key.SAMPLE_NUMBER: 10**6}, "not a cohort this run draws"),  # a million shares to compute
     ],
 )
-def test_a_client_refuses_a_secagg_setup_that_re_rounds_its_share_or_lowers_the_threshold(changes, refused):
+def test_a_client_refuses_a_secagg_setup_that_re_rounds_its_share_or_lowers_the_threshold(tiny_cfg, changes, refused):
     from strategies.secagg_bridge import secure_aggregation_mod
 
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, num_clients=10, clients_per_round=10)
     message = Message(RecordDict({"secaggplus_configs": _setup_configs(**changes)}), dst_node_id=101, message_type="train")
-    context = Context(run_id=1, node_id=101, node_config={}, state=RecordDict(), run_config={})
+    context = Context(run_id=1, node_id=101, node_config={"partition-id": 0, "num-partitions": 10}, state=RecordDict(),
+                      run_config=cfg.to_flwr())
     if refused is None:
         reply = secure_aggregation_mod(message, context, lambda m, c: pytest.fail("setup never reaches the app"))
         assert Key.PUBLIC_KEY_1 in reply.content.config_records["secaggplus_configs"]
     else:
         with pytest.raises(ValueError, match=refused):
             secure_aggregation_mod(message, context, lambda m, c: pytest.fail("the app was called"))
+
+
+def test_a_client_of_a_run_without_secure_aggregation_refuses_a_secagg_setup(tiny_cfg):
+    from strategies.secagg_bridge import secure_aggregation_mod
+
+    cfg = _cfg(tiny_cfg, privacy_model="central", target_epsilon=4.0, num_clients=10, clients_per_round=10)
+    message = Message(RecordDict({"secaggplus_configs": _setup_configs()}), dst_node_id=101, message_type="train")
+    context = Context(run_id=1, node_id=101, node_config={"partition-id": 0, "num-partitions": 10}, state=RecordDict(),
+                      run_config=cfg.to_flwr())
+    with pytest.raises(ConfigError, match="privacy-model 'central'"):
+        secure_aggregation_mod(message, context, lambda m, c: pytest.fail("the app was called"))
