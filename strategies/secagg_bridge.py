@@ -424,6 +424,8 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: Any) -> Me
     configs = msg.content.config_records[RECORD_KEY_CONFIGS]
     if configs.get(Key.STAGE) == Stage.SETUP:
         _check_setup(configs, _largest_cohort(context))
+    if configs.get(Key.STAGE) in (Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK):
+        _check_list_lengths(configs, context)
     if configs.get(Key.STAGE) == Stage.UNMASK:
         _check_unmask(configs, msg.metadata.dst_node_id)
 
@@ -492,3 +494,27 @@ def _check_unmask(configs: ConfigRecord, own_node_id: int) -> None:
     active, dead = configs.get(Key.ACTIVE_NODE_ID_LIST), configs.get(Key.DEAD_NODE_ID_LIST)
     if isinstance(active, list) and isinstance(dead, list) and (set(active) & set(dead) or own_node_id in dead):
         raise ValueError("SecAgg+ unmask request lists a node both active and dropped, or this node as dropped")
+
+
+def _check_list_lengths(configs: ConfigRecord, context: Context) -> None:
+    """Refuse a stage request that names more nodes than this client has shares (its setup's share
+    number: itself and its neighbours): each named node costs it a key agreement or a decryption,
+    so a server listing millions would stall it."""
+    state = context.state.config_records.get(RECORD_KEY_STATE)
+    shares = state.get("share_num") if state is not None else None
+    if not isinstance(shares, int) or isinstance(shares, bool):
+        return  # no setup yet: Flower's mod refuses a stage out of order
+
+    def length(key: str) -> int:
+        value = configs.get(key)
+        return len(value) if isinstance(value, list) else 0
+
+    stage = configs.get(Key.STAGE)
+    if stage == Stage.SHARE_KEYS:
+        named = len(configs) - 1  # one key pair per node, the stage key aside
+    elif stage == Stage.COLLECT_MASKED_VECTORS:
+        named = max(length(Key.CIPHERTEXT_LIST), length(Key.SOURCE_LIST))
+    else:
+        named = length(Key.ACTIVE_NODE_ID_LIST) + length(Key.DEAD_NODE_ID_LIST)
+    if named > shares:
+        raise ValueError(f"SecAgg+ {stage!r} request names {named} nodes to a client with {shares} shares")

@@ -470,3 +470,24 @@ def test_a_client_of_a_run_without_secure_aggregation_refuses_a_secagg_setup(tin
                       run_config=cfg.to_flwr())
     with pytest.raises(ConfigError, match="privacy-model 'central'"):
         secure_aggregation_mod(message, context, lambda m, c: pytest.fail("the app was called"))
+
+
+@pytest.mark.parametrize("stage, listed", [
+    ("share_keys", lambda n: {str(200 + i): [b"k1", b"k2"] for i in range(n)}),
+    ("collect_masked_vectors", lambda n: {Key.CIPHERTEXT_LIST: [b"c"] * n, Key.SOURCE_LIST: list(range(n))}),
+    ("unmask", lambda n: {Key.ACTIVE_NODE_ID_LIST: list(range(n)), Key.DEAD_NODE_ID_LIST: []}),
+])
+def test_a_client_refuses_a_stage_request_naming_more_nodes_than_its_shares(tiny_cfg, stage, listed):
+    """Each named node costs the client a key agreement or a decryption: a server naming thousands
+    would stall it. Its setup said 7 shares (itself and six neighbours)."""
+    from strategies.secagg_bridge import secure_aggregation_mod
+
+    cfg = _cfg(tiny_cfg, target_epsilon=4.0, num_clients=10, clients_per_round=10)
+    context = Context(run_id=1, node_id=101, node_config={"partition-id": 0, "num-partitions": 10}, state=RecordDict(),
+                      run_config=cfg.to_flwr())
+    setup = Message(RecordDict({"secaggplus_configs": _setup_configs()}), dst_node_id=101, message_type="train")
+    secure_aggregation_mod(setup, context, lambda m, c: pytest.fail("setup never reaches the app"))
+    request = ConfigRecord({Key.STAGE: stage, **listed(5000)})
+    message = Message(RecordDict({"secaggplus_configs": request}), dst_node_id=101, message_type="train")
+    with pytest.raises(ValueError, match="names 5000 nodes to a client with 7 shares"):
+        secure_aggregation_mod(message, context, lambda m, c: pytest.fail("the app was called"))
