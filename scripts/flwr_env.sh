@@ -5,6 +5,9 @@ export FLWR_TELEMETRY_ENABLED=0
 # the SuperLink would otherwise install [project].dependencies per run (needs the network)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export PYTHONUNBUFFERED=1
+# Ray's start prints a FutureWarning whose tip (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0) would let a
+# client given no GPU see the GPUs, and device = "auto" then use one: keep Ray's behaviour, drop the tip
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore::FutureWarning:ray._private.worker"
 
 # flwr_run_checked APP ARGS...: `flwr run APP ARGS --stream`, then fail unless the run completed.
 # `flwr run` exits 0 even when the run failed, so ask the SuperLink for its final status.
