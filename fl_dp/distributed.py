@@ -36,7 +36,7 @@ import torch
 
 from fl_dp.central import project_to_ball
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.privacy import MAX_NOISE_MULTIPLIER, NoiseBeyondUse, Release, calibrate_noise_multiplier, epsilon_of
+from fl_dp.privacy import MAX_NOISE_MULTIPLIER, Release, epsilon_of
 
 #: the per-round probability, for a cohort of at most ``max_cohort`` clients, that some coordinate of
 #: the integer sum leaves (-M/2, M/2] (the sum then wraps around and that coordinate is wrong)
@@ -346,11 +346,10 @@ def _calibrate(target: float, delta: float, rate: float, rounds: int, mechanism:
     def epsilon(noise: float) -> float:
         return epsilon_of([mechanism(noise).release(rate).with_steps(rounds)], delta)
 
-    try:
-        # the Gaussian's multiplier for the target: the Skellam one is at least about as large
-        low = 0.5 * calibrate_noise_multiplier(target, delta, rate, rounds)
-    except NoiseBeyondUse as err:
-        raise ConfigError(f"target-epsilon {target} cannot be reached with useful noise: {err}") from None
+    from fl_dp.privacy_policy import gaussian_noise_for_target
+
+    # the Gaussian's multiplier for the target: the Skellam one is at least about as large
+    low = 0.5 * gaussian_noise_for_target(target, delta, rate, rounds)
     high = 2 * low
     while epsilon(high) > target:
         low, high = high, 2 * high

@@ -71,11 +71,17 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
         return analytic_gaussian_noise_multiplier(cfg.round_epsilon, cfg.delta)
     if cfg.target_epsilon > 0:
         rate = cfg.client_sample_rate if cfg.privacy_model == "central" else 1.0
-        try:
-            return calibrate_noise_multiplier(cfg.target_epsilon, cfg.delta, sample_rate=rate, steps=cfg.num_server_rounds)
-        except NoiseBeyondUse as err:
-            raise ConfigError(f"target-epsilon {cfg.target_epsilon} cannot be reached with useful noise: {err}") from None
+        return gaussian_noise_for_target(cfg.target_epsilon, cfg.delta, rate, cfg.num_server_rounds)
     return 0.0
+
+
+def gaussian_noise_for_target(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """The subsampled Gaussian's noise multiplier for ``target-epsilon``; a :class:`ConfigError` on
+    that key where it needs noise beyond use."""
+    try:
+        return calibrate_noise_multiplier(target_epsilon, delta, sample_rate=sample_rate, steps=steps)
+    except NoiseBeyondUse as err:
+        raise ConfigError(f"target-epsilon {target_epsilon} cannot be reached with useful noise: {err}") from None
 
 
 def client_noise_multiplier(cfg: RunConfig) -> float:
