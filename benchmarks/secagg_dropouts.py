@@ -40,9 +40,10 @@ STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
 
 class DroppingGrid:
     """Delivers each SecAgg+ stage message to its node's ClientApp in process; a node drawn to leave
-    this round at stage s answers nothing from s on, and a ClientApp that raises answers an error."""
+    a round at stage s (``leave_at[round][node]``) answers nothing more that round from s on, and a
+    ClientApp that raises answers an error."""
 
-    def __init__(self, contexts: dict[int, Any], leave_at: dict[int, str]) -> None:
+    def __init__(self, contexts: dict[int, Any], leave_at: dict[int, dict[int, str]]) -> None:
         self.contexts, self.leave_at = contexts, leave_at
 
     def get_node_ids(self) -> list[int]:
@@ -58,7 +59,8 @@ class DroppingGrid:
         for message in messages:
             node = message.metadata.dst_node_id
             stage = message.content.config_records["secaggplus_configs"]["stage"]
-            if node in self.leave_at and STAGES.index(stage) >= STAGES.index(self.leave_at[node]):
+            leave = self.leave_at.get(int(message.metadata.group_id), {}).get(node)  # the workflow's group id is the round
+            if leave is not None and STAGES.index(stage) >= STAGES.index(leave):
                 continue
             try:
                 replies.append(client_app(copy.deepcopy(message), self.contexts[node]))
@@ -67,52 +69,65 @@ class DroppingGrid:
         return replies
 
 
-def run(workflow_name: str, num_clients: int, rounds: int, p: float, seed: int) -> dict[str, Any]:
-    """One run of ``rounds`` rounds with the given workflow; the same dropouts for the same seed."""
+def secure_rounds(cfg: Any, rounds: int, make_grid: Any, workflow: Any = None) -> tuple[Any, Any]:
+    """``rounds`` rounds of ``cfg`` (a distributed run) through fl-dp's strategy and SecAgg+ bridge,
+    on ``make_grid(contexts)``, a Grid that delivers messages to the ClientApps of nodes 101, 102, ...
+    in process (``workflow``: the SecAgg+ server workflow, the bridge's by default). Returns the
+    server core and that Grid."""
     from flwr.app import ConfigRecord, Context, RecordDict
-    from flwr.server.workflow import SecAggPlusWorkflow
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fl_dp.config import RunConfig
     from fl_dp.server import ServerCore
     from strategies.fl_dp_strategy import FlDpStrategy
-    from strategies.secagg_bridge import DropoutTolerantSecAggPlus, SecAggPlusGrid
+    from strategies.secagg_bridge import SecAggPlusGrid
 
     # messages built outside a Flower runtime need the task identity a runtime would set
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    contexts = {
+        101 + i: Context(run_id=1, node_id=101 + i, node_config={"partition-id": i, "num-partitions": cfg.num_clients},
+                         state=RecordDict(), run_config=cfg.to_flwr())
+        for i in range(cfg.num_clients)
+    }
+    core = ServerCore(cfg)
+    strategy = FlDpStrategy(core)
+    inner = make_grid(contexts)
+    grid = strategy.secure = SecAggPlusGrid(inner, core.distributed, cfg.secagg_num_shares, None)
+    if workflow is not None:
+        grid.workflow = workflow
+    arrays = strategy.initial_arrays()
+    for server_round in range(1, rounds + 1):
+        grid.send_and_receive(list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid)))
+        arrays, _ = strategy.aggregate_train(server_round, [])  # SecAgg+ answered inside the grid
+        strategy.evaluate(server_round, arrays)  # as Flower's loop does after each round
+    return core, inner
+
+
+def run(workflow_name: str, num_clients: int, rounds: int, p: float, seed: int) -> dict[str, Any]:
+    """One run of ``rounds`` rounds with the given workflow; the same dropouts for the same seed."""
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    from fl_dp.config import RunConfig
+    from strategies.secagg_bridge import DropoutTolerantSecAggPlus
+
     cfg = RunConfig(
         strategy="alpha-normec", privacy_model="distributed", target_epsilon=8.0, dataset="synthetic", model="logreg",
         num_clients=num_clients, clients_per_round=num_clients, num_server_rounds=rounds, batch_size=0,
         eval_samples=0, secagg_num_shares=7, secagg_survivors=0.5, seed=seed, results_dir=str(ROOT / "results"),
     )
-    node_ids = [101 + i for i in range(num_clients)]
-    contexts = {
-        node: Context(run_id=1, node_id=node, node_config={"partition-id": i, "num-partitions": num_clients},
-                      state=RecordDict(), run_config=cfg.to_flwr())
-        for i, node in enumerate(node_ids)
-    }
-    core = ServerCore(cfg)
-    strategy = FlDpStrategy(core)
-    inner = DroppingGrid(contexts, {})
-    grid = strategy.secure = SecAggPlusGrid(inner, core.distributed, cfg.secagg_num_shares, None)
-    grid.workflow = SecAggPlusWorkflow if workflow_name == "flower" else DropoutTolerantSecAggPlus
     dropouts = np.random.default_rng([seed, 0xD209])
-    random.seed(seed)  # SecAggPlusWorkflow draws each round's ring of neighbours from the global RNG
-    arrays, left = strategy.initial_arrays(), 0
-    started = time.perf_counter()
+    leave_at = {}
     for server_round in range(1, rounds + 1):
         leaving = dropouts.random(num_clients) < p
         stages = dropouts.integers(len(STAGES), size=num_clients)
-        inner.leave_at = {node: STAGES[s] for node, go, s in zip(node_ids, leaving, stages) if go}
-        left += len(inner.leave_at)
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        grid.send_and_receive(messages)
-        arrays, _ = strategy.aggregate_train(server_round, [])
-        strategy.evaluate(server_round, arrays)
+        leave_at[server_round] = {101 + i: STAGES[s] for i, (go, s) in enumerate(zip(leaving, stages)) if go}
+    random.seed(seed)  # SecAggPlusWorkflow draws each round's ring of neighbours from the global RNG
+    started = time.perf_counter()
+    workflow = SecAggPlusWorkflow if workflow_name == "flower" else DropoutTolerantSecAggPlus
+    core, _ = secure_rounds(cfg, rounds, lambda contexts: DroppingGrid(contexts, leave_at), workflow)
     history = core.history()
     return {
         "workflow": workflow_name, "num_clients": num_clients, "rounds": rounds, "dropout_probability": p, "seed": seed,
-        "clients_left": left, "rounds_completed": int((history["skipped"] == "").sum()),
+        "clients_left": sum(len(nodes) for nodes in leave_at.values()), "rounds_completed": int((history["skipped"] == "").sum()),
         "shares_summed": int(history["accepted"].sum()), "seconds": round(time.perf_counter() - started, 2),
     }
 

@@ -16,8 +16,7 @@ from fl_dp.inprocess import InProcessFederation, simulated_secure_sum
 from fl_dp.wire import Reply
 from fl_dp.server import ServerCore
 from fl_dp.central import CentralGaussianSum, project_to_ball
-from strategies.fl_dp_strategy import FlDpStrategy
-from strategies.secagg_bridge import SecAggPlusGrid
+from benchmarks.secagg_dropouts import secure_rounds
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import Key
 
@@ -188,23 +187,7 @@ class InProcessGrid:
 
 
 def _flower_secure_run(cfg, rounds, drop=(), tamper=None, drop_from=None):
-    node_ids = [101 + i for i in range(cfg.num_clients)]
-    contexts = {
-        node: Context(run_id=1, node_id=node, node_config={"partition-id": i, "num-partitions": cfg.num_clients},
-                      state=RecordDict(), run_config=cfg.to_flwr())
-        for i, node in enumerate(node_ids)
-    }
-    core = ServerCore(cfg)
-    strategy = FlDpStrategy(core)
-    inner = InProcessGrid(contexts, drop, tamper, drop_from)
-    grid = strategy.secure = SecAggPlusGrid(inner, core.distributed, cfg.secagg_num_shares, None)
-    arrays = strategy.initial_arrays()
-    for server_round in range(1, rounds + 1):
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = grid.send_and_receive(messages)
-        arrays, _ = strategy.aggregate_train(server_round, replies)
-        strategy.evaluate(server_round, arrays)  # as Flower's loop does after each round
-    return core, inner
+    return secure_rounds(cfg, rounds, lambda contexts: InProcessGrid(contexts, drop, tamper, drop_from))
 
 
 def test_flower_secagg_path_equals_the_in_process_loop_and_never_shows_the_server_a_message(tiny_cfg):
