@@ -17,9 +17,13 @@ from flwr.clientapp import ClientApp
 from fl_dp.client import ClientCore, local_data
 from fl_dp.client_state import ClientStateStore
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.privacy_floor import PrivacyFloor
+from fl_dp.privacy import Release
+from fl_dp.privacy_floor import STATE_DIR_KEY, NodeSpending, PrivacyFloor
 from fl_dp.wire import (
     ARRAYS_KEY,
+    DP_NOISE,
+    DP_RATE,
+    DP_STEPS,
     LEDGER_RECORD,
     LEDGER_STATE,
     METRICS_KEY,
@@ -112,7 +116,7 @@ def save_state(context: Context, state: dict[str, torch.Tensor]) -> None:
 def state_store_of(context: Context, cfg: RunConfig, partition_id: int) -> ClientStateStore | None:
     """The client's state file under the node config's ``state-dir``, else the run's
     ``client-state-dir``; None where neither is set (state kept in memory only)."""
-    directory = str(context.node_config.get("state-dir", "") or cfg.client_state_dir)
+    directory = str(context.node_config.get(STATE_DIR_KEY, "") or cfg.client_state_dir)
     return ClientStateStore(directory, cfg, partition_id) if directory else None
 
 
@@ -139,15 +143,21 @@ def evaluate_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message
 def train_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message:
     """Answer one training message of the run ``run_cfg`` (this node's partition from its node config)."""
     partition_id, cfg = partition_of(context, run_cfg)
+    floor = privacy_floor_of(context)
     # a SuperNode with its own files trains on them (node config data-path); they never leave it
-    client = _client(cfg, partition_id, privacy_floor_of(context), str(context.node_config.get("data-path", "")))
+    client = _client(cfg, partition_id, floor, str(context.node_config.get("data-path", "")))
     arrays, config = parse_request(msg)
     server_round, resumed_from = request_round(config, cfg.num_server_rounds)
     store = state_store_of(context, cfg, partition_id)
     state = load_state(context)
     if not state and store is not None:
         state = store.restore(context.run_id, resumed_from)
-    out_arrays, metrics, new_state = client.train(arrays, config, state)
+    # a floor with a budget counts what the node spent over every run, in the node's own state-dir
+    spending = NodeSpending(str(context.node_config[STATE_DIR_KEY]), partition_id) if floor and floor.budgeted else None
+    out_arrays, metrics, new_state = client.train(arrays, config, state, spent=spending.history() if spending else None)
+    if spending is not None and DP_NOISE in metrics:
+        # counted before the reply leaves: a release the server may have is never one the node forgot
+        spending.add(Release(metrics[DP_NOISE], metrics[DP_RATE], int(metrics[DP_STEPS])))
     save_state(context, new_state)
     if store is not None:
         store.save(context.run_id, server_round, state, new_state)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -86,9 +87,14 @@ class ClientCore:
         return round_release(self.algorithm, self.postprocessor, len(self.objective.data))
 
     def train(
-        self, arrays: dict[str, np.ndarray], config: dict[str, Any], state: State
+        self,
+        arrays: dict[str, np.ndarray],
+        config: dict[str, Any],
+        state: State,
+        spent: Sequence[Release] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, float], State]:
-        """Answer one training request: (wire arrays, metrics, new state)."""
+        """Answer one training request: (wire arrays, metrics, new state). ``spent``: what the
+        privacy floor counts as released before (default: this run's own ledger in ``state``)."""
         x = self._global_vector(arrays)
         state = self._trainable_state(state)
         server_round, _ = request_round(config, self.cfg.num_server_rounds)
@@ -103,8 +109,9 @@ class ClientCore:
                 f"{self.noise_multiplier}: refusing to train"
             )
         if self.floor is not None:
-            history = [Release(n, r, int(k)) for n, r, k in state.get(LEDGER_STATE, torch.zeros(0, 3)).tolist()]
-            self.floor.admit(self.cfg.privacy_model, self.expected_release(), history)
+            if spent is None:
+                spent = [Release(n, r, int(k)) for n, r, k in state.get(LEDGER_STATE, torch.zeros(0, 3)).tolist()]
+            self.floor.admit(self.cfg.privacy_model, self.expected_release(), list(spent))
         generator = make_generator(self.cfg, self.partition_id, server_round)
         update = self.algorithm.client_update(
             ClientTask(x=x, state=state, objective=self.oracle, generator=generator, server_round=server_round)

@@ -3,13 +3,18 @@
 In a deployment the run config, noise included, is chosen by the side that submits the run: a
 client that trusts no server cannot take its privacy from it. The node config keys
 
-    max-epsilon           the most epsilon this client spends over the run (default: no limit)
+    max-epsilon           the most epsilon this node's data spends, over every run it trains in
+                          (default: no limit; needs the node's own ``state-dir``)
     privacy-delta         the delta that epsilon is measured at (default 1e-5)
     min-noise-multiplier  the least noise multiplier it adds to anything it releases (default 0)
 
 make the client refuse a run that would release with less noise, a privacy model in which it
 adds no noise itself (``central``: the server would have to be trusted), a non-private run, and
-any round whose release would take its own ledger past ``max-epsilon``.
+any round whose release would take what the node has spent past ``max-epsilon``.
+
+What it has spent is counted across runs (:class:`NodeSpending`, a file in the node's
+``state-dir``): a run's own ledger starts empty with every new run, and the server submits the
+runs, so a budget per run could be renewed by a server that submits another one.
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from fl_dp.privacy import Release, epsilon_of
+import torch
+
+from fl_dp.checkpoint import atomic_save
+from fl_dp.privacy import PrivacyLedger, Release, epsilon_of
 
 NODE_KEYS = ("max-epsilon", "privacy-delta", "min-noise-multiplier")
+#: the node config key of the node's own directory (its clients' states, what it has spent)
+STATE_DIR_KEY = "state-dir"
 
 
 class PrivacyRefusal(RuntimeError):
@@ -52,10 +63,24 @@ class PrivacyFloor:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(f"node config {key} must be a number, got {value!r}")
                 values[key.replace("-", "_").replace("privacy_", "")] = float(value)
-        return cls(**values) if values else None
+        if not values:
+            return None
+        floor = cls(**values)
+        if floor.budgeted and not str(node_config.get(STATE_DIR_KEY, "")):
+            raise ValueError(
+                f"max-epsilon needs the node's own {STATE_DIR_KEY}: what the node has spent is kept there, "
+                "across runs and restarts (in memory it would be forgotten by a restart or a new run)"
+            )
+        return floor
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether the floor caps what the node spends (a finite ``max-epsilon``)."""
+        return math.isfinite(self.max_epsilon)
 
     def admit(self, privacy_model: str, release: Release | None, history: list[Release]) -> None:
-        """Raise :class:`PrivacyRefusal` unless this client may release ``release`` after ``history``."""
+        """Raise :class:`PrivacyRefusal` unless this client may release ``release`` after ``history``
+        (what the node has spent: :meth:`NodeSpending.history`)."""
         if privacy_model in ("central", "distributed"):
             raise PrivacyRefusal(
                 f"this node has a privacy floor: it adds all of its own noise, so it takes no {privacy_model!r} run "
@@ -72,5 +97,42 @@ class PrivacyFloor:
         if spent > self.max_epsilon:
             raise PrivacyRefusal(
                 f"this round would take the node's epsilon to {spent:.4g} at delta {self.delta:g}, above its "
-                f"max-epsilon {self.max_epsilon:g}: it trains no more in this run"
+                f"max-epsilon {self.max_epsilon:g}: it trains no more"
             )
+
+
+class NodeSpending:
+    """Every release a node computed from one partition's data, over every run, kept in the node's
+    own ``state-dir`` (``privacy-spent/partition-<id>.pt``: float64 rows of noise multiplier,
+    sample rate, steps). Only the node config names the directory: a server could point a run's
+    ``client-state-dir`` at an empty one."""
+
+    def __init__(self, state_dir: str | Path, partition_id: int) -> None:
+        self.path = Path(state_dir) / "privacy-spent" / f"partition-{partition_id}.pt"
+
+    def history(self) -> list[Release]:
+        """What was spent so far; :class:`PrivacyRefusal` if the file cannot be read, since
+        training on would forget what the node released."""
+        if not self.path.exists():
+            return []
+        try:
+            rows = torch.load(self.path, weights_only=True)
+            if not (isinstance(rows, torch.Tensor) and rows.dtype == torch.float64 and rows.dim() == 2 and rows.shape[1] == 3):
+                raise ValueError("not float64 rows of (noise multiplier, sample rate, steps)")
+            if not (rows[:, 2] == rows[:, 2].round()).all():
+                raise ValueError("a row whose steps are not whole")
+            releases = [Release(n, q, int(k)) for n, q, k in rows.tolist()]  # Release refuses any other non-release
+        except Exception as err:  # noqa: BLE001 - whatever is wrong, the node refuses rather than forgets
+            raise PrivacyRefusal(
+                f"what this node has spent ({self.path}) cannot be read ({type(err).__name__}: {err}); "
+                "it trains no more until the file is restored (removing it forgets every release it counts)"
+            ) from None
+        return releases
+
+    def add(self, release: Release) -> None:
+        """Count ``release`` (atomically: a crash leaves the previous count whole)."""
+        ledger = PrivacyLedger(1e-5)
+        for past in [*self.history(), release]:
+            ledger.record("node", past)
+        rows = [[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("node")]
+        atomic_save(self.path, torch.tensor(rows, dtype=torch.float64))

@@ -1,6 +1,7 @@
 """Clients that trust no server: the node operator's privacy floor, from the SuperNode's node config."""
 
 import pytest
+import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -15,12 +16,17 @@ from strategies.fl_dp_strategy import FlDpStrategy
 
 def test_the_floor_is_read_from_node_config_only_when_set():
     assert PrivacyFloor.from_node_config({"partition-id": 0, "num-partitions": 4}) is None
-    floor = PrivacyFloor.from_node_config({"max-epsilon": 3, "min-noise-multiplier": 0.5})
+    floor = PrivacyFloor.from_node_config({"max-epsilon": 3, "min-noise-multiplier": 0.5, "state-dir": "/var/lib/n"})
     assert floor == PrivacyFloor(max_epsilon=3.0, delta=1e-5, min_noise_multiplier=0.5)
     assert PrivacyFloor.from_node_config({"privacy-delta": 1e-6}).delta == 1e-6
+    assert PrivacyFloor.from_node_config({"min-noise-multiplier": 0.5}).min_noise_multiplier == 0.5  # no budget to keep
     for bad in ({"max-epsilon": "8"}, {"max-epsilon": -1.0}, {"min-noise-multiplier": True}, {"privacy-delta": 2.0}):
         with pytest.raises(ValueError):
-            PrivacyFloor.from_node_config(bad)
+            PrivacyFloor.from_node_config({**bad, "state-dir": "/var/lib/n"})
+    # a budget kept in memory would be forgotten by a restart or a new run
+    for no_dir in ({"max-epsilon": 3.0}, {"max-epsilon": 3.0, "state-dir": ""}):
+        with pytest.raises(ValueError, match="max-epsilon needs the node's own state-dir"):
+            PrivacyFloor.from_node_config(no_dir)
 
 
 def _train(cfg, floor, rounds):
@@ -87,5 +93,83 @@ def test_a_supernode_with_a_floor_refuses_through_the_clientapp(tiny_cfg):
         client_train(message, context({**base, "min-noise-multiplier": 0.5}))
     with pytest.raises(ConfigError, match="max-epsilon must be a number"):
         client_train(message, context({**base, "max-epsilon": "lots"}))
+    with pytest.raises(ConfigError, match="max-epsilon needs the node's own state-dir"):
+        client_train(message, context({**base, "max-epsilon": 8.0}))
     reply = client_train(message, context({**base, "min-noise-multiplier": 0.2}))
     assert "metrics" in reply.content.metric_records
+
+
+def _node(cfg, tmp_path, run_id, node_config=None):
+    """A SuperNode's view of run ``run_id``: its context (fresh, as after a start) and the train message of
+    each round addressed to it."""
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run_id, 1, 0
+    strategy = FlDpStrategy(ServerCore(cfg))
+
+    class Grid:
+        def get_node_ids(self):
+            return [7, 8, 9, 10]
+
+    def message(server_round):
+        sent = strategy.configure_train(server_round, strategy.initial_arrays(), ConfigRecord(), Grid())
+        return next(m for m in sent if m.metadata.dst_node_id == 7)
+
+    config = {"partition-id": 0, "num-partitions": 4, "state-dir": str(tmp_path / "node"), "max-epsilon": 6.0,
+              "privacy-delta": 1e-6, **(node_config or {})}
+    context = Context(run_id=run_id, node_id=7, node_config=config, state=RecordDict(), run_config=cfg.to_flwr())
+    return context, message
+
+
+def _rounds_trained(cfg, tmp_path, run_id, rounds, node_config=None):
+    context, message = _node(cfg, tmp_path, run_id, node_config)
+    for server_round in range(1, rounds + 1):
+        try:
+            client_train(message(server_round), context)
+        except PrivacyRefusal:
+            return server_round - 1
+    return rounds
+
+
+def test_the_budget_holds_over_runs_and_restarts_not_per_run(tiny_cfg, tmp_path):
+    """A server cannot renew a node's max-epsilon by submitting another run, or by a run config that moves
+    the clients' state elsewhere: what the node spent is counted in its own state-dir, over every run."""
+    cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, noise_multiplier=1.5, num_server_rounds=30)
+    first = _rounds_trained(cfg, tmp_path, run_id=1, rounds=30)
+    assert 0 < first < 30
+    assert _rounds_trained(cfg, tmp_path, run_id=2, rounds=30) == 0  # a new run: nothing left to spend
+    elsewhere = cfg.replace(client_state_dir=str(tmp_path / "fresh"), run_name="another")
+    assert _rounds_trained(elsewhere, tmp_path, run_id=3, rounds=30) == 0
+    # half the budget in one run, then a new run gets only what is left (the same total as one long run)
+    half = tmp_path / "half"
+    a = _rounds_trained(cfg.replace(num_server_rounds=first // 2), half, run_id=4, rounds=first // 2)
+    b = _rounds_trained(cfg, half, run_id=5, rounds=30)
+    assert a == first // 2 and a + b == first
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.write_bytes(b"\x00garbage"),
+    lambda p: torch.save(torch.ones(2, 3, dtype=torch.float32), p),
+    lambda p: torch.save(torch.tensor([[float("nan"), 1.0, 1.0]], dtype=torch.float64), p),
+    lambda p: torch.save(torch.tensor([[-1.0, 1.0, 1.0]], dtype=torch.float64), p),
+    lambda p: torch.save(torch.tensor([[1.0, 2.0, 1.0]], dtype=torch.float64), p),
+    lambda p: torch.save(torch.tensor([[1.0, 1.0, 1.5]], dtype=torch.float64), p),
+    lambda p: torch.save(torch.tensor([[1.0, 1.0, float("inf")]], dtype=torch.float64), p),
+    lambda p: torch.save({"rows": []}, p),
+])
+def test_a_node_whose_spending_cannot_be_read_refuses_rather_than_forgets(tiny_cfg, tmp_path, damage):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, noise_multiplier=1.5, num_server_rounds=3)
+    assert _rounds_trained(cfg, tmp_path, run_id=1, rounds=1) == 1
+    (path,) = (tmp_path / "node" / "privacy-spent").iterdir()
+    damage(path)
+    context, message = _node(cfg, tmp_path, run_id=1)
+    with pytest.raises(PrivacyRefusal, match="cannot be read"):
+        client_train(message(2), context)
+
+
+def test_what_the_node_spent_is_the_runs_own_ledger_summed_over_runs(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(strategy="dp-fedavg", noise_multiplier=2.0, num_server_rounds=3)
+    for run_id in (1, 2):
+        assert _rounds_trained(cfg, tmp_path, run_id, rounds=3, node_config={"max-epsilon": 1e9}) == 3
+    (path,) = (tmp_path / "node" / "privacy-spent").iterdir()
+    rows = torch.load(path, weights_only=True)
+    release = ClientCore(cfg, 0).expected_release()
+    assert rows.tolist() == [[release.noise_multiplier, release.sample_rate, 6 * release.steps]]
