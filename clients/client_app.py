@@ -153,11 +153,15 @@ def train_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message:
     if not state and store is not None:
         state = store.restore(context.run_id, resumed_from)
     # a floor with a budget counts what the node spent over every run, in the node's own state-dir
-    spending = NodeSpending(str(context.node_config[STATE_DIR_KEY]), partition_id) if floor and floor.budgeted else None
-    out_arrays, metrics, new_state = client.train(arrays, config, state, spent=spending.history() if spending else None)
-    if spending is not None and DP_NOISE in metrics:
-        # counted before the reply leaves: a release the server may have is never one the node forgot
-        spending.add(Release(metrics[DP_NOISE], metrics[DP_RATE], int(metrics[DP_STEPS])))
+    if floor is not None and floor.budgeted:
+        spending = NodeSpending(str(context.node_config[STATE_DIR_KEY]), partition_id)
+        with spending.locked():
+            out_arrays, metrics, new_state = client.train(arrays, config, state, spent=spending.history())
+            if DP_NOISE in metrics:
+                # counted before the reply leaves: a release the server may have is never one the node forgot
+                spending.add(Release(metrics[DP_NOISE], metrics[DP_RATE], int(metrics[DP_STEPS])))
+    else:
+        out_arrays, metrics, new_state = client.train(arrays, config, state)
     save_state(context, new_state)
     if store is not None:
         store.save(context.run_id, server_round, state, new_state)

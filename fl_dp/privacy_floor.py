@@ -19,8 +19,10 @@ runs, so a budget per run could be renewed by a server that submits another one.
 
 from __future__ import annotations
 
+import fcntl
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,18 @@ class NodeSpending:
 
     def __init__(self, state_dir: str | Path, partition_id: int) -> None:
         self.path = Path(state_dir) / "privacy-spent" / f"partition-{partition_id}.pt"
+
+    @contextmanager
+    def locked(self) -> Iterator[NodeSpending]:
+        """Hold the node's count for one round: two runs on one node cannot both admit a release on
+        the same count, nor lose one another's additions."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def history(self) -> list[Release]:
         """What was spent so far; :class:`PrivacyRefusal` if the file cannot be read, since

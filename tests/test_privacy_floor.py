@@ -158,7 +158,7 @@ def test_the_budget_holds_over_runs_and_restarts_not_per_run(tiny_cfg, tmp_path)
 def test_a_node_whose_spending_cannot_be_read_refuses_rather_than_forgets(tiny_cfg, tmp_path, damage):
     cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, noise_multiplier=1.5, num_server_rounds=3)
     assert _rounds_trained(cfg, tmp_path, run_id=1, rounds=1) == 1
-    (path,) = (tmp_path / "node" / "privacy-spent").iterdir()
+    (path,) = (tmp_path / "node" / "privacy-spent").glob("*.pt")
     damage(path)
     context, message = _node(cfg, tmp_path, run_id=1)
     with pytest.raises(PrivacyRefusal, match="cannot be read"):
@@ -169,7 +169,28 @@ def test_what_the_node_spent_is_the_runs_own_ledger_summed_over_runs(tiny_cfg, t
     cfg = tiny_cfg.replace(strategy="dp-fedavg", noise_multiplier=2.0, num_server_rounds=3)
     for run_id in (1, 2):
         assert _rounds_trained(cfg, tmp_path, run_id, rounds=3, node_config={"max-epsilon": 1e9}) == 3
-    (path,) = (tmp_path / "node" / "privacy-spent").iterdir()
+    (path,) = (tmp_path / "node" / "privacy-spent").glob("*.pt")
     rows = torch.load(path, weights_only=True)
     release = ClientCore(cfg, 0).expected_release()
     assert rows.tolist() == [[release.noise_multiplier, release.sample_rate, 6 * release.steps]]
+
+
+def test_two_runs_on_one_node_take_turns_with_its_count(tmp_path):
+    """Concurrent runs of one SuperNode: the count is read, admitted on and added to under one lock."""
+    import threading
+
+    from fl_dp.privacy import Release
+    from fl_dp.privacy_floor import NodeSpending
+
+    def spend():
+        spending = NodeSpending(tmp_path, 0)
+        for _ in range(20):
+            with spending.locked():
+                spending.add(Release(1.0, 1.0, 1))
+
+    threads = [threading.Thread(target=spend) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert NodeSpending(tmp_path, 0).history() == [Release(1.0, 1.0, 80)]
