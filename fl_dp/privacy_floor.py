@@ -105,12 +105,13 @@ class PrivacyFloor:
 
 class NodeSpending:
     """Every release a node computed from one partition's data, over every run, kept in the node's
-    own ``state-dir`` (``privacy-spent/partition-<id>.pt``: float64 rows of noise multiplier,
+    own ``state-dir`` (``.privacy-spent/partition-<id>.pt``: float64 rows of noise multiplier,
     sample rate, steps). Only the node config names the directory: a server could point a run's
     ``client-state-dir`` at an empty one."""
 
     def __init__(self, state_dir: str | Path, partition_id: int) -> None:
-        self.path = Path(state_dir) / "privacy-spent" / f"partition-{partition_id}.pt"
+        # a dot name: no run-name (the state files' folder) can be it
+        self.path = Path(state_dir) / ".privacy-spent" / f"partition-{partition_id}.pt"
 
     @contextmanager
     def locked(self) -> Iterator[NodeSpending]:

@@ -136,7 +136,8 @@ def test_the_budget_holds_over_runs_and_restarts_not_per_run(tiny_cfg, tmp_path)
     first = _rounds_trained(cfg, tmp_path, run_id=1, rounds=30)
     assert 0 < first < 30
     assert _rounds_trained(cfg, tmp_path, run_id=2, rounds=30) == 0  # a new run: nothing left to spend
-    elsewhere = cfg.replace(client_state_dir=str(tmp_path / "fresh"), run_name="another")
+    # (a run-name cannot be the folder of the count: the state files would overwrite it)
+    elsewhere = cfg.replace(client_state_dir=str(tmp_path / "fresh"), run_name="privacy-spent")
     assert _rounds_trained(elsewhere, tmp_path, run_id=3, rounds=30) == 0
     # half the budget in one run, then a new run gets only what is left (the same total as one long run)
     half = tmp_path / "half"
@@ -158,7 +159,7 @@ def test_the_budget_holds_over_runs_and_restarts_not_per_run(tiny_cfg, tmp_path)
 def test_a_node_whose_spending_cannot_be_read_refuses_rather_than_forgets(tiny_cfg, tmp_path, damage):
     cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, noise_multiplier=1.5, num_server_rounds=3)
     assert _rounds_trained(cfg, tmp_path, run_id=1, rounds=1) == 1
-    (path,) = (tmp_path / "node" / "privacy-spent").glob("*.pt")
+    (path,) = (tmp_path / "node" / ".privacy-spent").glob("*.pt")
     damage(path)
     context, message = _node(cfg, tmp_path, run_id=1)
     with pytest.raises(PrivacyRefusal, match="cannot be read"):
@@ -169,7 +170,7 @@ def test_what_the_node_spent_is_the_runs_own_ledger_summed_over_runs(tiny_cfg, t
     cfg = tiny_cfg.replace(strategy="dp-fedavg", noise_multiplier=2.0, num_server_rounds=3)
     for run_id in (1, 2):
         assert _rounds_trained(cfg, tmp_path, run_id, rounds=3, node_config={"max-epsilon": 1e9}) == 3
-    (path,) = (tmp_path / "node" / "privacy-spent").glob("*.pt")
+    (path,) = (tmp_path / "node" / ".privacy-spent").glob("*.pt")
     rows = torch.load(path, weights_only=True)
     release = ClientCore(cfg, 0).expected_release()
     assert rows.tolist() == [[release.noise_multiplier, release.sample_rate, 6 * release.steps]]
