@@ -8,7 +8,9 @@ the client is not sampled in, in simulation and on a SuperNode alike.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -116,8 +118,20 @@ def save_state(context: Context, state: dict[str, torch.Tensor]) -> None:
 def state_store_of(context: Context, cfg: RunConfig, partition_id: int) -> ClientStateStore | None:
     """The client's state file under the node config's ``state-dir``, else the run's
     ``client-state-dir``; None where neither is set (state kept in memory only)."""
-    directory = str(context.node_config.get(STATE_DIR_KEY, "") or cfg.client_state_dir)
-    return ClientStateStore(directory, cfg, partition_id) if directory else None
+    node_directory = str(context.node_config.get(STATE_DIR_KEY, ""))
+    directory = node_directory or cfg.client_state_dir
+    if not directory:
+        return None
+    key = f"node config {STATE_DIR_KEY}" if node_directory else "client-state-dir"
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        writable = os.access(directory, os.W_OK | os.X_OK)
+    except (OSError, ValueError) as err:  # a file in the way, a NUL byte, no permission
+        raise ConfigError(f"{key} {directory!r} cannot be this client's state directory ({err})") from None
+    if not writable:
+        raise ConfigError(f"{key} {directory!r} cannot be this client's state directory (not writable)")
+    # checked before training: a client that trained and then failed to save would lose the round's state
+    return ClientStateStore(directory, cfg, partition_id)
 
 
 @app.train()

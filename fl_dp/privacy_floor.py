@@ -63,7 +63,7 @@ class PrivacyFloor:
             if key in node_config:
                 value = node_config[key]
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"node config {key} must be a number, got {value!r}")
+                    raise ValueError(f"{key} must be a number, got {value!r}")
                 values[key.replace("-", "_").replace("privacy_", "")] = float(value)
         if not values:
             return None

@@ -115,6 +115,7 @@ def _node(cfg, tmp_path, run_id, node_config=None):
 
     config = {"partition-id": 0, "num-partitions": 4, "state-dir": str(tmp_path / "node"), "max-epsilon": 6.0,
               "privacy-delta": 1e-6, **(node_config or {})}
+    config = {key: value for key, value in config.items() if value is not None}  # None: a key the node does not set
     context = Context(run_id=run_id, node_id=7, node_config=config, state=RecordDict(), run_config=cfg.to_flwr())
     return context, message
 
@@ -195,3 +196,23 @@ def test_two_runs_on_one_node_take_turns_with_its_count(tmp_path):
     for thread in threads:
         thread.join()
     assert NodeSpending(tmp_path, 0).history() == [Release(1.0, 1.0, 80)]
+
+
+@pytest.mark.parametrize("state_dir, reason", [
+    ("afile", "Not a directory|File exists"),
+    ("afile/sub", "Not a directory"),
+    ("\x00bad", "null byte"),
+])
+def test_a_state_dir_the_client_cannot_write_is_refused_before_it_trains(tiny_cfg, tmp_path, state_dir, reason):
+    """Refused naming the key, before the client computes a release it could then not save."""
+    (tmp_path / "afile").write_text("x")
+    cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, noise_multiplier=1.5)
+    path = state_dir if state_dir.startswith("\x00") else str(tmp_path / state_dir)
+    context, message = _node(cfg, tmp_path, run_id=1, node_config={"state-dir": path, "max-epsilon": 50.0})
+    with pytest.raises(ConfigError, match=f"node config state-dir .*cannot be this client's state directory.*({reason})"):
+        client_train(message(1), context)
+    assert "privacy-ledger" not in context.state.array_records
+    no_floor = {"max-epsilon": None, "state-dir": None, "privacy-delta": None}
+    context, message = _node(cfg.replace(client_state_dir=path), tmp_path, run_id=1, node_config=no_floor)
+    with pytest.raises(ConfigError, match="^client-state-dir .*cannot be this client's state directory"):
+        client_train(message(1), context)
