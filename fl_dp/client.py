@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_dp.client_state import check_ledger_rows, check_state
+from fl_dp.client_state import check_ledger_rows, check_state, ledger_releases, ledger_with
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset
 from fl_dp.distributed import RING_KEY, mechanism_for, rotation_signs
 from fl_dp.external_data import FILES, load_external
 from fl_dp.federated_evaluation import TEST_ACCURACY, TEST_LOSS, split_held_out
-from fl_dp.privacy import PrivacyLedger, Release
+from fl_dp.privacy import Release, epsilon_of
 from fl_dp.privacy_floor import PrivacyFloor
 from fl_dp.privacy_policy import client_noise_multiplier, local_postprocessor, round_release
 from fl_dp.registry import build_algorithm
@@ -110,7 +110,7 @@ class ClientCore:
             )
         if self.floor is not None:
             if spent is None:
-                spent = [Release(n, r, int(k)) for n, r, k in state.get(LEDGER_STATE, torch.zeros(0, 3)).tolist()]
+                spent = ledger_releases(state.get(LEDGER_STATE, torch.zeros(0, 3, dtype=torch.float64)))
             self.floor.admit(self.cfg.privacy_model, self.expected_release(), list(spent))
         generator = make_generator(self.cfg, self.partition_id, server_round)
         update = self.algorithm.client_update(
@@ -210,9 +210,5 @@ def check_fits(data: ArrayDataset, model: torch.nn.Module, cfg: RunConfig) -> No
 def record_own_release(state: State, release: Release, delta: float) -> tuple[State, float]:
     """Add ``release`` to the client's own ledger, kept in its state as float64 rows
     (noise multiplier, sample rate, steps): the client knows its epsilon wherever it runs."""
-    ledger = PrivacyLedger(delta)
-    for noise, rate, steps in state.get(LEDGER_STATE, torch.zeros(0, 3, dtype=torch.float64)).tolist():
-        ledger.record("self", Release(noise, rate, int(steps)))
-    ledger.record("self", release)
-    rows = [[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("self")]
-    return {**state, LEDGER_STATE: torch.tensor(rows, dtype=torch.float64)}, ledger.epsilon("self")
+    rows = ledger_with(state.get(LEDGER_STATE, torch.zeros(0, 3, dtype=torch.float64)), release)
+    return {**state, LEDGER_STATE: rows}, epsilon_of(ledger_releases(rows), delta)

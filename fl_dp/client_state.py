@@ -26,6 +26,7 @@ import torch
 
 from fl_dp.checkpoint import atomic_save, config_fingerprint
 from fl_dp.config import RunConfig
+from fl_dp.privacy import PrivacyLedger, Release
 from fl_dp.wire import LEDGER_STATE
 
 log = logging.getLogger("fl_dp")
@@ -43,6 +44,20 @@ def check_ledger_rows(rows: Any) -> torch.Tensor:
     if not (valid and (steps >= 1).all() and (steps == steps.round()).all()):
         raise ValueError(f"{LEDGER_STATE!r} holds a row that is not a release")
     return rows
+
+
+def ledger_releases(rows: torch.Tensor) -> list[Release]:
+    """The releases of a client's own ledger rows (checked by :func:`check_ledger_rows`)."""
+    return [Release(noise, rate, int(steps)) for noise, rate, steps in check_ledger_rows(rows).tolist()]
+
+
+def ledger_with(rows: torch.Tensor, release: Release) -> torch.Tensor:
+    """``rows`` with ``release`` added; a release of the last row's mechanism adds to its steps, as
+    :meth:`PrivacyLedger.record` merges them, so the rows stay few over a long run."""
+    ledger = PrivacyLedger(1e-5)  # delta does not enter the rows
+    for past in [*ledger_releases(rows), release]:
+        ledger.record("self", past)
+    return torch.tensor([[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("self")], dtype=torch.float64)
 
 
 def check_state(state: Any, dim: int) -> State:

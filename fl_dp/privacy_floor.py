@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from fl_dp.checkpoint import atomic_save
-from fl_dp.privacy import PrivacyLedger, Release, epsilon_of
+from fl_dp.client_state import check_ledger_rows, ledger_releases, ledger_with
+from fl_dp.privacy import Release, epsilon_of
 
 NODE_KEYS = ("max-epsilon", "privacy-delta", "min-noise-multiplier")
 #: the node config key of the node's own directory (its clients' states, what it has spent)
@@ -128,26 +129,19 @@ class NodeSpending:
     def history(self) -> list[Release]:
         """What was spent so far; :class:`PrivacyRefusal` if the file cannot be read, since
         training on would forget what the node released."""
+        return ledger_releases(self._rows())
+
+    def add(self, release: Release) -> None:
+        """Count ``release`` (atomically: a crash leaves the previous count whole)."""
+        atomic_save(self.path, ledger_with(self._rows(), release))
+
+    def _rows(self) -> torch.Tensor:
         if not self.path.exists():
-            return []
+            return torch.zeros(0, 3, dtype=torch.float64)
         try:
-            rows = torch.load(self.path, weights_only=True)
-            if not (isinstance(rows, torch.Tensor) and rows.dtype == torch.float64 and rows.dim() == 2 and rows.shape[1] == 3):
-                raise ValueError("not float64 rows of (noise multiplier, sample rate, steps)")
-            if not (rows[:, 2] == rows[:, 2].round()).all():
-                raise ValueError("a row whose steps are not whole")
-            releases = [Release(n, q, int(k)) for n, q, k in rows.tolist()]  # Release refuses any other non-release
+            return check_ledger_rows(torch.load(self.path, weights_only=True))
         except Exception as err:  # noqa: BLE001 - whatever is wrong, the node refuses rather than forgets
             raise PrivacyRefusal(
                 f"what this node has spent ({self.path}) cannot be read ({type(err).__name__}: {err}); "
                 "it trains no more until the file is restored (removing it forgets every release it counts)"
             ) from None
-        return releases
-
-    def add(self, release: Release) -> None:
-        """Count ``release`` (atomically: a crash leaves the previous count whole)."""
-        ledger = PrivacyLedger(1e-5)
-        for past in [*self.history(), release]:
-            ledger.record("node", past)
-        rows = [[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("node")]
-        atomic_save(self.path, torch.tensor(rows, dtype=torch.float64))
