@@ -320,10 +320,12 @@ def mechanism_for(cfg: RunConfig) -> DistributedSkellam:
         )
     dim = num_params(model_for(cfg))
 
+    bound = message_bound(cfg)
+
     def mechanism(noise: float) -> DistributedSkellam:
         try:
             return DistributedSkellam(
-                bound=message_bound(cfg),
+                bound=bound,
                 noise_multiplier=noise,
                 dim=dim,
                 survivor_fraction=cfg.secagg_survivors,
@@ -332,6 +334,10 @@ def mechanism_for(cfg: RunConfig) -> DistributedSkellam:
             )
         except ValueError as err:
             raise ConfigError(f"secagg-bits: {err}") from None
+        except OverflowError:  # a bound near float's limit squares past it
+            raise ConfigError(
+                f"clip: messages of norm up to {bound:g} cannot be scaled into {cfg.secagg_bits}-bit SecAgg+ shares"
+            ) from None
 
     if cfg.noise_multiplier > 0:
         return mechanism(cfg.noise_multiplier)

@@ -144,6 +144,9 @@ def test_distributed_config_errors_name_the_key(tiny_cfg):
         _cfg(tiny_cfg, secagg_survivors=0.0)
     with pytest.raises(ConfigError, match="privacy-model"):
         _cfg(tiny_cfg, strategy="ef21")
+    for clip in (1e300, 1e150):  # its square overflows a float, or the shares' range
+        with pytest.raises(ConfigError, match="^clip|secagg-bits"):
+            ServerCore(_cfg(tiny_cfg, strategy="clip21", clip=clip, target_epsilon=4.0))
 
 
 # ---------------------------------------------------------------- Flower's SecAgg+
