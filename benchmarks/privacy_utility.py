@@ -270,8 +270,9 @@ def main() -> None:
                         help="seeds from this one on (with --best-of: fresh seeds, to confirm settings chosen on seed 0)")
     parser.add_argument("--eval-samples", type=int, default=None,
                         help=f"test images each evaluation uses (default {TASK['eval_samples']}; 0: the whole test set)")
-    parser.add_argument("--model", default=FIRST_MODEL, choices=["cnn", "cnn-tanh"],
-                        help="the network every method trains (cnn-tanh: the same CNN with tanh activations)")
+    parser.add_argument("--model", default=FIRST_MODEL, choices=["cnn", "cnn-tanh", "dp-cnn"],
+                        help="the network every method trains (cnn-tanh: the same CNN with tanh activations; "
+                        "dp-cnn: the DP literature's tanh CNN of Papernot et al. and Tramer and Boneh)")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
     args = parser.parse_args()
     if args.quick:
