@@ -1,5 +1,7 @@
 """Clients that trust no server: the node operator's privacy floor, from the SuperNode's node config."""
 
+import threading
+
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
@@ -10,7 +12,7 @@ from fl_dp.config import ConfigError
 from fl_dp.client import ClientCore
 from fl_dp.server import ServerCore
 from fl_dp.privacy import Release, epsilon_of
-from fl_dp.privacy_floor import PrivacyFloor, PrivacyRefusal
+from fl_dp.privacy_floor import NodeSpending, PrivacyFloor, PrivacyRefusal
 from strategies.fl_dp_strategy import FlDpStrategy
 
 
@@ -179,10 +181,6 @@ def test_what_the_node_spent_is_the_runs_own_ledger_summed_over_runs(tiny_cfg, t
 
 def test_two_runs_on_one_node_take_turns_with_its_count(tmp_path):
     """Concurrent runs of one SuperNode: the count is read, admitted on and added to under one lock."""
-    import threading
-
-    from fl_dp.privacy import Release
-    from fl_dp.privacy_floor import NodeSpending
 
     def spend():
         spending = NodeSpending(tmp_path, 0)
