@@ -21,7 +21,7 @@ from fl_dp.distributed import RING_KEY, mechanism_for, rotation_signs
 from fl_dp.external_data import FILES, load_external
 from fl_dp.federated_evaluation import TEST_ACCURACY, TEST_LOSS, split_held_out
 from fl_dp.privacy import Release, epsilon_of
-from fl_dp.privacy_floor import PrivacyFloor
+from fl_dp.privacy_floor import PrivacyFloor, PrivacyRefusal
 from fl_dp.privacy_policy import client_noise_multiplier, local_postprocessor, round_release
 from fl_dp.registry import build_algorithm
 from fl_dp.robustness import BYZANTINE_ATTACKS, HeavyTailedNoise, NoisyGradients, flip, is_byzantine
@@ -155,6 +155,9 @@ class ClientCore:
         its report, :data:`fl_dp.federated_evaluation.REPORT_KEYS`."""
         if self.held_out is None:
             raise MalformedMessage("this run evaluates on the server (evaluation = 'central'): refusing to report metrics")
+        if self.floor is not None:
+            # a noiseless loss and accuracy of its own examples: the release without noise the floor refuses
+            raise PrivacyRefusal("this node has a privacy floor: it reports no metrics of its own data")
         x = self._global_vector(arrays)
         metrics = self.held_out.evaluate(x)
         return {NUM_EXAMPLES: float(len(self.held_out.data)), TEST_LOSS: metrics["loss"], TEST_ACCURACY: metrics["accuracy"]}

@@ -9,8 +9,9 @@ client that trusts no server cannot take its privacy from it. The node config ke
     min-noise-multiplier  the least noise multiplier it adds to anything it releases (default 0)
 
 make the client refuse a run that would release with less noise, a privacy model in which it
-adds no noise itself (``central``: the server would have to be trusted), a non-private run, and
-any round whose release would take what the node has spent past ``max-epsilon``.
+adds no noise itself (``central``: the server would have to be trusted), a non-private run, a
+federated-evaluation request (a noiseless report of its own examples), and any round whose
+release would take what the node has spent past ``max-epsilon``.
 
 What it has spent is counted across runs (:class:`NodeSpending`, a file in the node's
 ``state-dir``): a run's own ledger starts empty with every new run, and the server submits the

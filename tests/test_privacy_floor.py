@@ -7,6 +7,7 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from clients.client_app import evaluate as client_evaluate
 from clients.client_app import train as client_train
 from fl_dp.config import ConfigError
 from fl_dp.client import ClientCore
@@ -214,3 +215,24 @@ def test_a_state_dir_the_client_cannot_write_is_refused_before_it_trains(tiny_cf
     context, message = _node(cfg.replace(client_state_dir=path), tmp_path, run_id=1, node_config=no_floor)
     with pytest.raises(ConfigError, match="^client-state-dir .*cannot be this client's state directory"):
         client_train(message(1), context)
+
+
+def test_a_node_with_a_floor_reports_no_evaluation_metrics(tiny_cfg, tmp_path):
+    """Federated evaluation (a non-private run's) asks for a noiseless loss and accuracy of the node's own
+    examples: the release without noise that its floor refuses, on the evaluation path as on training."""
+    cfg = tiny_cfg.replace(evaluation="federated", num_server_rounds=2)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    strategy = FlDpStrategy(ServerCore(cfg))
+
+    class Grid:
+        def get_node_ids(self):
+            return [7, 8, 9, 10]
+
+    (request, *_) = strategy.configure_evaluate(1, strategy.initial_arrays(), ConfigRecord(), Grid())
+    base = {"partition-id": 0, "num-partitions": 4}
+    context = Context(run_id=1, node_id=7, node_config=base, state=RecordDict(), run_config=cfg.to_flwr())
+    assert "metrics" in client_evaluate(request, context).content.metric_records  # no floor: it reports
+    for floor in ({"min-noise-multiplier": 0.5}, {"max-epsilon": 8.0, "state-dir": str(tmp_path)}):
+        context = Context(run_id=1, node_id=7, node_config={**base, **floor}, state=RecordDict(), run_config=cfg.to_flwr())
+        with pytest.raises(PrivacyRefusal, match="reports no metrics of its own data"):
+            client_evaluate(request, context)
