@@ -51,12 +51,14 @@ def evaluation_cohort(
     nodes: Sequence[Any], num_clients: int, seed: int, server_round: int, os_randomness: bool = False
 ) -> list[Any]:
     """The clients asked to evaluate after ``server_round``: ``num_clients`` of ``nodes`` drawn
-    with the run's seed (or from the OS), all of them when ``num_clients`` is 0 or at least their number."""
-    ordered = sorted(nodes, key=str)
+    with the run's seed (or from the OS), all of them when ``num_clients`` is 0 or at least their
+    number; in the order of ``nodes``, which the draw depends on (as :meth:`ServerCore.sample`'s)."""
+    ordered = list(nodes)
     if num_clients == 0 or num_clients >= len(ordered):
         return ordered
     rng = random.SystemRandom() if os_randomness else random.Random(seed_of(seed, _EVALUATION_STREAM, server_round))
-    return sorted(rng.sample(ordered, num_clients), key=str)
+    drawn = set(rng.sample(range(len(ordered)), num_clients))
+    return [node for index, node in enumerate(ordered) if index in drawn]
 
 
 def check_report(metrics: Mapping[str, Any]) -> tuple[int, float, float]:

@@ -124,6 +124,8 @@ class ServerCore:
         self.distributed: DistributedSkellam | None = mechanism_for(cfg) if cfg.privacy_model == "distributed" else None
         self._population: list[Any] = []
         self._connected: list[Any] = []
+        #: each connected client's place in the order sample() was given
+        self._rank: dict[str, int] = {}
         self._partitions: dict[str, int] = {}
         self._cohort: frozenset[str] = frozenset()
         self._cohort_size = 0
@@ -168,29 +170,39 @@ class ServerCore:
 
     # -- round: sample, broadcast
 
-    def sample(self, client_ids: list[Any]) -> list[Any]:
+    def sample(self, client_ids: Sequence[Any]) -> list[Any]:
         """This round's cohort from the clients connected now, seeded.
 
         ``central``: Poisson sampling at rate q from the connected clients (possibly empty; each
         of them is charged at q this round). Otherwise ``clients-per-round`` of them without
         replacement, or all if fewer are connected. With fewer than ``min-clients-per-round``
         connected the round is skipped: no one is addressed, nothing is released or charged.
+
+        The clients are taken in the order given, and each sum over them is added up in it: the
+        in-process loop gives its clients in partition order, and the Flower strategy a
+        simulation's nodes in the order they registered (partition order too), so that the same
+        seed gives the same run although Flower draws new node ids every run.
         """
         self._skip = ""
         self._population = []
-        self._connected = sorted(client_ids)
+        self._connected = list(client_ids)
+        self._rank = {str(client): rank for rank, client in enumerate(self._connected)}
         if len(client_ids) < self.cfg.min_clients_per_round:
             self._skip = f"{len(client_ids)} clients connected, min-clients-per-round is {self.cfg.min_clients_per_round}"
             self._cohort = frozenset()
             return []
         if self.central is not None or self.distributed is not None:
-            self._population = sorted(client_ids)
+            self._population = list(client_ids)
             cohort = poisson_cohort(self._population, self.cfg.client_sample_rate, self._rng)
         else:
-            cohort = self._rng.sample(sorted(client_ids), min(self.cfg.clients_per_round, len(client_ids)))
+            cohort = self._rng.sample(self._connected, min(self.cfg.clients_per_round, len(client_ids)))
         self._cohort = frozenset(str(client) for client in cohort)
         self._cohort_size = len(self._cohort)
         return cohort
+
+    def _in_order(self, client: Any) -> tuple[int, str]:
+        """A client's place in the order :meth:`sample` was given (the clients it was not given last)."""
+        return self._rank.get(str(client), len(self._rank)), str(client)
 
     def _note_partition(self, client: str, metrics: Mapping[str, float]) -> None:
         partition = metrics.get(PARTITION_ID)
@@ -269,7 +281,7 @@ class ServerCore:
             self._note_partition(client, metrics)
             accepted.append((Reply(client, reply.arrays, metrics), vector))
         # the sum in one order whatever order the replies arrived in (floating-point addition)
-        accepted.sort(key=lambda item: item[0].client_id)
+        accepted.sort(key=lambda item: self._in_order(item[0].client_id))
         for reason in rejected:
             log.warning("round %d: rejected reply from %s", server_round, reason)
         if self.central is not None:
@@ -470,7 +482,7 @@ class ServerCore:
         """Combine the clients' evaluation reports of ``server_round`` (:mod:`fl_dp.federated_evaluation`);
         they become the round's test metrics when it closes (:meth:`evaluate_round`). Returns them."""
         reports, rejected = [], [f"{client}: {reason}" for client, reason in failures]
-        for reply in sorted(replies, key=lambda r: str(r.client_id)):
+        for reply in sorted(replies, key=lambda r: self._in_order(r.client_id)):
             try:
                 if reply.error:
                     raise MalformedMessage(reply.error)
@@ -499,7 +511,7 @@ class ServerCore:
         fresh = {str(r.client_id) for r, _ in accepted if r.metrics.get(STATE_FRESH) == 1.0}
         if self.client_shares is None:
             return fresh
-        for client in sorted(fresh & set(self.client_shares)):
+        for client in sorted(fresh & set(self.client_shares), key=self._in_order):
             log.warning("client %s lost its error-feedback state: its share is taken out of the server's state", client)
             self.algorithm.forget_client_share(state, self.client_shares[client])
         return fresh

@@ -25,6 +25,7 @@ from fl_dp.wire import (
     parse_reply,
     to_array_record,
 )
+from strategies.flower_grid import connected_in_order
 
 log = logging.getLogger("fl_dp")
 
@@ -120,7 +121,7 @@ class FlDpStrategy(Strategy):
         server_round += self.round_offset
         if not self.core.federated_evaluation_due(server_round):
             return []
-        node_ids = self.core.evaluation_cohort(list(grid.get_node_ids()), server_round)
+        node_ids = self.core.evaluation_cohort(connected_in_order(grid), server_round)
         record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord({**dict(config), SERVER_ROUND: server_round})})
         return [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=node_id) for node_id in node_ids]
 
@@ -184,11 +185,11 @@ def wait_for_nodes_or_give_up(grid: Grid, num_nodes: int, timeout: float, poll: 
     """The connected SuperNodes once ``num_nodes`` are, or those connected after ``timeout`` seconds
     (a round with too few is skipped by :meth:`ServerCore.sample`, with its reason)."""
     deadline = time.monotonic() + timeout
-    nodes = list(grid.get_node_ids())
+    nodes = connected_in_order(grid)
     while len(nodes) < num_nodes and time.monotonic() < deadline:
         log.info("waiting for clients: %d of %d connected", len(nodes), num_nodes)
         time.sleep(poll)
-        nodes = list(grid.get_node_ids())
+        nodes = connected_in_order(grid)
     return nodes
 
 
@@ -199,7 +200,7 @@ def wait_for_federation(grid: Grid, timeout: float, settle: float = 3.0, poll: f
     nodes connect over time, so the population is what is there once arrivals stop.
     """
     deadline = time.monotonic() + timeout
-    nodes = list(grid.get_node_ids())
+    nodes = connected_in_order(grid)
     stable_since = time.monotonic()
     while True:
         if nodes and time.monotonic() - stable_since >= settle:
@@ -209,6 +210,6 @@ def wait_for_federation(grid: Grid, timeout: float, settle: float = 3.0, poll: f
                 f"no SuperNode connected after {timeout:.0f} s (num-clients = 0: every SuperNode of the federation)"
             )
         time.sleep(poll)
-        now = list(grid.get_node_ids())
+        now = connected_in_order(grid)
         if len(now) != len(nodes):
             nodes, stable_since = now, time.monotonic()

@@ -43,6 +43,7 @@ from typing import Any
 
 import flwr
 from flwr.app import Message
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 from flwr.serverapp import Grid
 from flwr.superlink.grid import HttpGrid, InMemoryGrid, http_grid
 
@@ -140,6 +141,25 @@ def install(version: str = flwr.__version__) -> bool:
     http_grid.pull_objects = pull_objects_within_the_round
     log.info("flwr %s: HttpGrid retries reply parts after %.2f s, until the round's timeout", version, PULL_SECONDS)
     return True
+
+
+def connected_in_order(grid: Grid) -> list[int]:
+    """The connected SuperNodes, in an order that is the same in every run of a simulation.
+
+    A simulation's node ids are drawn anew in every run; sorting them would give the same seed
+    other cohorts, and other sums' orders, each run. The engine registers partition 0, 1, ... in
+    turn, so the order of its in-memory LinkState's nodes (a dict, in registration order, in the
+    flwr versions :data:`flower_linkstate.CHECKED_FLWR_VERSIONS`) is the partitions' order. Any
+    other Grid (a deployment's; the nodes' own order there is their arrival) gives them sorted.
+    """
+    ids = set(grid.get_node_ids())
+    state = getattr(grid, "state", None)
+    if isinstance(state, InMemoryLinkState) and flwr.__version__ in flower_linkstate.CHECKED_FLWR_VERSIONS:
+        with state.lock:
+            registered = list(state.nodes)
+        if ids <= set(registered):
+            return [node for node in registered if node in ids]
+    return sorted(ids)
 
 
 def prompt(grid: Grid) -> Grid:

@@ -7,6 +7,7 @@ import pytest
 from flwr.superlink.grid import HttpGrid, http_grid
 from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
 
+from flower_fakes import FakeGrid
 from strategies import flower_grid
 
 
@@ -254,3 +255,17 @@ def test_prompt_wraps_the_simulations_grid_only_where_stores_are_signalled(monke
     assert isinstance(wrapped, flower_grid.PromptGrid) and wrapped.stored is flower_linkstate.REPLIES
     monkeypatch.setenv(flower_grid.KEEP_FLOWERS_ENV, "1")
     assert flower_grid.prompt(grid) is grid
+
+
+def test_a_simulations_nodes_come_in_registration_order_the_same_in_every_run():
+    """The engine registers partition 0, 1, ... in turn under new random node ids each run: the order
+    the strategy samples from is the partitions' (sorting the ids would shuffle it run to run)."""
+    from benchmarks.simulation import simulation_linkstate
+
+    for _ in range(3):
+        state, _, grid = simulation_linkstate(12)
+        registered = list(state.nodes)  # the i-th registered is partition i
+        assert registered != sorted(registered)  # random ids: sorting them would shuffle the partitions
+        assert flower_grid.connected_in_order(grid) == registered
+        assert flower_grid.connected_in_order(flower_grid.PromptGrid(grid)) == registered
+    assert flower_grid.connected_in_order(FakeGrid([30, 10, 20])) == [10, 20, 30]  # a deployment's Grid: sorted

@@ -267,7 +267,8 @@ def test_client_partitions_ignore_what_is_not_a_partition(tiny_cfg):
     core.sample([30, 10, 20])
     for node, claimed in ((10, 2.0), (20, 7.0), (30, 0.5)):  # 7: out of range, 0.5: not an index
         core._note_partition(str(node), {"partition-id": claimed})
-    assert core.client_partitions() == {10: 2, 20: 0, 30: 1}
+    # 10's claim holds; 30 and 20 take the free partitions in the order the nodes were given
+    assert core.client_partitions() == {30: 0, 10: 2, 20: 1}
 
 
 class LoopbackGrid(FakeGrid):

@@ -4,11 +4,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from local_superlink import superlinks_of
+
+from fl_dp.config import RunConfig
+from fl_dp.inprocess import InProcessFederation
 
 ROOT = Path(__file__).parents[1]
 
@@ -82,3 +86,14 @@ def test_flwr_run_with_central_dp_samples_poisson_cohorts_and_charges_everyone(t
     log = (tmp_path / "central" / "flower.log").read_text()
     assert log.count("dataset 'synthetic' loaded") == 1, log[-3000:]
     assert log.index("dataset 'synthetic' loaded") < log.index("released its copy of the training data")
+    # the same seed, the same run, though Flower draws new node ids: the same cohorts and sums, and
+    # those of the in-process loop with its own client names
+    again, _ = _completed_run(tmp_path, 20, run_config, "central-again")
+    measured = [c for c in history.columns if "seconds" not in c]
+    pd.testing.assert_frame_equal(history[measured], again[measured])
+    defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    overrides = dict(item.split("=", 1) for item in run_config.split())
+    cfg = RunConfig.from_flwr({**defaults, **{k: tomllib.loads(f"v = {v}")["v"] for k, v in overrides.items()}, "num-clients": 20})
+    in_process = InProcessFederation(cfg.replace(results_dir=str(tmp_path / "in-process"))).run()
+    assert list(in_process["sampled"]) == list(history["sampled"])
+    assert list(in_process["test-loss"]) == pytest.approx(list(history["test-loss"]), rel=1e-5)
