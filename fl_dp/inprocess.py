@@ -151,6 +151,8 @@ def run_inprocess(
     evaluate_fn: Callable[[torch.Tensor], dict[str, float]] | None = None,
     partitions: Mapping[Any, int] | None = None,
 ) -> pd.DataFrame:
-    """Run ``cfg`` without Flower or Ray; returns the per-round metrics. ``partitions``: the
-    clients' ids as a Flower run named them (``run.core.client_partitions()``), to replay it."""
+    """Run ``cfg`` without Flower or Ray; returns the per-round metrics: a simulation's run with the
+    same seed (the strategy orders its nodes as this loop does, by partition). ``partitions``: the
+    clients' ids as a Flower run named them (``run.core.client_partitions()``), to replay a run
+    whose nodes came in another order (a deployment's)."""
     return InProcessFederation(cfg, evaluate_fn, partitions).run()
