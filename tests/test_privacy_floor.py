@@ -14,6 +14,7 @@ from fl_dp.client import ClientCore
 from fl_dp.server import ServerCore
 from fl_dp.privacy import Release, epsilon_of
 from fl_dp.privacy_floor import NodeSpending, PrivacyFloor, PrivacyRefusal
+from flower_fakes import FakeGrid
 from strategies.fl_dp_strategy import FlDpStrategy
 
 
@@ -82,11 +83,7 @@ def test_a_supernode_with_a_floor_refuses_through_the_clientapp(tiny_cfg):
     cfg = tiny_cfg.replace(strategy="alpha-normec", server_lr=0.3, noise_multiplier=0.3)
     strategy = FlDpStrategy(ServerCore(cfg))
 
-    class Grid:
-        def get_node_ids(self):
-            return [7, 8, 9, 10]
-
-    message = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), Grid()))[0]
+    message = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), FakeGrid([7, 8, 9, 10])))[0]
 
     def context(node_config):
         return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=cfg.to_flwr())
@@ -108,12 +105,8 @@ def _node(cfg, tmp_path, run_id, node_config=None):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run_id, 1, 0
     strategy = FlDpStrategy(ServerCore(cfg))
 
-    class Grid:
-        def get_node_ids(self):
-            return [7, 8, 9, 10]
-
     def message(server_round):
-        sent = strategy.configure_train(server_round, strategy.initial_arrays(), ConfigRecord(), Grid())
+        sent = strategy.configure_train(server_round, strategy.initial_arrays(), ConfigRecord(), FakeGrid([7, 8, 9, 10]))
         return next(m for m in sent if m.metadata.dst_node_id == 7)
 
     config = {"partition-id": 0, "num-partitions": 4, "state-dir": str(tmp_path / "node"), "max-epsilon": 6.0,
@@ -224,11 +217,7 @@ def test_a_node_with_a_floor_reports_no_evaluation_metrics(tiny_cfg, tmp_path):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     strategy = FlDpStrategy(ServerCore(cfg))
 
-    class Grid:
-        def get_node_ids(self):
-            return [7, 8, 9, 10]
-
-    (request, *_) = strategy.configure_evaluate(1, strategy.initial_arrays(), ConfigRecord(), Grid())
+    (request, *_) = strategy.configure_evaluate(1, strategy.initial_arrays(), ConfigRecord(), FakeGrid([7, 8, 9, 10]))
     base = {"partition-id": 0, "num-partitions": 4}
     context = Context(run_id=1, node_id=7, node_config=base, state=RecordDict(), run_config=cfg.to_flwr())
     assert "metrics" in client_evaluate(request, context).content.metric_records  # no floor: it reports
