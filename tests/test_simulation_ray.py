@@ -4,11 +4,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from flwr.common.config import parse_config_args
 from local_superlink import superlinks_of
 
 from fl_dp.config import RunConfig
@@ -91,9 +91,9 @@ def test_flwr_run_with_central_dp_samples_poisson_cohorts_and_charges_everyone(t
     again, _ = _completed_run(tmp_path, 20, run_config, "central-again")
     measured = [c for c in history.columns if "seconds" not in c]
     pd.testing.assert_frame_equal(history[measured], again[measured])
-    defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    overrides = dict(item.split("=", 1) for item in run_config.split())
-    cfg = RunConfig.from_flwr({**defaults, **{k: tomllib.loads(f"v = {v}")["v"] for k, v in overrides.items()}, "num-clients": 20})
+    # the app's defaults (pyproject's, test_config checks) with --run-config parsed as flwr run parses it
+    app_defaults = RunConfig(num_clients=0, clients_per_round=0).to_flwr()
+    cfg = RunConfig.from_flwr({**app_defaults, **parse_config_args([run_config])}).for_federation(20)
     in_process = InProcessFederation(cfg.replace(results_dir=str(tmp_path / "in-process"))).run()
     assert list(in_process["sampled"]) == list(history["sampled"])
     assert list(in_process["test-loss"]) == pytest.approx(list(history["test-loss"]), rel=1e-5)
