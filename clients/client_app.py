@@ -169,11 +169,11 @@ def train_with(msg: Message, context: Context, run_cfg: RunConfig) -> Message:
     # a floor with a budget counts what the node spent over every run, in the node's own state-dir
     if floor is not None and floor.budgeted:
         spending = NodeSpending(str(context.node_config[STATE_DIR_KEY]), partition_id)
-        with spending.locked():
-            out_arrays, metrics, new_state = client.train(arrays, config, state, spent=spending.history())
+        with spending.locked() as spent:
+            out_arrays, metrics, new_state = client.train(arrays, config, state, spent=spent)
             if DP_NOISE in metrics:
                 # counted before the reply leaves: a release the server may have is never one the node forgot
-                spending.add(Release(metrics[DP_NOISE], metrics[DP_RATE], int(metrics[DP_STEPS])))
+                spending.add(spent, Release(metrics[DP_NOISE], metrics[DP_RATE], int(metrics[DP_STEPS])))
     else:
         out_arrays, metrics, new_state = client.train(arrays, config, state)
     save_state(context, new_state)

@@ -51,13 +51,18 @@ def ledger_releases(rows: torch.Tensor) -> list[Release]:
     return [Release(noise, rate, int(steps)) for noise, rate, steps in check_ledger_rows(rows).tolist()]
 
 
-def ledger_with(rows: torch.Tensor, release: Release) -> torch.Tensor:
-    """``rows`` with ``release`` added; a release of the last row's mechanism adds to its steps, as
-    :meth:`PrivacyLedger.record` merges them, so the rows stay few over a long run."""
+def ledger_rows(releases: list[Release]) -> torch.Tensor:
+    """The rows of ``releases``; consecutive releases of one mechanism share a row (their steps
+    added, as :meth:`PrivacyLedger.record` merges them), so the rows stay few over a long run."""
     ledger = PrivacyLedger(1e-5)  # delta does not enter the rows
-    for past in [*ledger_releases(rows), release]:
-        ledger.record("self", past)
+    for release in releases:
+        ledger.record("self", release)
     return torch.tensor([[r.noise_multiplier, r.sample_rate, r.steps] for r in ledger.releases("self")], dtype=torch.float64)
+
+
+def ledger_with(rows: torch.Tensor, release: Release) -> torch.Tensor:
+    """``rows`` with ``release`` added (:func:`ledger_rows`)."""
+    return ledger_rows([*ledger_releases(rows), release])
 
 
 def check_state(state: Any, dim: int) -> State:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from fl_dp.checkpoint import atomic_save
-from fl_dp.client_state import check_ledger_rows, ledger_releases, ledger_with
+from fl_dp.client_state import ledger_releases, ledger_rows
 from fl_dp.privacy import Release, epsilon_of
 
 NODE_KEYS = ("max-epsilon", "privacy-delta", "min-noise-multiplier")
@@ -116,33 +116,31 @@ class NodeSpending:
         self.path = Path(state_dir) / ".privacy-spent" / f"partition-{partition_id}.pt"
 
     @contextmanager
-    def locked(self) -> Iterator[NodeSpending]:
-        """Hold the node's count for one round: two runs on one node cannot both admit a release on
-        the same count, nor lose one another's additions."""
+    def locked(self) -> Iterator[list[Release]]:
+        """Hold the node's count for one round and yield it, read once (:meth:`history`): two runs
+        on one node cannot both admit a release on the same count, nor lose one another's additions."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield self
+                yield self.history()
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def history(self) -> list[Release]:
         """What was spent so far; :class:`PrivacyRefusal` if the file cannot be read, since
         training on would forget what the node released."""
-        return ledger_releases(self._rows())
-
-    def add(self, release: Release) -> None:
-        """Count ``release`` (atomically: a crash leaves the previous count whole)."""
-        atomic_save(self.path, ledger_with(self._rows(), release))
-
-    def _rows(self) -> torch.Tensor:
         if not self.path.exists():
-            return torch.zeros(0, 3, dtype=torch.float64)
+            return []
         try:
-            return check_ledger_rows(torch.load(self.path, weights_only=True))
+            return ledger_releases(torch.load(self.path, weights_only=True))
         except Exception as err:  # noqa: BLE001 - whatever is wrong, the node refuses rather than forgets
             raise PrivacyRefusal(
                 f"what this node has spent ({self.path}) cannot be read ({type(err).__name__}: {err}); "
                 "it trains no more until the file is restored (removing it forgets every release it counts)"
             ) from None
+
+    def add(self, spent: list[Release], release: Release) -> None:
+        """Count ``release`` after ``spent``, the count :meth:`locked` yielded (atomically: a crash
+        leaves the previous count whole)."""
+        atomic_save(self.path, ledger_rows([*spent, release]))

@@ -179,8 +179,8 @@ def test_two_runs_on_one_node_take_turns_with_its_count(tmp_path):
     def spend():
         spending = NodeSpending(tmp_path, 0)
         for _ in range(20):
-            with spending.locked():
-                spending.add(Release(1.0, 1.0, 1))
+            with spending.locked() as spent:
+                spending.add(spent, Release(1.0, 1.0, 1))
 
     threads = [threading.Thread(target=spend) for _ in range(4)]
     for thread in threads:
