@@ -3,7 +3,9 @@
 the ``datasets`` library (Flower Datasets' own loader) and turned into the in-memory arrays every
 client and the server use.
 
-- images (an ``Image`` column): C x H x W float32, pixels mapped to [-1, 1]; tables: every
+- images (an ``Image`` column): C x H x W float32, pixels mapped to [-1, 1]: one channel where
+  every image of the train and test splits is grey (8- or 16-bit, an alpha channel dropped), else
+  three (RGB; grey and palette images converted); tables: every
   numeric column but the label and id columns, as they are (standardise them beforehand: a
   SuperNode's own files and the server's test set must agree, so nothing here depends on a file);
 - labels: ``label-column``: integers 0..K-1 as they are (what several files must use; K at most
@@ -70,8 +72,11 @@ def load_external(
     code = {value: i for i, value in enumerate(classes)}
     image_columns = [c for c, feature in train.features.items() if type(feature).__name__ == "Image"]
     if image_columns:
-        x_train = _images(train, image_columns[0]) * 2 - 1
-        x_test = _images(test, image_columns[0]) * 2 - 1 if len(test) else x_train[:0]
+        train_images = train[image_columns[0]]
+        test_images = test[image_columns[0]] if len(test) else []
+        colour = not all(image.mode in _GREY_MODES for image in [*train_images, *test_images])
+        x_train = _images(train_images, image_columns[0], colour) * 2 - 1
+        x_test = _images(test_images, image_columns[0], colour) * 2 - 1 if len(test) else x_train[:0]
     else:
         features = [
             c for c, f in train.features.items() if c not in (label_column, id_column) and getattr(f, "dtype", "") in _NUMERIC
@@ -120,16 +125,32 @@ def _read(name: str) -> Any:
         raise ValueError(f"{path} cannot be read as {builder}: {type(cause).__name__}: {cause}"[:500]) from None
 
 
-def _images(split: Any, column: str) -> torch.Tensor:
-    arrays = [np.asarray(image, dtype=np.float32) / 255.0 for image in split[column]]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise ValueError(f"images of different sizes in column {column!r}: {sorted(shapes)[:3]}")
+#: PIL modes of grey images, 8-bit (with or without alpha) and 16-bit
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N"})
+_SIXTEEN_BIT = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _pixels(image: Any, colour: bool) -> np.ndarray:
+    """``image`` (PIL) as H x W (grey) or H x W x 3 (colour) floats in [0, 1]: 16-bit grey over 65535,
+    anything else through PIL's conversion to L or RGB (a palette's colours, not its indices)."""
+    if image.mode in _SIXTEEN_BIT:
+        grey = np.asarray(image, dtype=np.float32)
+        if grey.size and not 0 <= grey.min() <= grey.max() <= 65535:
+            raise ValueError(f"a {image.mode} image holds values outside 0..65535")
+        grey /= 65535.0
+        return np.repeat(grey[..., None], 3, axis=-1) if colour else grey
+    if image.mode == "F":
+        raise ValueError("32-bit float images have no fixed pixel range: save them as 8- or 16-bit images")
+    return np.asarray(image.convert("RGB" if colour else "L"), dtype=np.float32) / 255.0
+
+
+def _images(images: Any, column: str, colour: bool) -> torch.Tensor:
+    arrays = [_pixels(image, colour) for image in images]
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) != 1:
+        raise ValueError(f"images of different sizes (height, width) in column {column!r}: {sorted(sizes)[:3]}")
     stacked = np.stack(arrays)
-    if stacked.ndim == 3:
-        stacked = stacked[:, None]  # grey: one channel
-    else:
-        stacked = stacked.transpose(0, 3, 1, 2)
+    stacked = stacked.transpose(0, 3, 1, 2) if colour else stacked[:, None]
     return torch.from_numpy(np.ascontiguousarray(stacked))
 
 

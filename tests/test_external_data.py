@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import load_dataset
+from fl_dp.external_data import load_external
 from fl_dp.inprocess import InProcessFederation
 from fl_dp.server import ServerCore
 
@@ -112,6 +114,53 @@ def test_an_image_folder_becomes_standardised_channel_first_images(tmp_path):
     assert data.train.input_shape == (3, 16, 16) and data.train.num_classes == 2
     assert abs(float(data.train.x.mean())) < 0.05
     assert InProcessFederation(cfg).run()["accepted"].tolist() == [2]
+
+
+def test_images_of_mixed_modes_are_read_by_their_colours(tmp_path):
+    """Palette, RGBA and grey images beside RGB ones: three channels, a palette's colours (not its
+    indices), alpha dropped, grey copied to each channel."""
+    from PIL import Image
+
+    colours = np.array([[200, 10, 30], [0, 0, 0], [255, 255, 255], [40, 160, 90]], np.uint8)
+    rgb = colours[np.random.default_rng(2).integers(0, 4, (8, 8))]
+    base = Image.fromarray(rgb)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        base.save(tmp_path / label / "rgb.png")
+        base.convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(tmp_path / label / "palette.png")
+        base.convert("RGBA").save(tmp_path / label / "rgba.png")
+    (tmp_path / "grey").mkdir()
+    Image.fromarray(np.full((8, 8), 51, np.uint8)).save(tmp_path / "grey" / "l.png")
+    ((x, y, _), _), classes = load_external(f"files:{tmp_path}", 0, held_out=False)
+    assert x.shape == (7, 3, 8, 8) and classes == 3
+    expected = torch.from_numpy(rgb.transpose(2, 0, 1) / 255.0 * 2 - 1).float()
+    grey = int(torch.nonzero(y == 2)[0])
+    assert torch.allclose(x[grey], torch.full((3, 8, 8), 51 / 255 * 2 - 1), atol=1e-6)
+    for row in [i for i in range(7) if i != grey]:
+        assert torch.allclose(x[row], expected, atol=1e-6)
+
+
+def test_sixteen_bit_grey_images_span_the_same_range_as_eight_bit(tmp_path):
+    from PIL import Image
+
+    for label, value in (("dark", 0), ("light", 65535)):
+        (tmp_path / label).mkdir()
+        Image.fromarray(np.full((4, 4), value, np.uint16)).save(tmp_path / label / "0.png")
+        Image.fromarray(np.full((4, 4), value // 257, np.uint8)).save(tmp_path / label / "1.png")
+    ((x, y, _), _), _ = load_external(f"files:{tmp_path}", 0, held_out=False)
+    assert x.shape == (4, 1, 4, 4)
+    for row, label in enumerate(y.tolist()):
+        assert torch.allclose(x[row], torch.full((1, 4, 4), -1.0 if label == 0 else 1.0), atol=1e-6)
+
+
+def test_float_images_are_refused_for_their_unknown_range(tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / label / "0.tiff")
+    with pytest.raises(ValueError, match="32-bit float images have no fixed pixel range"):
+        load_external(f"files:{tmp_path}", 0, held_out=False)
 
 
 def test_a_hub_dataset_is_read_through_the_datasets_library(monkeypatch):
