@@ -174,6 +174,17 @@ def test_a_hub_dataset_is_read_through_the_datasets_library(monkeypatch):
     assert data.train.input_shape == (1, 8, 8) and data.train.num_classes == 3 and len(data.test) == 6
 
 
+def test_a_row_without_an_image_is_refused(monkeypatch):
+    import datasets
+    from PIL import Image
+
+    images = [Image.fromarray(np.zeros((4, 4), np.uint8)), None]
+    split = datasets.Dataset.from_dict({"img": images, "label": [0, 1]}).cast_column("img", datasets.Image())
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: datasets.DatasetDict({"train": split, "test": split}))
+    with pytest.raises(ValueError, match="column 'img' of 'hub:someone/holes' has rows without an image"):
+        load_external("hub:someone/holes", 0)
+
+
 def test_a_hub_dataset_without_network_is_refused_before_round_1(monkeypatch):
     import datasets
     import huggingface_hub
