@@ -54,6 +54,10 @@ def load_external(
         if column not in train.column_names:
             key = "label-column" if column == label_column else "id-column"
             raise ValueError(f"{key} {column!r} is not a column of {name!r} (its columns: {', '.join(train.column_names)})")
+    if type(train.features[label_column]).__name__ not in ("Value", "ClassLabel"):
+        raise ValueError(
+            f"label-column {label_column!r} of {name!r} holds {train.features[label_column]}, not one number or text a row"
+        )
     values = set(_column(train, label_column)) | set(_column(test, label_column))
     if any(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in values):
         raise ValueError(f"label-column {label_column!r} of {name!r} has rows without a label (empty or NaN)")

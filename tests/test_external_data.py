@@ -99,6 +99,15 @@ def test_a_damaged_file_is_refused_before_round_1_with_its_reason(tmp_path, dama
         ServerCore(cfg)
 
 
+@pytest.mark.parametrize("labels", [[[1, 2], [3]], [{"x": 1}, {"x": 2}]], ids=["lists", "records"])
+def test_a_label_column_of_lists_or_records_is_refused_naming_it(tmp_path, labels):
+    path = tmp_path / "data.parquet"
+    pd.DataFrame({"f1": [0.5, -0.5] * 4, "kind": labels * 4}).to_parquet(path)
+    cfg = RunConfig(dataset=f"files:{path}", model="logreg", label_column="kind", num_clients=2, clients_per_round=2, eval_samples=0)
+    with pytest.raises(ConfigError, match="label-column 'kind' of .* holds .*not one number or text a row"):
+        ServerCore(cfg)
+
+
 def test_an_image_folder_becomes_standardised_channel_first_images(tmp_path):
     from PIL import Image
 
