@@ -19,10 +19,11 @@
 # (scripts/flower_runtime.py); 0 gives Flower's own: 3 s polls, a new flwr-clientapp process per message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-num_nodes="${1:-2}"
-warm="${FL_DP_WARM_CLIENTAPP:-1}"
-shift || true
 source scripts/flwr_env.sh
+leading_count scripts/deploy.sh SuperNodes 2 "$@"
+num_nodes="$COUNT"
+[ "$COUNT_GIVEN" = 0 ] || shift
+warm="${FL_DP_WARM_CLIENTAPP:-1}"
 port="${FL_DP_DEPLOY_PORT:-19093}"
 work="$(mktemp -d /tmp/fl-dp-deploy-XXXXXX)"
 export FLWR_HOME="$work/flwr-home"

@@ -9,6 +9,24 @@ export PYTHONUNBUFFERED=1
 # client given no GPU see the GPUs, and device = "auto" then use one: keep Ray's behaviour, drop the tip
 export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore::FutureWarning:ray._private.worker"
 
+# leading_count SCRIPT WHAT DEFAULT ARGS...: sets COUNT to ARGS' first word where that is a whole number
+# >= 1 (and COUNT_GIVEN=1), else to DEFAULT (COUNT_GIVEN=0); a first word that looks like a number
+# but is not such a count (0, -3, 1.5, "") stops the script with a message naming it.
+leading_count() {
+  local script="$1" what="$2" default="$3"
+  shift 3
+  COUNT="$default"
+  COUNT_GIVEN=0
+  [ $# -gt 0 ] || return 0
+  if [[ "$1" =~ ^[1-9][0-9]{0,5}$ ]]; then
+    COUNT="$1"
+    COUNT_GIVEN=1
+  elif [ -z "$1" ] || [[ "$1" =~ ^[+-]?[0-9.]+([eE][+-]?[0-9]+)?$ ]]; then
+    echo "$script: the number of $what must be a whole number from 1 to 999999, got '$1'" >&2
+    exit 2
+  fi
+}
+
 # flwr_run_checked APP ARGS...: `flwr run APP ARGS --stream`, then fail unless the run completed.
 # `flwr run` exits 0 even when the run failed, so ask the SuperLink for its final status.
 # APP is handed over as a copy without its ignored directories (scripts/stage_app.py): flwr lists

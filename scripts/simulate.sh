@@ -7,17 +7,15 @@
 # Results: results/<run-name or strategy>.csv and .png
 set -euo pipefail
 cd "$(dirname "$0")/.."
-num_clients=10
-if [[ "${1:-}" =~ ^[0-9]+$ ]]; then
-  num_clients="$1"
-  shift
-fi
+source scripts/flwr_env.sh
+leading_count scripts/simulate.sh clients 10 "$@"
+num_clients="$COUNT"
+[ "$COUNT_GIVEN" = 0 ] || shift
 flwr_args=()
 verbose=false
 for arg in "$@"; do
   if [ "$arg" = "--verbose" ]; then verbose=true; else flwr_args+=("$arg"); fi
 done
-source scripts/flwr_env.sh
 # flwr keeps its connections and a detached simulation SuperLink under FLWR_HOME
 export FLWR_HOME="${FLWR_HOME:-$PWD/.flwr-home}"
 # Ray's socket paths must stay under 107 bytes: keep its temp dir short
