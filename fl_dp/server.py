@@ -66,6 +66,7 @@ from fl_dp.wire import (
     STATE_FRESH,
     TRAIN_LOSS,
     MalformedMessage,
+    NonFiniteMessage,
     Reply,
     decode,
     payload_bytes,
@@ -255,6 +256,7 @@ class ServerCore:
         accepted: list[tuple[Reply, torch.Tensor]] = []
         rejected = [f"{client}: {reason}" for client, reason in failures]
         seen: set[str] = set()
+        non_finite = 0
         for reply in replies:
             client = str(reply.client_id)
             if client not in self._cohort:
@@ -277,6 +279,7 @@ class ServerCore:
                     raise MalformedMessage(f"message norm above the algorithm's bound {self._norm_limit:.4g}")
             except (MalformedMessage, ValueError, TypeError, OverflowError) as err:
                 rejected.append(f"{client}: {err}")
+                non_finite += isinstance(err, NonFiniteMessage)
                 continue
             self._note_partition(client, metrics)
             accepted.append((Reply(client, reply.arrays, metrics), vector))
@@ -284,6 +287,14 @@ class ServerCore:
         accepted.sort(key=lambda item: self._in_order(item[0].client_id))
         for reason in rejected:
             log.warning("round %d: rejected reply from %s", server_round, reason)
+        if seen and non_finite == len(seen):
+            log.error(
+                "round %d: every reply holds NaN or Inf (its message or its loss): the global model has likely "
+                "diverged (its norm is %.3g); a smaller server-lr (now %g) may help",
+                server_round,
+                float(torch.linalg.vector_norm(self.x)),
+                self.cfg.server_lr,
+            )
         if self.central is not None:
             self.ledger.record_many(self._population, self.central.release(self.cfg.client_sample_rate))
         self._cohort = frozenset()  # a late reply of this round is not addressed by the next one
@@ -767,7 +778,7 @@ def _checked_metrics(metrics: Any, private_run: bool) -> dict[str, float]:
             raise MalformedMessage(f"metric {key!r} must be a number, got {type(value).__name__}")
         value = float(value)
         if not math.isfinite(value) and not (key == CLIENT_EPSILON and value == math.inf):
-            raise MalformedMessage(f"metric {key!r} is {value}")
+            raise NonFiniteMessage(f"metric {key!r} is {value}")
         checked[key] = value
     num_examples = checked[NUM_EXAMPLES]
     if not (1 <= num_examples <= MAX_NUM_EXAMPLES and num_examples.is_integer()):

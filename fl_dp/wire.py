@@ -61,6 +61,11 @@ class MalformedMessage(ValueError):
     """A client message that cannot be decoded into a finite vector of the model's size."""
 
 
+class NonFiniteMessage(MalformedMessage):
+    """A message that decodes to NaN or Inf: a hostile client's, or every honest client's once the
+    global model has diverged."""
+
+
 @dataclass(frozen=True)
 class SignVector:
     """``scale`` times a +-1 vector, sent as packed bits (and one float32 when scale != 1)."""
@@ -142,7 +147,7 @@ def decode(arrays: Any, dim: int, layouts: Collection[frozenset[str]] | None = N
     else:
         raise MalformedMessage(f"unknown message layout {sorted(keys)}")
     if not torch.isfinite(vector).all():
-        raise MalformedMessage("message holds NaN or Inf")
+        raise NonFiniteMessage("message holds NaN or Inf")
     return vector
 
 

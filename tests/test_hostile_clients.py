@@ -235,3 +235,27 @@ def test_flower_replies_that_do_not_decode_are_rejected_not_raised(tiny_cfg):
     # each addressed client is charged the run's release although its reply was unreadable
     expected = Release(1.0, 1.0, 1)
     assert all(strategy.core.ledger.releases(str(n)) == [expected] for n in (11, 12, 13, 14))
+
+
+def test_a_diverged_model_is_named_when_every_reply_is_non_finite(caplog):
+    """A server step far too large leaves the model finite but so large that every honest client's
+    gradient is NaN: the log says the model diverged, not only that each client was rejected."""
+    from fl_dp.config import RunConfig
+
+    cfg = RunConfig(strategy="ef21", model="logreg", dataset="breast-cancer", num_clients=4, clients_per_round=4,
+                    num_server_rounds=2, eval_samples=0, server_lr=1e38)
+    with caplog.at_level(logging.WARNING, logger="fl_dp"):
+        frame = InProcessFederation(cfg).run()
+    assert frame["accepted"].tolist() == [4, 0]
+    diverged = [r.getMessage() for r in caplog.records if "likely diverged" in r.getMessage()]
+    assert len(diverged) == 1 and diverged[0].startswith("round 2: every reply holds NaN or Inf")
+    assert "server-lr (now 1e+38)" in diverged[0]
+
+
+def test_one_non_finite_reply_among_honest_ones_is_not_called_divergence(tiny_cfg, caplog):
+    _, fed, honest = _round(tiny_cfg, "fedavg")
+    nan = Reply(honest[0].client_id, {k: np.full_like(v, np.nan) for k, v in honest[0].arrays.items()}, honest[0].metrics)
+    with caplog.at_level(logging.WARNING, logger="fl_dp"):
+        fed.server.aggregate(1, [nan, *honest[1:]])
+    assert any("message holds NaN or Inf" in r.getMessage() for r in caplog.records)
+    assert not any("likely diverged" in r.getMessage() for r in caplog.records)
