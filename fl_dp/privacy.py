@@ -98,7 +98,9 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
         analysis.compute_rdp(q=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps, orders=orders) for r in releases
     )
     epsilon, _ = analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
-    return float(epsilon)
+    # Opacus' conversion falls below 0 at a large delta (0.5: -0.35 where dp-accounting says 0);
+    # no epsilon is negative
+    return max(0.0, float(epsilon))
 
 
 #: above this noise multiplier the noise drowns any signal the strategies send (their messages have

@@ -37,6 +37,14 @@ def test_ledger_matches_opacus_stepping_and_google_dp_accounting(sigma, q, steps
     assert ours == pytest.approx(_google_epsilon(sigma, q, steps, delta), rel=1e-2)
 
 
+@pytest.mark.parametrize("sigma, q, steps", [(3.0, 0.25, 50), (10.0, 1.0, 5), (2.5, 0.1, 100)])
+def test_a_large_delta_gives_the_reference_epsilon_never_a_negative_one(sigma, q, steps):
+    """Opacus' conversion gives -0.35 for the first case at delta 0.5; dp-accounting gives 0."""
+    reference = _google_epsilon(sigma, q, steps, 0.5)
+    assert epsilon_of([Release(sigma, q, steps)], 0.5) == pytest.approx(reference, abs=1e-3)
+    assert epsilon_of([Release(sigma, q, steps, skellam_l2=1.0, skellam_l1=1.0)], 0.5) >= 0.0
+
+
 def test_known_value_from_facts():
     assert epsilon_of([Release(1.0, 0.01, 1000)], 1e-5) == pytest.approx(2.1014, abs=1e-3)
 
