@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from fl_dp.opacus_import import import_opacus
 from fl_dp.skellam import epsilon_of_mixed, opacus_rdp
 
 
@@ -72,6 +71,17 @@ class Release:
         return head + [self.skellam_l2, self.skellam_l1] if self.is_skellam else head
 
 
+#: RDP orders: Opacus' default ones (``RDPAccountant.DEFAULT_ALPHAS``), where every epsilon from
+#: about 0.2 up is converted, then larger ones: at Opacus' largest, 63, no epsilon can fall below
+#: log(1 / delta) / 62 (0.1 at delta 1e-5), so a small target asked for far more noise than it
+#: needs (sigma 10 at q 0.01 over 100 steps: 0.106 at order 63, 0.032 at order 384) or was refused
+ORDERS: tuple[float, ...] = (
+    tuple(1 + x / 10.0 for x in range(1, 100))
+    + tuple(float(a) for a in range(12, 64))
+    + (64.0, 80.0, 96.0, 128.0, 160.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0, 1536.0, 2048.0)
+)
+
+
 def epsilon_of(releases: list[Release], delta: float) -> float:
     """(eps, delta)-DP epsilon of the RDP composition of ``releases``; inf if any is noiseless."""
     if not 0 < delta < 1:
@@ -88,12 +98,9 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
         return math.inf
     if any(r.is_skellam for r in releases):
         return epsilon_of_mixed(releases, delta)
-    # Opacus' own RDP of the subsampled Gaussian, composed over the releases at its default orders
-    import_opacus()
-    from opacus.accountants import RDPAccountant
-
+    # Opacus' own RDP of the subsampled Gaussian, composed over the releases
     analysis = opacus_rdp()
-    orders = RDPAccountant.DEFAULT_ALPHAS
+    orders = list(ORDERS)
     rdp = sum(
         analysis.compute_rdp(q=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps, orders=orders) for r in releases
     )
@@ -113,14 +120,33 @@ MAX_NOISE_MULTIPLIER = 1000.0
 MAX_TARGET_EPSILON = 1e6
 
 
+def _search_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """Opacus' ``get_noise_multiplier`` search (the same start, doublings and halvings, so the same
+    answer wherever the two accountants agree) over :func:`epsilon_of`'s orders, to a tolerance of
+    0.005 in epsilon, or 0.5% of a target below 1: Opacus' absolute tolerance would be half of 0.01."""
+    tolerance = 0.005 * min(1.0, target_epsilon)
+    low, high, epsilon_high = 0.0, 10.0, math.inf
+    while epsilon_high > target_epsilon:
+        high *= 2
+        epsilon_high = epsilon_of([Release(high, sample_rate, steps)], delta)
+    while target_epsilon - epsilon_high > tolerance:
+        middle = (low + high) / 2
+        epsilon = epsilon_of([Release(middle, sample_rate, steps)], delta)
+        if epsilon < target_epsilon:
+            high, epsilon_high = middle, epsilon
+        else:
+            low = middle
+    return high
+
+
 class NoiseBeyondUse(ValueError):
     """A privacy target that would need a noise multiplier above :data:`MAX_NOISE_MULTIPLIER`."""
 
 
 @lru_cache(maxsize=256)
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float = 1.0, steps: int = 1) -> float:
-    """Smallest noise multiplier (to Opacus' tolerance) whose RDP composition over
-    ``steps`` releases at ``sample_rate`` stays within (target_epsilon, delta)."""
+    """Smallest noise multiplier (to :func:`_search_noise_multiplier`'s tolerance) whose RDP
+    composition over ``steps`` releases at ``sample_rate`` stays within (target_epsilon, delta)."""
     if not 0 < target_epsilon <= MAX_TARGET_EPSILON:
         raise ValueError(f"target epsilon must be in (0, {MAX_TARGET_EPSILON:g}], got {target_epsilon}")
     if not 0 < delta < 1:
@@ -129,7 +155,7 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0 < sample_rate <= 1:
         raise ValueError(f"sample rate must be in (0, 1], got {sample_rate}")
-    # Opacus doubles sigma until the target holds: check first that a useful sigma can reach it
+    # the search doubles sigma until the target holds: check first that a useful sigma can reach it
     with warnings.catch_warnings():
         # at this much noise the best RDP order is the largest Opacus tries: a loose bound is enough here
         warnings.simplefilter("ignore", UserWarning)
@@ -139,24 +165,12 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
             f"epsilon {target_epsilon} at delta {delta} over {steps} steps at sample rate {sample_rate:.4g} needs a noise "
             f"multiplier above {MAX_NOISE_MULTIPLIER:g} (that noise gives epsilon {reachable:.3g})"
         )
-    import_opacus()
-    from opacus.accountants.utils import get_noise_multiplier
-
     with warnings.catch_warnings():
-        # Opacus' search tries noise far above the answer, where the best RDP order is the largest it
-        # has and it warns; whether the answer itself sits there is checked below, warning left on
+        # the search tries noise far above the answer, where the best RDP order is the largest and
+        # Opacus warns; whether the answer itself sits there is checked below, warning left on
         warnings.simplefilter("ignore", UserWarning)
-        sigma = float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant="rdp",
-                epsilon_tolerance=0.005,
-            )
-        )
-    epsilon_of([Release(sigma, sample_rate, steps)], delta)
+        sigma = _search_noise_multiplier(target_epsilon, delta, sample_rate, steps)
+    _epsilon.__wrapped__((Release(sigma, sample_rate, steps),), delta)  # not the cached value: its warnings
     return sigma
 
 

@@ -53,7 +53,7 @@ def test_a_cohort_larger_than_the_population_is_refused(tiny_cfg):
 
 
 @pytest.mark.parametrize("privacy_model", ["central", "distributed"])
-@pytest.mark.parametrize("target", [1e-6, 0.05])
+@pytest.mark.parametrize("target", [1e-6, 0.005])
 def test_a_target_epsilon_beyond_useful_noise_is_refused_before_round_one(tiny_cfg, target, privacy_model):
     cfg = central(tiny_cfg, target_epsilon=target, num_server_rounds=50, privacy_model=privacy_model)
     with pytest.raises(ConfigError, match="target-epsilon"):

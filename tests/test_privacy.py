@@ -101,11 +101,43 @@ def test_noiseless_release_has_no_privacy():
     assert math.isinf(epsilon_of([Release(1.0), Release(0.0)], 1e-5))
 
 
-@pytest.mark.parametrize("target, q, steps", [(3.0, 0.01, 1000), (1.0, 1.0, 20), (8.0, 1.0, 50)])
+@pytest.mark.parametrize(
+    "target, q, steps", [(3.0, 0.01, 1000), (1.0, 1.0, 20), (8.0, 1.0, 50), (0.1, 0.01, 100), (0.01, 0.001, 10)]
+)
 def test_calibration_reaches_the_target(target, q, steps):
     sigma = calibrate_noise_multiplier(target, 1e-5, q, steps)
     assert epsilon_of([Release(sigma, q, steps)], 1e-5) <= target
     assert epsilon_of([Release(sigma * 0.97, q, steps)], 1e-5) > target
+    # no more noise than the target needs: within half a percent of it, small targets too
+    assert epsilon_of([Release(sigma, q, steps)], 1e-5) >= 0.995 * target
+
+
+@pytest.mark.parametrize(
+    "target, delta, q, steps", [(8.0, 1e-5, 0.1, 100), (1.0, 1e-5, 0.1, 100), (3.0, 1e-6, 0.01, 1000), (2.0, 1e-5, 1.0, 30)]
+)
+def test_calibration_from_epsilon_1_up_is_opacus_own_to_the_bit(target, delta, q, steps):
+    """The search is Opacus' (the documented runs' noise multipliers stay what they were)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    expected = get_noise_multiplier(
+        target_epsilon=target, target_delta=delta, sample_rate=q, steps=steps, accountant="rdp", epsilon_tolerance=0.005
+    )
+    assert calibrate_noise_multiplier(target, delta, q, steps) == expected
+
+
+def test_the_orders_are_opacus_defaults_then_larger_ones():
+    from fl_dp.privacy import ORDERS
+
+    assert list(ORDERS[: len(RDPAccountant.DEFAULT_ALPHAS)]) == RDPAccountant.DEFAULT_ALPHAS
+    assert min(ORDERS[len(RDPAccountant.DEFAULT_ALPHAS) :]) > max(RDPAccountant.DEFAULT_ALPHAS)
+
+
+def test_a_small_epsilon_is_reached_with_the_noise_it_needs():
+    """At Opacus' largest default order (63) no epsilon falls below log(1 / delta) / 62: a target of
+    0.05 was refused as needing sigma above 1000; sigma 10 at q 0.01 over 100 steps is 0.032, not 0.106."""
+    assert epsilon_of([Release(10.0, 0.01, 100)], 1e-5) == pytest.approx(0.031987, abs=1e-5)
+    sigma = calibrate_noise_multiplier(0.05, 1e-5, 0.25, 50)
+    assert 0.995 * 0.05 <= epsilon_of([Release(sigma, 0.25, 50)], 1e-5) <= 0.05 and sigma < 300
 
 
 @pytest.mark.parametrize("q, steps", [(1e-3, 1), (0.1, 300), (1.0, 100_000)])
