@@ -71,10 +71,9 @@ class Release:
         return head + [self.skellam_l2, self.skellam_l1] if self.is_skellam else head
 
 
-#: RDP orders: Opacus' default ones (``RDPAccountant.DEFAULT_ALPHAS``), where every epsilon from
-#: about 0.2 up is converted, then larger ones: at Opacus' largest, 63, no epsilon can fall below
-#: log(1 / delta) / 62 (0.1 at delta 1e-5), so a small target asked for far more noise than it
-#: needs (sigma 10 at q 0.01 over 100 steps: 0.106 at order 63, 0.032 at order 384) or was refused
+#: RDP orders: Opacus' default ones (``RDPAccountant.DEFAULT_ALPHAS``), then larger ones. At Opacus'
+#: largest, 63, no epsilon fell below about 0.1 at delta 1e-5 whatever the noise: a small epsilon was
+#: overcharged (sigma 10 at q 0.01 over 100 steps: 0.106, against 0.032 at order 384) or refused
 ORDERS: tuple[float, ...] = (
     tuple(1 + x / 10.0 for x in range(1, 100))
     + tuple(float(a) for a in range(12, 64))
