@@ -42,12 +42,28 @@ superlink_pids() {
   done
 }
 already_running=" $(superlink_pids | tr '\n' ' ') "
+descendants() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do
+    echo "$child"
+    descendants "$child"
+  done
+}
+# A run cut short (Ctrl-C) leaves the SuperLink's simulation process and its Ray cluster running;
+# they are found as the SuperLink's descendants before it stops (then they belong to init).
 stop_superlink() {
-  local pid i
+  local pid i tree
   for pid in $(superlink_pids); do
     case "$already_running" in *" $pid "*) continue ;; esac
+    tree="$(descendants "$pid" | tr '\n' ' ')"
     kill "$pid" 2>/dev/null || continue
     for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    [ -n "${tree// /}" ] || continue
+    # shellcheck disable=SC2086 # one pid a word
+    kill $tree 2>/dev/null || true
+    for i in $(seq 25); do kill -0 $tree 2>/dev/null || break; sleep 0.2; done
+    # shellcheck disable=SC2086
+    kill -9 $tree 2>/dev/null || true
   done
 }
 trap stop_superlink EXIT

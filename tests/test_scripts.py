@@ -36,3 +36,54 @@ def test_the_leading_count_or_the_default(words, count, given):
     done = _bash(f'source scripts/flwr_env.sh && leading_count test clients 10 {words} && echo "$COUNT $COUNT_GIVEN"')
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [count, given]
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Processes with ``text`` in their command line or environment (Ray renames its processes,
+    ``ray::DashboardAgent``, but they keep the environment the script gave them)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline or text in environ:
+            found.append(f"{proc.name}: {cmdline[:120]}")
+    return found
+
+
+@pytest.mark.slow
+def test_an_interrupted_simulation_leaves_no_process_behind(tmp_path):
+    """Ctrl-C in the middle of simulate.sh: the SuperLink, the simulation process and its Ray
+    cluster all stop (Ray's agents outlived an interrupted run before)."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", 39091)) == 0:
+            pytest.skip("a local SuperLink already listens on 127.0.0.1:39091")
+    ray_dir = Path(f"/tmp/fl-dp-int-{os.getpid()}")  # Ray's socket paths must stay short
+    env = {**os.environ, "FL_DP_VENV": str(VENV), "FLWR_HOME": str(tmp_path / "flwr-home"), "RAY_TMPDIR": str(ray_dir)}
+    run_config = f"num-server-rounds=500 dataset='synthetic' model='logreg' results-dir='{tmp_path}'"
+    script = subprocess.Popen(
+        ["bash", "scripts/simulate.sh", "2", "--run-config", run_config],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        for line in script.stdout:  # until the rounds are under way
+            if "round 3/500" in line:
+                break
+        os.killpg(script.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
+        script.wait(timeout=60)
+        deadline = time.monotonic() + 20
+        while _processes_naming(str(ray_dir)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_naming(str(ray_dir)) == []
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+        for line in _processes_naming(str(ray_dir)):
+            subprocess.run(["kill", "-9", line.split(":")[0]], check=False)
+        subprocess.run(["rm", "-rf", str(ray_dir)], check=False)
