@@ -134,7 +134,7 @@ def load_cifar10_directory(directory: str | Path) -> TrainTest:
                 images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64).reshape(-1)
             except OSError:
-                raise
+                raise  # a missing or unreadable file: the OS's error names it
             except Exception as err:  # noqa: BLE001 - a truncated, forged or foreign file: refused with its name
                 raise ValueError(f"{path} is not a CIFAR-10 python batch: {type(err).__name__}: {err}"[:500]) from None
             if len(images) != len(labels):
