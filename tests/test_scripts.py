@@ -1,5 +1,6 @@
-"""The scripts' own arguments: scripts/simulate.sh and scripts/deploy.sh refuse a client count that
-is not one before anything starts, and take their default when the first word is a Flower option."""
+"""The scripts themselves: scripts/simulate.sh and scripts/deploy.sh refuse a client count that is
+not one before anything starts and take their default when the first word is a Flower option, and
+an interrupted simulate.sh leaves no process behind."""
 
 from __future__ import annotations
 
