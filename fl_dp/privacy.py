@@ -71,13 +71,25 @@ class Release:
         return head + [self.skellam_l2, self.skellam_l1] if self.is_skellam else head
 
 
-#: RDP orders: Opacus' default ones (``RDPAccountant.DEFAULT_ALPHAS``), then larger ones. At Opacus'
-#: largest, 63, no epsilon fell below about 0.1 at delta 1e-5 whatever the noise: a small epsilon was
-#: overcharged (sigma 10 at q 0.01 over 100 steps: 0.106, against 0.032 at order 384) or refused
-ORDERS: tuple[float, ...] = (
-    tuple(1 + x / 10.0 for x in range(1, 100))
-    + tuple(float(a) for a in range(12, 64))
-    + (64.0, 80.0, 96.0, 128.0, 160.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0, 1536.0, 2048.0)
+#: Opacus' default RDP orders (``RDPAccountant.DEFAULT_ALPHAS``)
+OPACUS_ORDERS: tuple[float, ...] = tuple(1 + x / 10.0 for x in range(1, 100)) + tuple(float(a) for a in range(12, 64))
+#: those and larger ones, for where the best is Opacus' largest, 63: there no epsilon fell below about
+#: 0.1 at delta 1e-5 whatever the noise, so a small epsilon was overcharged (sigma 10 at q 0.01 over
+#: 100 steps: 0.106, against 0.032 at order 384) or refused
+ORDERS: tuple[float, ...] = OPACUS_ORDERS + (
+    64.0,
+    80.0,
+    96.0,
+    128.0,
+    160.0,
+    192.0,
+    256.0,
+    384.0,
+    512.0,
+    768.0,
+    1024.0,
+    1536.0,
+    2048.0,
 )
 
 
@@ -97,16 +109,30 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
         return math.inf
     if any(r.is_skellam for r in releases):
         return epsilon_of_mixed(releases, delta)
-    # Opacus' own RDP of the subsampled Gaussian, composed over the releases
-    analysis = opacus_rdp()
-    orders = list(ORDERS)
-    rdp = sum(
-        analysis.compute_rdp(q=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps, orders=orders) for r in releases
-    )
-    epsilon, _ = analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+    # Opacus' orders first; the larger ones only where the best of those is the largest (they double
+    # the cost of an epsilon, and a ledger computes one per distinct client history every round)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        epsilon, order = _converted(releases, OPACUS_ORDERS, delta)
+    if order == OPACUS_ORDERS[-1]:
+        epsilon, _ = _converted(releases, ORDERS, delta)
+    else:
+        for warning in caught:  # Opacus' own warnings (an optimum at the smallest order) still reach the caller
+            warnings.warn(warning.message, warning.category, stacklevel=2)
     # Opacus' conversion falls below 0 at a large delta (0.5: -0.35 where dp-accounting says 0);
     # no epsilon is negative
-    return max(0.0, float(epsilon))
+    return max(0.0, epsilon)
+
+
+def _converted(releases: tuple[Release, ...], orders: tuple[float, ...], delta: float) -> tuple[float, float]:
+    """(epsilon, best order) of the composed releases: Opacus' RDP of the subsampled Gaussian at ``orders``."""
+    analysis = opacus_rdp()
+    rdp = sum(
+        analysis.compute_rdp(q=r.sample_rate, noise_multiplier=r.noise_multiplier, steps=r.steps, orders=list(orders))
+        for r in releases
+    )
+    epsilon, order = analysis.get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
+    return float(epsilon), float(order)
 
 
 #: above this noise multiplier the noise drowns any signal the strategies send (their messages have
