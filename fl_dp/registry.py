@@ -62,6 +62,12 @@ class StrategySpec:
         if cfg.is_private and not self.can_be_private(cfg):
             keys = [key for key in PRIVACY_KEYS if getattr(cfg, key.replace("-", "_"))]
             raise ConfigError(f"{self.key} has no privacy mechanism: leave {', '.join(keys)} at 0")
+        if cfg.is_private and self.privacy == CLIENT and cfg.num_clients > 0 and cfg.delta * cfg.num_clients >= 1:
+            # publishing the data of one client drawn at random meets (0, 1/num-clients)-DP
+            raise ConfigError(
+                f"delta {cfg.delta:g} is not below 1/num-clients = {1 / cfg.num_clients:g}: at that delta the guarantee "
+                "allows one client's data to be published whole; use a delta far below it (the default is 1e-5)"
+            )
         if cfg.privacy_model not in self.privacy_models:
             raise ConfigError(
                 f"privacy-model {cfg.privacy_model!r} needs a strategy with a norm-bounded client message "

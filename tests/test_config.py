@@ -64,11 +64,21 @@ def test_a_population_of_zero_is_the_federations_size():
         (dict(run_name=".hidden"), "run-name must be a plain name"),
         (dict(run_name="x" * 101), "run-name must be a plain name"),
         (dict(run_name="run 1"), "run-name must be a plain name"),
+        (dict(strategy="dp-fedavg", target_epsilon=8.0, delta=0.1), "delta 0.1 is not below 1/num-clients = 0.1"),
+        (dict(strategy="alpha-normec", noise_multiplier=1.0, delta=0.5, privacy_model="central"), "delta 0.5 is not below"),
     ],
 )
 def test_bad_configs_fail_with_a_clear_message(changes, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig(**changes)
+
+
+def test_a_delta_below_one_over_the_population_is_accepted():
+    """Client-level guarantees only: a sample-level one (dp-sgd) counts a client's examples, not the clients."""
+    RunConfig(strategy="dp-fedavg", target_epsilon=8.0, delta=0.099)
+    RunConfig(strategy="dp-sgd", target_epsilon=8.0, delta=0.2, batch_size=16)
+    RunConfig(strategy="fedavg", delta=0.5)  # no privacy, delta unused
+    RunConfig(strategy="dp-fedavg", target_epsilon=8.0, delta=0.4, num_clients=0, clients_per_round=0)  # not known yet
 
 
 def test_flower_values_are_type_checked_and_unknown_keys_refused():
