@@ -78,9 +78,10 @@ def load_external(
     if image_columns:
         train_images = train[image_columns[0]]
         test_images = test[image_columns[0]] if len(test) else []
-        if any(image is None for image in [*train_images, *test_images]):
+        every_image = [*train_images, *test_images]
+        if any(image is None for image in every_image):
             raise ValueError(f"column {image_columns[0]!r} of {name!r} has rows without an image")
-        colour = not all(image.mode in _GREY_MODES for image in [*train_images, *test_images])
+        colour = not all(image.mode in _GREY_MODES for image in every_image)
         x_train = _images(train_images, image_columns[0], colour) * 2 - 1
         x_test = _images(test_images, image_columns[0], colour) * 2 - 1 if len(test) else x_train[:0]
     else:
