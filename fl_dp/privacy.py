@@ -107,21 +107,23 @@ def _epsilon(releases: tuple[Release, ...], delta: float) -> float:
         return 0.0
     if any(r.noise_multiplier == 0 for r in releases):
         return math.inf
-    if any(r.is_skellam for r in releases):
-        return epsilon_of_mixed(releases, delta)
+    epsilon = epsilon_of_mixed(releases, delta) if any(r.is_skellam for r in releases) else _gaussian_epsilon(releases, delta)
+    # Opacus' conversion falls below 0 at a large delta (0.5: -0.35 where dp-accounting says 0);
+    # no epsilon is negative
+    return max(0.0, epsilon)
+
+
+def _gaussian_epsilon(releases: tuple[Release, ...], delta: float) -> float:
     # Opacus' orders first; the larger ones only where the best of those is the largest (they double
     # the cost of an epsilon, and a ledger computes one per distinct client history every round)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         epsilon, order = _converted(releases, OPACUS_ORDERS, delta)
     if order == OPACUS_ORDERS[-1]:
-        epsilon, _ = _converted(releases, ORDERS, delta)
-    else:
-        for warning in caught:  # Opacus' own warnings (an optimum at the smallest order) still reach the caller
-            warnings.warn(warning.message, warning.category, stacklevel=2)
-    # Opacus' conversion falls below 0 at a large delta (0.5: -0.35 where dp-accounting says 0);
-    # no epsilon is negative
-    return max(0.0, epsilon)
+        return _converted(releases, ORDERS, delta)[0]
+    for warning in caught:  # Opacus' own warnings (an optimum at the smallest order) still reach the caller
+        warnings.warn(warning.message, warning.category, stacklevel=3)
+    return epsilon
 
 
 def _converted(releases: tuple[Release, ...], orders: tuple[float, ...], delta: float) -> tuple[float, float]:

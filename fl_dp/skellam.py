@@ -124,4 +124,4 @@ def epsilon_of_mixed(releases: Sequence[Release], delta: float) -> float:
         # an optimum at the largest order means a loose (safe) bound: calibration probes such points
         warnings.simplefilter("ignore", UserWarning)
         eps, _ = opacus_rdp().get_privacy_spent(orders=list(ORDERS), rdp=total, delta=delta)
-    return max(0.0, float(eps))  # as privacy.epsilon_of: the conversion may fall below 0 at a large delta
+    return float(eps)  # below 0 at a large delta: privacy.epsilon_of clamps it
