@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 import weakref
 
 import torch
@@ -151,7 +152,11 @@ class Objective:
         chunks = []
         for start in range(0, len(indices), chunk):
             rows = indices[start : start + chunk].to(self.device)
-            self.loss_fn(module(self._x[rows]), self._y[rows], reduction="sum").backward()
+            with warnings.catch_warnings():
+                # Opacus' hooks need only the gradients of the layers' outputs; that the data does
+                # not require a gradient is expected, and torch's warning about it is noise to a user
+                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                self.loss_fn(module(self._x[rows]), self._y[rows], reduction="sum").backward()
             chunks.append(torch.cat([p.grad_sample.reshape(len(rows), -1) for p in params], 1).detach().cpu())
             for p in params:
                 p.grad, p.grad_sample = None, None
