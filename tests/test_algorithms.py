@@ -10,10 +10,9 @@ from fl_dp.config import ConfigError, RunConfig
 from fl_dp.data import ArrayDataset
 from fl_dp.inprocess import InProcessFederation
 from fl_dp.mechanisms import LocalGaussianNoise
-from fl_dp.operators import smoothed_normalize
 from fl_dp.privacy import calibrate_noise_multiplier
 from fl_dp.privacy_policy import local_postprocessor, resolve_noise_multiplier, sensitivity
-from fl_dp.registry import build_algorithm
+from fl_dp.registry import REGISTRY, build_algorithm
 from fl_dp.rules import ClientTask, alpha_normec, ef21
 
 
@@ -85,32 +84,180 @@ def test_sent_increment_minus_noise_is_inside_the_unit_ball():
         assert torch.linalg.vector_norm(increment) < 1
 
 
-def _reference_normec(fed: InProcessFederation, rounds: int, gamma: float, alpha: float, beta: float):
-    """alpha-NormEC, non-private, straight from ALGORITHMS.md, on the same client objectives."""
-    clients = [fed.clients[f"client-{i}"].objective for i in range(len(fed.clients))]
-    x = fed.server.x.clone()
-    G = torch.zeros_like(x)
-    g = [torch.zeros_like(x) for _ in clients]
+def _norm(v, alpha):
+    return v / (alpha + torch.linalg.vector_norm(v))
+
+
+def _clip(v, tau):
+    norm = torch.linalg.vector_norm(v)
+    return v if norm <= tau else v * (tau / norm)
+
+
+def _top_k(v, k):
+    kept = torch.zeros_like(v)
+    index = torch.topk(v.abs(), k).indices
+    kept[index] = v[index]
+    return kept
+
+
+def _grad(objective, x):
+    return objective.loss_and_grad(x)[1]
+
+
+# Reference loops written from ../shared/notes/ALGORITHMS.md alone (full batches, no noise, every
+# client every round): each takes the clients' objectives, x(0) and the config, and returns x(t)
+# after each round t >= 1.
+
+
+def _reference_error_compensation(objectives, x, cfg, increment):
+    """alpha-NormEC (increment = beta * Norm_a) and Clip21 (increment = clip_tau): g_i(0) = 0."""
+    n, G = len(objectives), torch.zeros_like(x)
+    g = [torch.zeros_like(x) for _ in objectives]
     trajectory = []
-    for _ in range(rounds):
-        x = x - gamma * G
-        for i, objective in enumerate(clients):
-            _, v = objective.loss_and_grad(x)
-            D = smoothed_normalize(v - g[i], alpha)
-            g[i] = g[i] + beta * D
-            G = G + beta / len(clients) * D
-        trajectory.append(x - gamma * G)
+    for _ in range(cfg.num_server_rounds):
+        x = x - cfg.server_lr * G
+        for i, objective in enumerate(objectives):
+            D = increment(_grad(objective, x) - g[i])
+            g[i] = g[i] + D
+            G = G + D / n
+        trajectory.append(x - cfg.server_lr * G)
     return trajectory
 
 
-@pytest.mark.parametrize("beta", [1.0, 0.5])
-def test_sigma_zero_normec_follows_the_non_private_rule(tiny_cfg, beta):
-    cfg = tiny_cfg.replace(strategy="alpha-normec", alpha=0.1, beta=beta, server_lr=0.3, num_server_rounds=6)
+def _reference_ef21(objectives, x, cfg, k=None, normalized=False, eta=None):
+    """EF21 / ||EF21|| (step g0 / sqrt(T + 1) along G / ||G||) / ||EF21-SGDM|| (momentum eta):
+    g_i(0) = m_i(0) = grad f_i(x0), G(0) = their mean."""
+    n, T = len(objectives), cfg.num_server_rounds
+    lr = cfg.server_lr / math.sqrt(T + 1) if normalized else cfg.server_lr
+    g = [_grad(objective, x) for objective in objectives]
+    m = [gi.clone() for gi in g]
+    G = sum(g) / n
+    trajectory = []
+    for t in range(T):
+        if t > 0:
+            for i, objective in enumerate(objectives):
+                v = _grad(objective, x)
+                if eta is not None:
+                    m[i] = (1 - eta) * m[i] + eta * v
+                    v = m[i]
+                c = v - g[i] if k is None else _top_k(v - g[i], k)
+                g[i] = g[i] + c
+                G = G + c / n
+        x = x - lr * (G / torch.linalg.vector_norm(G) if normalized else G)
+        trajectory.append(x)
+    return trajectory
+
+
+def _reference_without_error_compensation(objectives, x, cfg):
+    """x -= g * mean_i Norm_a(grad f_i(x))."""
+    trajectory = []
+    for _ in range(cfg.num_server_rounds):
+        x = x - cfg.server_lr * sum(_norm(_grad(o, x), cfg.alpha) for o in objectives) / len(objectives)
+        trajectory.append(x)
+    return trajectory
+
+
+def _reference_majority_vote(objectives, x, cfg):
+    """x -= eta * sign(sum_i sign(grad f_i(x))); an even vote gives 0."""
+    trajectory = []
+    for _ in range(cfg.num_server_rounds):
+        x = x - cfg.server_lr * torch.sign(sum(torch.sign(_grad(o, x)) for o in objectives))
+        trajectory.append(x)
+    return trajectory
+
+
+def _reference_ef_sign(objectives, x, cfg):
+    """EF-SignSGD (Karimireddy et al. 2019): p_i = lr * grad + e_i, send ||p_i||_1 / d * sign(p_i)."""
+    e = [torch.zeros_like(x) for _ in objectives]
+    trajectory = []
+    for _ in range(cfg.num_server_rounds):
+        sent = []
+        for i, objective in enumerate(objectives):
+            p = cfg.server_lr * _grad(objective, x) + e[i]
+            sent.append(p.abs().sum() / p.numel() * torch.sign(p))
+            e[i] = p - sent[-1]
+        x = x - sum(sent) / len(sent)
+        trajectory.append(x)
+    return trajectory
+
+
+def _reference_mean_sgd(objectives, x, cfg):
+    """x -= g * mean_i grad f_i(x)."""
+    trajectory = []
+    for _ in range(cfg.num_server_rounds):
+        x = x - cfg.server_lr * sum(_grad(o, x) for o in objectives) / len(objectives)
+        trajectory.append(x)
+    return trajectory
+
+
+def _reference_fedavg(objectives, x, cfg, clip=None):
+    """local_epochs full-batch heavy-ball steps per client; the example-weighted mean of x_i - x,
+    or with ``clip`` (DP-FedAvg) the plain mean of the clipped x_i - x."""
+    trajectory = []
+    for _ in range(cfg.num_server_rounds):
+        deltas, sizes = [], []
+        for objective in objectives:
+            y, velocity = x.clone(), torch.zeros_like(x)
+            for _ in range(cfg.local_epochs):
+                velocity = cfg.momentum * velocity + _grad(objective, y)
+                y = y - cfg.client_lr * velocity
+            deltas.append(y - x if clip is None else _clip(y - x, clip))
+            sizes.append(len(objective.data) if clip is None else 1)
+        x = x + cfg.server_lr * sum(s * d for s, d in zip(sizes, deltas)) / sum(sizes)
+        trajectory.append(x)
+    return trajectory
+
+
+REFERENCE_LOOPS = {
+    "alpha-normec": (
+        dict(alpha=0.5, beta=0.3, server_lr=0.3),
+        lambda o, x, cfg: _reference_error_compensation(o, x, cfg, lambda v: cfg.beta * _norm(v, cfg.alpha)),
+    ),
+    "clip21": (
+        dict(clip=0.05, server_lr=0.5),
+        lambda o, x, cfg: _reference_error_compensation(o, x, cfg, lambda v: _clip(v, cfg.clip)),
+    ),
+    "dp-normalized-sgd": (dict(alpha=0.1, server_lr=0.3), _reference_without_error_compensation),
+    "ef21": (dict(compressor="top-k", compress_k=3, server_lr=0.5), lambda o, x, cfg: _reference_ef21(o, x, cfg, k=3)),
+    "ef21-norm": (
+        dict(compressor="top-k", compress_k=3, server_lr=1.0),
+        lambda o, x, cfg: _reference_ef21(o, x, cfg, k=3, normalized=True),
+    ),
+    "ef21-sgdm-norm": (
+        dict(compressor="top-k", compress_k=3, server_lr=1.0, sgdm_eta=0.3),
+        lambda o, x, cfg: _reference_ef21(o, x, cfg, k=3, normalized=True, eta=0.3),
+    ),
+    "sign-vote": (dict(sign_compressor="sign", server_lr=0.01), _reference_majority_vote),
+    "ef-sign": (dict(server_lr=0.3), _reference_ef_sign),
+    "mean-sgd": (dict(server_lr=0.3), _reference_mean_sgd),
+    "fedavg": (dict(client_lr=0.2, local_epochs=3, momentum=0.9, server_lr=0.7, partitioner="linear"), _reference_fedavg),
+    "dp-fedavg": (
+        dict(client_lr=0.2, local_epochs=3, clip=0.05, server_lr=0.7, partitioner="linear"),
+        lambda o, x, cfg: _reference_fedavg(o, x, cfg, clip=cfg.clip),
+    ),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(REFERENCE_LOOPS))
+def test_deterministic_rules_follow_their_reference_loop_for_eight_rounds(tiny_cfg, strategy):
+    """Every rule that is deterministic at full batch and zero noise, against its loop above."""
+    extra, reference = REFERENCE_LOOPS[strategy]
+    cfg = tiny_cfg.replace(strategy=strategy, num_server_rounds=8, **extra)
     fed = InProcessFederation(cfg)
-    reference = _reference_normec(InProcessFederation(cfg), 6, 0.3, 0.1, beta)
-    for server_round, expected in enumerate(reference, start=1):
+    objectives = [fed.clients[f"client-{i}"].objective for i in range(cfg.num_clients)]
+    expected = reference(objectives, fed.server.x.clone(), cfg)
+    moved = 0.0
+    for server_round, x in enumerate(expected, start=1):
         fed.run_round(server_round)
-        assert torch.allclose(fed.server.x, expected, atol=1e-5)
+        assert torch.allclose(fed.server.x, x, atol=1e-5), f"round {server_round}"
+        moved = max(moved, float(torch.linalg.vector_norm(x - expected[0])))
+    assert moved > 1e-3  # the trajectory goes somewhere: equal by moving, not by standing still
+
+
+def test_the_reference_loops_cover_every_rule_without_noise_or_sampling():
+    """A strategy added to the registry either gets a reference loop or is one of these."""
+    stochastic = {"dp-sgd", "dp-sgd-rs"}  # noise and Poisson batches in every round (tests/test_dpsgd.py)
+    assert set(REFERENCE_LOOPS) | stochastic == set(REGISTRY)
 
 
 def test_ef21_with_identity_compressor_is_gradient_descent(tiny_cfg):
