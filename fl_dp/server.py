@@ -440,7 +440,12 @@ class ServerCore:
             # every round, not only at checkpoints: a resumed run must not forget what was released since
             write_checkpoint(
                 ledger_journal_path(self.cfg),
-                {"config": config_fingerprint(self.cfg), "round": server_round, "ledger": self.ledger.state_dict()},
+                {
+                    "config": config_fingerprint(self.cfg),
+                    "round": server_round,
+                    "ledger": self.ledger.state_dict(),
+                    "summary": self._ledger_summary(),
+                },
             )
         log.debug(
             "round %d/%d: %s", server_round, self.cfg.num_server_rounds, ", ".join(f"{k}={_fmt(v)}" for k, v in row.items())
@@ -609,6 +614,7 @@ class ServerCore:
                 "x": self.x.clone(),
                 "state": {k: v.clone() for k, v in self.state.items()},
                 "ledger": self.ledger.state_dict(),
+                "summary": self._ledger_summary(),
                 "rng": None if isinstance(self._rng, random.SystemRandom) else _rng_to_list(self._rng.getstate()),
                 "rows": [dict(row) for row in self.rows],
                 "shares": None if self.client_shares is None else dict(self.client_shares),
@@ -667,17 +673,27 @@ class ServerCore:
             and all(isinstance(v, torch.Tensor) and v.shape == self.x.shape and torch.isfinite(v).all() for v in shares.values())
         ):
             raise fail("client shares are not finite vectors of the model's size")
-        ledger = PrivacyLedger(self.cfg.delta)
+        try:
+            ledger = self._restored_ledger(payload.get("ledger"))
+            _check_summary(ledger, payload.get("summary"), "its epsilon summary")
+            if rows:
+                _check_summary(ledger, [rows[-1].get("epsilon-max"), rows[-1].get("epsilon-mean")], "its last metrics row")
+        except (ValueError, TypeError, AttributeError) as err:
+            raise fail(str(err)) from None
         journal = ledger_journal_path(self.cfg)
         if journal.exists():
             # releases after the checkpoint happened too: a replayed round is charged again (with
             # os-randomness it is a new release; seeded, the same one, and the charge is conservative)
             later = read_checkpoint(journal, self.cfg)
             if later["round"] >= payload["round"]:
-                payload = {**payload, "ledger": later.get("ledger")}
+                try:
+                    journal_ledger = self._restored_ledger(later.get("ledger"))
+                    _check_summary(journal_ledger, later.get("summary"), "its epsilon summary")
+                    _check_dominates(journal_ledger, ledger)
+                except (ValueError, TypeError, AttributeError) as err:
+                    raise checkpoint_error(journal, str(err)) from None
+                ledger = journal_ledger
         try:
-            ledger.load_state_dict(payload.get("ledger"))  # type: ignore[arg-type]
-            self._check_ledger_mechanisms(ledger)
             rng_state = None if payload.get("rng") is None else _rng_from_list(payload["rng"])
             if rng_state is not None and not isinstance(self._rng, random.SystemRandom):
                 self._rng.setstate(rng_state)
@@ -691,6 +707,20 @@ class ServerCore:
         self.completed_rounds = self.resumed_from = payload["round"]
         log.info("resume: continuing after round %d from %s", self.completed_rounds, path)
         return clients
+
+    def _ledger_summary(self) -> list[float]:
+        """(max epsilon, mean epsilon, number of clients) of the ledger, written beside it in a
+        checkpoint and the journal so that a ledger edited alone does not pass a resume."""
+        return [*self.ledger.summary(), float(len(self.ledger.state_dict()))]
+
+    def _restored_ledger(self, rows: Any) -> PrivacyLedger:
+        """A checkpointed ledger, every release checked (ValueError naming what is wrong)."""
+        if not isinstance(rows, dict):
+            raise ValueError("ledger: not a map of client ids to releases")
+        ledger = PrivacyLedger(self.cfg.delta)
+        ledger.load_state_dict(rows)
+        self._check_ledger_mechanisms(ledger)
+        return ledger
 
     def _check_ledger_mechanisms(self, ledger: PrivacyLedger) -> None:
         """Every booked release must be this run's mechanism (or the epsilon = inf charge): a
@@ -719,6 +749,26 @@ class ServerCore:
         as PNG beside it (default: results-dir/run-name.csv); returns the CSV's path."""
         csv_path, _ = results.save(self.history() if history is None else history, path or self.results_path())
         return csv_path
+
+
+def _check_summary(ledger: PrivacyLedger, recorded: Any, where: str) -> None:
+    """The ledger's (max epsilon, mean epsilon[, number of clients]) must be what the run wrote
+    beside it: a ledger edited alone (a client's history shortened or removed, to charge it less)
+    is refused. (Without a secret key a file cannot prove itself; an edit of every field that
+    agrees passes, and the docs say so.)"""
+    computed = [*ledger.summary(), float(len(ledger.state_dict()))]
+    if not (isinstance(recorded, list) and len(recorded) in (2, 3)):
+        raise ValueError(f"ledger: no epsilon summary in {where}")
+    if not all(isinstance(v, float) and math.isclose(v, c, rel_tol=1e-9, abs_tol=1e-12) for v, c in zip(recorded, computed)):
+        shown = ", ".join(f"{c:.6g}" for c in computed[: len(recorded)])
+        raise ValueError(f"ledger: its epsilon summary ({shown}) is not the one in {where} ({recorded})")
+
+
+def _check_dominates(later: PrivacyLedger, earlier: PrivacyLedger) -> None:
+    """A later ledger charges every client of an earlier one at least as much (a ledger only grows)."""
+    for client, epsilon in earlier.epsilons().items():
+        if not later.epsilon(client) >= epsilon * (1 - 1e-9):
+            raise ValueError(f"ledger: {client} is charged less than in the checkpoint it follows")
 
 
 def _rng_to_list(state: tuple[Any, ...]) -> list[Any]:

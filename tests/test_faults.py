@@ -180,6 +180,48 @@ def test_a_damaged_or_forged_checkpoint_is_refused_naming_resume(tiny_cfg, tmp_p
     assert str(err.value).startswith("resume: checkpoint")
 
 
+def _shortened(ledger):
+    """The ledger with client-0's last release one step shorter (or gone): a cheaper history."""
+    rows = {client: [list(row) for row in history] for client, history in ledger.items()}
+    last = rows["client-0"][-1]
+    if last[2] > 1:
+        last[2] -= 1.0
+    else:
+        rows["client-0"].pop()
+    return rows
+
+
+@pytest.mark.parametrize("forgery, message", [
+    (lambda p: _forge(p, ledger={}), "not the one in its epsilon summary"),
+    (lambda p: _forge(p, ledger=_shortened(torch.load(p, weights_only=True)["ledger"])), "not the one in its epsilon summary"),
+    (lambda p: _forge(p, ledger={k: v for k, v in torch.load(p, weights_only=True)["ledger"].items() if k != "client-3"}),
+     "not the one in its epsilon summary"),
+    (lambda p: _forge(p, ledger={}, summary=[0.0, 0.0, 0.0]), "not the one in its last metrics row"),
+    (lambda p: _forge(p, summary="cheap"), "no epsilon summary"),
+])
+def test_a_checkpoint_whose_ledger_was_edited_alone_is_refused(tiny_cfg, tmp_path, forgery, message):
+    cfg, path = _checkpointed(tiny_cfg, tmp_path)
+    ledger_journal_path(cfg).unlink()
+    forgery(path)
+    with pytest.raises(ConfigError, match=message):
+        InProcessFederation(cfg.replace(resume=True))
+
+
+@pytest.mark.parametrize("forgery, message", [
+    (lambda p: _forge(p, ledger={}, summary=[0.0, 0.0, 0.0]), r"client-\d is charged less than in the checkpoint"),
+    (lambda p: _forge(p, ledger=_shortened(torch.load(p, weights_only=True)["ledger"])), "not the one in its epsilon summary"),
+    (lambda p: _forge(p, summary=None), "no epsilon summary"),
+    (lambda p: _forge(p, ledger=[]), "not a map of client ids"),
+])
+def test_a_ledger_journal_that_charges_less_than_its_checkpoint_is_refused(tiny_cfg, tmp_path, forgery, message):
+    cfg, _ = _checkpointed(tiny_cfg, tmp_path)
+    journal = ledger_journal_path(cfg)
+    forgery(journal)
+    with pytest.raises(ConfigError, match=message) as err:
+        InProcessFederation(cfg.replace(resume=True))
+    assert str(err.value).startswith(f"resume: checkpoint {journal}")
+
+
 def test_a_checkpoint_of_another_config_is_refused(tiny_cfg, tmp_path):
     cfg, _ = _checkpointed(tiny_cfg, tmp_path)
     with pytest.raises(ConfigError, match="other values of noise-multiplier"):
