@@ -121,10 +121,39 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _number(parse: Callable[[str], Any], lowest: float, inclusive: bool, what: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the value and refuse one below ``lowest`` (argparse then names the
+    option and exits with its usage, instead of a traceback or a silently empty grid)."""
+
+    def check(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value != value or value < lowest or (value == lowest and not inclusive):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return check
+
+
+positive_int = _number(int, 1, True, "a whole number >= 1")
+non_negative_int = _number(int, 0, True, "a whole number >= 0")
+positive_float = _number(float, 0.0, False, "a number > 0")
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in (0, 1]")
+    return value
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per setting")
-    parser.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    parser.add_argument("--seeds", type=positive_int, default=2, help="seeds per setting")
+    parser.add_argument("--rounds", type=positive_int, default=None, help="override the number of rounds")
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="parallel processes")
     parser.add_argument("--quick", action="store_true", help="a tiny grid that runs in a minute (smoke test)")
     return parser

@@ -32,7 +32,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmarks.common import RESULTS, base_parser, markdown_table, new_figure, run_grid, save_figure, summarise, write_outputs
+from benchmarks.common import (
+    RESULTS,
+    base_parser,
+    markdown_table,
+    new_figure,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_grid,
+    save_figure,
+    summarise,
+    write_outputs,
+)
 from fl_dp.config import RunConfig
 
 #: Table 2, Fashion-MNIST DP-CNN/S: eps -> (DP-SGD, with RS), test accuracy in %
@@ -128,10 +140,10 @@ def plot(histories: pd.DataFrame):
 
 def main() -> None:
     parser = base_parser(__doc__)
-    parser.add_argument("--samples", type=int, default=8_000, help="training samples (0 = all 60,000)")
+    parser.add_argument("--samples", type=non_negative_int, default=8_000, help="training samples (0 = all 60,000)")
     parser.add_argument("--full", action="store_true", help="the paper's regime (module docstring)")
-    parser.add_argument("--epsilons", nargs="+", type=float, default=list(FULL_EPSILONS), help="--full: these epsilons")
-    parser.add_argument("--clients", nargs="+", type=int, default=list(FULL_CLIENTS), help="--full: these client counts")
+    parser.add_argument("--epsilons", nargs="+", type=positive_float, default=list(FULL_EPSILONS), help="--full: these epsilons")
+    parser.add_argument("--clients", nargs="+", type=positive_int, default=list(FULL_CLIENTS), help="--full: these client counts")
     parser.add_argument("--resume", action="store_true", help="--full: keep the finished runs of an earlier call, run the rest")
     parser.set_defaults(seeds=None)
     args = parser.parse_args()

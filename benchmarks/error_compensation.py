@@ -41,7 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, run_grid
+from benchmarks.common import base_parser, markdown_table, positive_float, run_grid
 from benchmarks.privacy_utility import (
     COLUMNS,
     RUN_KEY,
@@ -200,8 +200,8 @@ def main() -> None:
     parser.add_argument(
         "--reuse", type=Path, nargs="*", default=[], help="CSVs of runs already measured (privacy-utility's columns)"
     )
-    parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
-    parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
+    parser.add_argument("--epsilons", type=positive_float, nargs="+", default=list(EPSILONS))
+    parser.add_argument("--alphas", type=positive_float, nargs="+", default=list(ALPHAS))
     parser.add_argument(
         "--grid-csv",
         type=Path,

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.audit_family import family_epsilon_lower_bound, subsampled_gaussian_epsilon
-from benchmarks.common import markdown_table, new_figure, save_figure
+from benchmarks.common import markdown_table, new_figure, positive_float, positive_int, save_figure
 from fl_dp.privacy_policy import resolve_noise_multiplier
 from fl_dp.audit import audit_many_runs, audit_run, ideal_scores
 from fl_dp.audit_bounds import best_one_run_bound
@@ -223,20 +223,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny grid (seconds): the CI smoke test")
     parser.add_argument("--full", action="store_true", help="4x the canaries and 2x the rounds")
-    parser.add_argument("--epsilons", type=float, nargs="*", help="target epsilons (default 1 2 4 8)")
+    parser.add_argument("--epsilons", type=positive_float, nargs="*", help="target epsilons (default 1 2 4 8)")
     known = sorted({*CLIENT_LEVEL, *LOCAL_ONLY, *SAMPLE_LEVEL})
     parser.add_argument("--strategies", nargs="*", choices=known, help="only these strategies")
     parser.add_argument("--kinds", nargs="*", choices=sorted(SCALE), help="only these kinds of audit (SCALE's keys)")
-    parser.add_argument("--canary-factor", type=int, help="canaries per kind times this (default 1; --full: 4)")
+    parser.add_argument("--canary-factor", type=positive_int, help="canaries per kind times this (default 1; --full: 4)")
     parser.add_argument("--no-cross-check", action="store_true", help="skip the many-run cross-check")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cross-check-runs", type=int, default=2000, help="runs of the many-run audit")
+    parser.add_argument("--cross-check-runs", type=positive_int, default=2000, help="runs of the many-run audit")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_audit.csv")
-    parser.add_argument("--ideal", nargs=2, type=int, action="append", metavar=("ROUNDS", "CANARIES"),
+    parser.add_argument("--ideal", nargs=2, type=positive_int, action="append", metavar=("ROUNDS", "CANARIES"),
                         help="only the ideal reference of central at q = 0.1 with this many rounds and canaries (repeatable)")
     parser.add_argument("--family", action="store_true",
                         help="with --ideal: also audit against the composed subsampled Gaussian curves (benchmarks.audit_family)")
-    parser.add_argument("--coin-draws", type=int, default=3, help="with --ideal: draws of the canaries' coins per size")
+    parser.add_argument("--coin-draws", type=positive_int, default=3, help="with --ideal: draws of the canaries' coins per size")
     parser.add_argument("--merge", action="store_true", help="keep --out's rows; a configuration audited again replaces its row")
     args = parser.parse_args()
     logging.getLogger("fl_dp").setLevel(logging.ERROR)

@@ -42,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, new_figure, run_grid, save_figure
+from benchmarks.common import base_parser, markdown_table, new_figure, non_negative_int, positive_float, run_grid, save_figure
 from fl_dp.config import RunConfig
 from fl_dp.privacy_policy import resolve_noise_multiplier
 
@@ -258,7 +258,7 @@ def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--full", action="store_true", help="eps {1, 2, 4, 8, inf}, local and central")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    parser.add_argument("--epsilons", nargs="+", type=float, default=None, help="override the epsilons (inf for no noise)")
+    parser.add_argument("--epsilons", nargs="+", type=positive_float, default=None, help="override the epsilons (inf for no noise)")
     parser.add_argument("--models", nargs="+", default=None, choices=["local", "central", "distributed"], help="override the privacy models")
     parser.add_argument("--best-of", type=Path, default=None, help="run only each cell's best setting in this earlier best table")
     parser.add_argument("--best-model", default=None, choices=["local", "central", "distributed"],
@@ -266,9 +266,9 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="keep the runs already in --out (and its histories) and add or replace this grid's")
     parser.add_argument("--resume", action="store_true",
                         help="skip the runs that --out's histories already hold to their last round (a grid stopped early)")
-    parser.add_argument("--first-seed", type=int, default=0,
+    parser.add_argument("--first-seed", type=non_negative_int, default=0,
                         help="seeds from this one on (with --best-of: fresh seeds, to confirm settings chosen on seed 0)")
-    parser.add_argument("--eval-samples", type=int, default=None,
+    parser.add_argument("--eval-samples", type=non_negative_int, default=None,
                         help=f"test images each evaluation uses (default {TASK['eval_samples']}; 0: the whole test set)")
     parser.add_argument("--model", default=FIRST_MODEL, choices=["cnn", "cnn-tanh", "dp-cnn"],
                         help="the network every method trains (cnn-tanh: the same CNN with tanh activations; "

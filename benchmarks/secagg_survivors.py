@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.common import fraction
 from benchmarks.privacy_utility import config, setting_label
 from fl_dp.inprocess import run_inprocess
 
@@ -48,7 +49,7 @@ def run(survivors: float, eps: float, scale: dict[str, int], results_dir: Path) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--survivors", type=float, nargs="+", default=[0.9])
+    parser.add_argument("--survivors", type=fraction, nargs="+", default=[0.9])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[2.0, 8.0], choices=sorted(CENTRAL_BEST))
     parser.add_argument("--quick", action="store_true", help="100 clients, 3 rounds")
     parser.add_argument("--out", type=Path, default=RESULTS / "secagg_survivors.csv")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import RESULTS, markdown_table
+from benchmarks.common import RESULTS, markdown_table, positive_int
 
 ROOT = Path(__file__).parents[1]
 ROUNDS = 8
@@ -323,8 +323,8 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--repeats", type=int, default=1, help="plain / flower / plain triples per client count")
+    parser.add_argument("--clients", type=positive_int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--repeats", type=positive_int, default=1, help="plain / flower / plain triples per client count")
     parser.add_argument("--round-trip-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sweeps-only", action="store_true", help="only the LinkState sweep table (seconds)")
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
@@ -346,8 +346,6 @@ def main() -> None:
     if args.round_trip_child:
         _round_trip_child()
         return
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
     rows = []
     for num_clients in args.clients:
         for repeat in range(1, args.repeats + 1):
