@@ -23,8 +23,14 @@ source scripts/flwr_env.sh
 leading_count scripts/deploy.sh SuperNodes 2 "$@"
 num_nodes="$COUNT"
 [ "$COUNT_GIVEN" = 0 ] || shift
+env_matches scripts/deploy.sh FL_DP_WARM_CLIENTAPP '^[01]$' "0 or 1"
+env_matches scripts/deploy.sh FL_DP_DEPLOY_PORT '^[1-9][0-9]{0,4}$' "a port number"
 warm="${FL_DP_WARM_CLIENTAPP:-1}"
 port="${FL_DP_DEPLOY_PORT:-19093}"
+if (( port + num_nodes > 65535 )); then  # the SuperNodes take the next num_nodes ports
+  echo "scripts/deploy.sh: FL_DP_DEPLOY_PORT=$port leaves no room for $num_nodes SuperNode ports up to 65535" >&2
+  exit 2
+fi
 work="$(mktemp -d /tmp/fl-dp-deploy-XXXXXX)"
 export FLWR_HOME="$work/flwr-home"
 mkdir -p "$FLWR_HOME" results

@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import math
 import os
 import sys
 import time
@@ -516,12 +517,23 @@ def serve(
     return state
 
 
+def _poll_seconds(text: str) -> float:
+    """FL_DP_SUPERNODE_POLL_SECONDS: a number of seconds in (0, 60]; anything else stops the start, naming it."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 60:
+        raise SystemExit(f"flower_runtime.py: FL_DP_SUPERNODE_POLL_SECONDS must be a number of seconds in (0, 60], got {text!r}")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fl-dp %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     if argv[:1] == ["supernode"]:
-        raise SystemExit(run_supernode(argv[1:], float(os.environ.get("FL_DP_SUPERNODE_POLL_SECONDS", "0.1"))))
+        raise SystemExit(run_supernode(argv[1:], _poll_seconds(os.environ.get("FL_DP_SUPERNODE_POLL_SECONDS") or "0.1")))
     if argv[:1] != ["clientapp"]:
         raise SystemExit("usage: flower_runtime.py supernode [flower-supernode options] | clientapp [options]")
     parser = argparse.ArgumentParser(prog="flower_runtime.py clientapp", description="a long-lived ClientApp process")
@@ -530,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root-certificates", default=None)
     parser.add_argument("--poll-seconds", type=float, default=0.05)
     args = parser.parse_args(argv[1:])
+    if not 0 < args.poll_seconds <= 60:  # NaN fails too
+        parser.error(f"--poll-seconds must be in (0, 60], got {args.poll_seconds}")
     if not args.insecure and not args.root_certificates:
         parser.error("give --insecure (Runtime API on localhost) or --root-certificates")
     serve(args.runtime_api_address, args.insecure, args.root_certificates, args.poll_seconds)

@@ -27,6 +27,18 @@ leading_count() {
   fi
 }
 
+# env_matches SCRIPT NAME REGEX WHAT: stops the script with a message naming the environment variable
+# NAME when its value does not match REGEX (WHAT says what it must be); unset or empty (the default) passes.
+env_matches() {
+  local script="$1" name="$2" regex="$3" what="$4"
+  local value="${!name-}"
+  [ -z "$value" ] && return 0
+  if ! [[ "$value" =~ $regex ]]; then
+    echo "$script: $name must be $what, got '$value'" >&2
+    exit 2
+  fi
+}
+
 # flwr_run_checked APP ARGS...: `flwr run APP ARGS --stream`, then fail unless the run completed.
 # `flwr run` exits 0 even when the run failed, so ask the SuperLink for its final status.
 # APP is handed over as a copy without its ignored directories (scripts/stage_app.py): flwr lists

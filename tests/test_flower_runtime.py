@@ -445,3 +445,17 @@ def test_a_closed_tasks_401_fails_the_call_instead_of_ending_the_long_lived_proc
         invoker.invoke(failing(401))
     assert killed == []  # Flower's own invoker SIGINTs its process here
     assert invoker.should_giveup(httpx.HTTPStatusError("", request=request, response=httpx.Response(404, request=request)))
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["supernode"], {"FL_DP_SUPERNODE_POLL_SECONDS": "abc"}, "FL_DP_SUPERNODE_POLL_SECONDS must be a number of seconds in (0, 60], got 'abc'"),
+    (["supernode"], {"FL_DP_SUPERNODE_POLL_SECONDS": "0"}, "FL_DP_SUPERNODE_POLL_SECONDS must be"),
+    (["supernode"], {"FL_DP_SUPERNODE_POLL_SECONDS": "nan"}, "FL_DP_SUPERNODE_POLL_SECONDS must be"),
+    (["clientapp", "--insecure", "--poll-seconds", "-1"], {}, "--poll-seconds must be in (0, 60], got -1.0"),
+])
+def test_a_bad_poll_interval_stops_the_start_naming_it(runtime, monkeypatch, capsys, argv, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        runtime.main(argv)
+    assert message in f"{exit_info.value.code} {capsys.readouterr().err}"

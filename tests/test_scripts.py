@@ -1,6 +1,7 @@
 """The scripts themselves: scripts/simulate.sh and scripts/deploy.sh refuse a client count that is
-not one before anything starts and take their default when the first word is a Flower option, and
-an interrupted simulate.sh leaves no process behind."""
+not one, or a bad value of one of their environment variables, before anything starts, and take
+their default when the first word is a Flower option; an interrupted simulate.sh leaves no process
+behind."""
 
 from __future__ import annotations
 
@@ -37,6 +38,26 @@ def test_the_leading_count_or_the_default(words, count, given):
     done = _bash(f'source scripts/flwr_env.sh && leading_count test clients 10 {words} && echo "$COUNT $COUNT_GIVEN"')
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [count, given]
+
+
+@pytest.mark.parametrize("script, name, value, message", [
+    ("simulate.sh", "FL_DP_CLIENT_GPUS", "abc", "FL_DP_CLIENT_GPUS must be a number of GPUs >= 0 (e.g. 0.25), got 'abc'"),
+    ("simulate.sh", "FL_DP_CLIENT_GPUS", "-1", "FL_DP_CLIENT_GPUS must be a number of GPUs >= 0"),
+    ("deploy.sh", "FL_DP_WARM_CLIENTAPP", "yes", "FL_DP_WARM_CLIENTAPP must be 0 or 1, got 'yes'"),
+    ("deploy.sh", "FL_DP_DEPLOY_PORT", "x1", "FL_DP_DEPLOY_PORT must be a port number, got 'x1'"),
+    ("deploy.sh", "FL_DP_DEPLOY_PORT", "65535", "FL_DP_DEPLOY_PORT=65535 leaves no room for 2 SuperNode ports up to 65535"),
+])
+def test_a_bad_environment_variable_stops_the_script_naming_it(script, name, value, message):
+    done = _bash(f"{name}='{value}' bash scripts/{script} --run-config 'num-server-rounds=1'")
+    assert done.returncode == 2
+    assert f"scripts/{script}: {message}" in done.stderr
+    assert "flwr" not in done.stdout.lower()  # nothing was started
+
+
+@pytest.mark.parametrize("value, passes", [("", True), ("0.25", True), ("2", True), (".5", True), ("1e3", False), ("0.25x", False)])
+def test_env_matches_passes_a_good_or_empty_value(value, passes):
+    done = _bash(f"source scripts/flwr_env.sh && V='{value}' && env_matches test V '^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)$' 'a number' && echo ok")
+    assert (done.returncode == 0 and done.stdout.strip() == "ok") is passes, done.stderr
 
 
 def _processes_naming(text: str) -> list[str]:
