@@ -9,14 +9,18 @@ cannot run code) and checked field by field before anything of it is used.
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fl_dp import results
 from fl_dp.config import ConfigError, RunConfig
+from fl_dp.privacy import PrivacyLedger
 
 FORMAT = "fl-dp-checkpoint/1"
 #: keys a resumed run may change: how long, how often it checkpoints, how patiently it waits
@@ -104,3 +108,62 @@ def _same_value(saved: Any, wanted: Any) -> bool:
     """Whether a checkpoint's config value is this run's: of the same plain type and equal (a
     forged file may hold anything where a value belongs)."""
     return type(saved) is type(wanted) and isinstance(saved, (str, int, float, bool)) and saved == wanted
+
+
+def check_ledger_summary(ledger: PrivacyLedger, recorded: Any, where: str) -> None:
+    """The ledger's (max epsilon, mean epsilon[, number of clients]) must be what the run wrote
+    beside it: a ledger edited alone (a client's history shortened or removed, to charge it less)
+    is refused. (Without a secret key a file cannot prove itself; an edit of every field that
+    agrees passes, and the docs say so.)"""
+    computed = [*ledger.summary(), float(len(ledger.state_dict()))]
+    if not (isinstance(recorded, list) and len(recorded) in (2, 3)):
+        raise ValueError(f"ledger: no epsilon summary in {where}")
+    if not all(isinstance(v, float) and math.isclose(v, c, rel_tol=1e-9, abs_tol=1e-12) for v, c in zip(recorded, computed)):
+        shown = ", ".join(f"{c:.6g}" for c in computed[: len(recorded)])
+        raise ValueError(f"ledger: its epsilon summary ({shown}) is not the one in {where} ({recorded})")
+
+
+def check_ledger_grows(later: PrivacyLedger, earlier: PrivacyLedger) -> None:
+    """A later ledger charges every client of an earlier one at least as much (a ledger only grows)."""
+    for client, epsilon in earlier.epsilons().items():
+        if not later.epsilon(client) >= epsilon * (1 - 1e-9):
+            raise ValueError(f"ledger: {client} is charged less than in the checkpoint it follows")
+
+
+def rng_to_list(state: tuple[Any, ...]) -> list[Any]:
+    """A ``random.Random`` state as plain lists (what a checkpoint holds)."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def rng_from_list(saved: Any) -> tuple[Any, ...]:
+    """The ``random.Random`` state of :func:`rng_to_list`'s lists; ValueError if it is not one."""
+    if not (
+        isinstance(saved, list) and len(saved) == 3 and isinstance(saved[1], list) and all(isinstance(v, int) for v in saved[1])
+    ):
+        raise ValueError("the cohort RNG state is malformed")
+    probe = random.Random()
+    try:
+        probe.setstate((saved[0], tuple(saved[1]), saved[2]))
+    except (ValueError, TypeError, OverflowError) as err:  # a word outside 32 bits, a wrong version
+        raise ValueError(f"the cohort RNG state is malformed ({err})") from None
+    return probe.getstate()
+
+
+def is_metrics_row(row: Any) -> bool:
+    """A checkpointed metrics row: names to plain values (what :meth:`fl_dp.server.ServerCore._close_round` writes),
+    its counts whole numbers a table column holds (a forged 2^70 or inf there broke the table at the
+    run's end, after the rounds had run)."""
+
+    def plain(key: Any, value: Any) -> bool:
+        if not isinstance(key, str) or isinstance(value, bool):
+            return False
+        if key in results.INTEGER_COLUMNS:  # a count, or NaN / a whole float where Flower's records made it one
+            if isinstance(value, float) and (math.isnan(value) or value.is_integer()):
+                return math.isnan(value) or 0 <= value < 2**63
+            return isinstance(value, int) and 0 <= value < 2**63
+        if isinstance(value, int):
+            return -(2**63) <= value < 2**63
+        return value is None or isinstance(value, (float, str))
+
+    return isinstance(row, dict) and all(plain(k, v) for k, v in row.items())

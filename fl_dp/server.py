@@ -23,11 +23,16 @@ from fl_dp import federated_evaluation as federated
 from fl_dp import results
 from fl_dp.central import CentralGaussianSum, poisson_cohort, project_to_ball
 from fl_dp.checkpoint import (
+    check_ledger_grows,
+    check_ledger_summary,
     checkpoint_error,
     checkpoint_path,
     config_fingerprint,
+    is_metrics_row,
     ledger_journal_path,
     read_checkpoint,
+    rng_from_list,
+    rng_to_list,
     write_checkpoint,
 )
 from fl_dp.client_state import check_state
@@ -615,7 +620,7 @@ class ServerCore:
                 "state": {k: v.clone() for k, v in self.state.items()},
                 "ledger": self.ledger.state_dict(),
                 "summary": self._ledger_summary(),
-                "rng": None if isinstance(self._rng, random.SystemRandom) else _rng_to_list(self._rng.getstate()),
+                "rng": None if isinstance(self._rng, random.SystemRandom) else rng_to_list(self._rng.getstate()),
                 "rows": [dict(row) for row in self.rows],
                 "shares": None if self.client_shares is None else dict(self.client_shares),
                 "clients": {cid: dict(state) for cid, state in (clients or {}).items() if state},
@@ -655,7 +660,7 @@ class ServerCore:
             )
         ):
             raise fail("the algorithm's server state does not match this strategy's")
-        if not (isinstance(rows, list) and len(rows) == payload["round"] and all(_is_metrics_row(r) for r in rows)):
+        if not (isinstance(rows, list) and len(rows) == payload["round"] and all(is_metrics_row(r) for r in rows)):
             raise fail("metrics rows do not match its round")
         if not isinstance(clients, dict) or not all(isinstance(cid, str) for cid in clients):
             raise fail("client states are not keyed by client id")
@@ -675,9 +680,9 @@ class ServerCore:
             raise fail("client shares are not finite vectors of the model's size")
         try:
             ledger = self._restored_ledger(payload.get("ledger"))
-            _check_summary(ledger, payload.get("summary"), "its epsilon summary")
+            check_ledger_summary(ledger, payload.get("summary"), "its epsilon summary")
             if rows:
-                _check_summary(ledger, [rows[-1].get("epsilon-max"), rows[-1].get("epsilon-mean")], "its last metrics row")
+                check_ledger_summary(ledger, [rows[-1].get("epsilon-max"), rows[-1].get("epsilon-mean")], "its last metrics row")
         except (ValueError, TypeError, AttributeError) as err:
             raise fail(str(err)) from None
         journal = ledger_journal_path(self.cfg)
@@ -688,13 +693,13 @@ class ServerCore:
             if later["round"] >= payload["round"]:
                 try:
                     journal_ledger = self._restored_ledger(later.get("ledger"))
-                    _check_summary(journal_ledger, later.get("summary"), "its epsilon summary")
-                    _check_dominates(journal_ledger, ledger)
+                    check_ledger_summary(journal_ledger, later.get("summary"), "its epsilon summary")
+                    check_ledger_grows(journal_ledger, ledger)
                 except (ValueError, TypeError, AttributeError) as err:
                     raise checkpoint_error(journal, str(err)) from None
                 ledger = journal_ledger
         try:
-            rng_state = None if payload.get("rng") is None else _rng_from_list(payload["rng"])
+            rng_state = None if payload.get("rng") is None else rng_from_list(payload["rng"])
             if rng_state is not None and not isinstance(self._rng, random.SystemRandom):
                 self._rng.setstate(rng_state)
         except (ValueError, TypeError, AttributeError) as err:
@@ -751,64 +756,7 @@ class ServerCore:
         return csv_path
 
 
-def _check_summary(ledger: PrivacyLedger, recorded: Any, where: str) -> None:
-    """The ledger's (max epsilon, mean epsilon[, number of clients]) must be what the run wrote
-    beside it: a ledger edited alone (a client's history shortened or removed, to charge it less)
-    is refused. (Without a secret key a file cannot prove itself; an edit of every field that
-    agrees passes, and the docs say so.)"""
-    computed = [*ledger.summary(), float(len(ledger.state_dict()))]
-    if not (isinstance(recorded, list) and len(recorded) in (2, 3)):
-        raise ValueError(f"ledger: no epsilon summary in {where}")
-    if not all(isinstance(v, float) and math.isclose(v, c, rel_tol=1e-9, abs_tol=1e-12) for v, c in zip(recorded, computed)):
-        shown = ", ".join(f"{c:.6g}" for c in computed[: len(recorded)])
-        raise ValueError(f"ledger: its epsilon summary ({shown}) is not the one in {where} ({recorded})")
-
-
-def _check_dominates(later: PrivacyLedger, earlier: PrivacyLedger) -> None:
-    """A later ledger charges every client of an earlier one at least as much (a ledger only grows)."""
-    for client, epsilon in earlier.epsilons().items():
-        if not later.epsilon(client) >= epsilon * (1 - 1e-9):
-            raise ValueError(f"ledger: {client} is charged less than in the checkpoint it follows")
-
-
-def _rng_to_list(state: tuple[Any, ...]) -> list[Any]:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _rng_from_list(saved: Any) -> tuple[Any, ...]:
-    if not (
-        isinstance(saved, list) and len(saved) == 3 and isinstance(saved[1], list) and all(isinstance(v, int) for v in saved[1])
-    ):
-        raise ValueError("the cohort RNG state is malformed")
-    probe = random.Random()
-    try:
-        probe.setstate((saved[0], tuple(saved[1]), saved[2]))
-    except (ValueError, TypeError, OverflowError) as err:  # a word outside 32 bits, a wrong version
-        raise ValueError(f"the cohort RNG state is malformed ({err})") from None
-    return probe.getstate()
-
-
 MAX_NUM_EXAMPLES = 10**9
-
-
-def _is_metrics_row(row: Any) -> bool:
-    """A checkpointed metrics row: names to plain values (what :meth:`ServerCore._close_round` writes),
-    its counts whole numbers a table column holds (a forged 2^70 or inf there broke the table at the
-    run's end, after the rounds had run)."""
-
-    def plain(key: Any, value: Any) -> bool:
-        if not isinstance(key, str) or isinstance(value, bool):
-            return False
-        if key in results.INTEGER_COLUMNS:  # a count, or NaN / a whole float where Flower's records made it one
-            if isinstance(value, float) and (math.isnan(value) or value.is_integer()):
-                return math.isnan(value) or 0 <= value < 2**63
-            return isinstance(value, int) and 0 <= value < 2**63
-        if isinstance(value, int):
-            return -(2**63) <= value < 2**63
-        return value is None or isinstance(value, (float, str))
-
-    return isinstance(row, dict) and all(plain(k, v) for k, v in row.items())
 
 
 def _checked_metrics(metrics: Any, private_run: bool) -> dict[str, float]:
