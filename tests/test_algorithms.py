@@ -109,18 +109,24 @@ def _grad(objective, x):
 # after each round t >= 1.
 
 
-def _reference_error_compensation(objectives, x, cfg, increment):
-    """alpha-NormEC (increment = beta * Norm_a) and Clip21 (increment = clip_tau): g_i(0) = 0."""
+def _reference_error_compensation(objectives, x, cfg, increment, normalized=False):
+    """alpha-NormEC (increment = beta * Norm_a) and Clip21 (increment = clip_tau): g_i(0) = 0;
+    ``normalized``: the server step along G / ||G|| (the alpha-NormEC paper's private variant)."""
     n, G = len(objectives), torch.zeros_like(x)
     g = [torch.zeros_like(x) for _ in objectives]
+
+    def step(x):
+        norm = torch.linalg.vector_norm(G)
+        return x - cfg.server_lr * (G / norm if normalized and norm > 0 else G)
+
     trajectory = []
     for _ in range(cfg.num_server_rounds):
-        x = x - cfg.server_lr * G
+        x = step(x)
         for i, objective in enumerate(objectives):
             D = increment(_grad(objective, x) - g[i])
             g[i] = g[i] + D
             G = G + D / n
-        trajectory.append(x - cfg.server_lr * G)
+        trajectory.append(step(x))
     return trajectory
 
 
@@ -252,6 +258,19 @@ def test_deterministic_rules_follow_their_reference_loop_for_eight_rounds(tiny_c
         assert torch.allclose(fed.server.x, x, atol=1e-5), f"round {server_round}"
         moved = max(moved, float(torch.linalg.vector_norm(x - expected[0])))
     assert moved > 1e-3  # the trajectory goes somewhere: equal by moving, not by standing still
+
+
+def test_the_server_normalized_alpha_normec_follows_its_reference_loop(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="alpha-normec", alpha=0.5, beta=0.3, server_lr=0.1, server_normalize=True, num_server_rounds=8)
+    fed = InProcessFederation(cfg)
+    objectives = [fed.clients[f"client-{i}"].objective for i in range(cfg.num_clients)]
+    increment = lambda v: cfg.beta * _norm(v, cfg.alpha)  # noqa: E731
+    expected = _reference_error_compensation(objectives, fed.server.x.clone(), cfg, increment, normalized=True)
+    for server_round, x in enumerate(expected, start=1):
+        fed.run_round(server_round)
+        assert torch.allclose(fed.server.x, x, atol=1e-5), f"round {server_round}"
+    # each step has length server-lr exactly
+    assert float(torch.linalg.vector_norm(expected[1] - expected[0])) == pytest.approx(0.1, rel=1e-5)
 
 
 def test_the_reference_loops_cover_every_rule_without_noise_or_sampling():
