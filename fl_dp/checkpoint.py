@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from fl_dp import results
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.privacy import PrivacyLedger
 
@@ -154,11 +153,12 @@ def is_metrics_row(row: Any) -> bool:
     """A checkpointed metrics row: names to plain values (what :meth:`fl_dp.server.ServerCore._close_round` writes),
     its counts whole numbers a table column holds (a forged 2^70 or inf there broke the table at the
     run's end, after the rounds had run)."""
+    from fl_dp.results import INTEGER_COLUMNS  # here: clients import this module, and results loads pandas
 
     def plain(key: Any, value: Any) -> bool:
         if not isinstance(key, str) or isinstance(value, bool):
             return False
-        if key in results.INTEGER_COLUMNS:  # a count, or NaN / a whole float where Flower's records made it one
+        if key in INTEGER_COLUMNS:  # a count, or NaN / a whole float where Flower's records made it one
             if isinstance(value, float) and (math.isnan(value) or value.is_integer()):
                 return math.isnan(value) or 0 <= value < 2**63
             return isinstance(value, int) and 0 <= value < 2**63
