@@ -101,7 +101,12 @@ class InProcessFederation:
         return arrays, config, replies, failures
 
     def run_round(self, server_round: int) -> dict[str, Any]:
-        """One round: train the cohort, aggregate, evaluate where due; returns the round's row."""
+        """One round: train the cohort, aggregate, evaluate where due; returns the round's row.
+        Rounds run once each, in order: a repeated round number would draw its seeded noise again
+        on other messages, and a round skipped or run twice would be missing or doubled in the table."""
+        expected = self.server.completed_rounds + 1
+        if isinstance(server_round, bool) or not isinstance(server_round, (int, np.integer)) or server_round != expected:
+            raise ValueError(f"round {server_round!r} cannot run now: the next round is {expected}")
         _, _, replies, failures = self.train_cohort(server_round)
         if self.server.distributed is None:
             row = self.server.aggregate(server_round, replies, failures)

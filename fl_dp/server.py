@@ -688,7 +688,7 @@ class ServerCore:
         journal = ledger_journal_path(self.cfg)
         if journal.exists():
             # releases after the checkpoint happened too: a replayed round is charged again (with
-            # os-randomness it is a new release; seeded, the same one, and the charge is conservative)
+            # os-randomness it is a new release; seeded, the same noise again: docs/faults.md)
             later = read_checkpoint(journal, self.cfg)
             if later["round"] >= payload["round"]:
                 try:

@@ -158,3 +158,16 @@ def test_a_model_with_buffers_is_not_shared(tiny_cfg, monkeypatch):
     monkeypatch.setattr(task, "model_for", with_buffer)
     monkeypatch.setattr(task, "_client_models", task.threading.local())
     assert task.shared_client_model(tiny_cfg) is not task.shared_client_model(tiny_cfg)
+
+
+@pytest.mark.parametrize("rounds", [[0], [2], [1, 1], [1, 3], [True], [1.0], ["1"]])
+def test_rounds_run_once_each_in_order(tiny_cfg, rounds):
+    """A repeated round would draw its seeded noise again on other messages; a skipped one would be
+    missing from the table: both are refused, naming the next round."""
+    fed = InProcessFederation(tiny_cfg.replace(strategy="alpha-normec", noise_multiplier=1.0))
+    *earlier, last = rounds
+    for server_round in earlier:
+        fed.run_round(server_round)
+    with pytest.raises(ValueError, match=f"the next round is {len(earlier) + 1}"):
+        fed.run_round(last)
+    assert len(fed.server.rows) == len(earlier)
