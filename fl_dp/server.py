@@ -162,6 +162,7 @@ class ServerCore:
         self._round_started = self._run_started = time.perf_counter()
         self._rounds_timed = 0
         self._counted_lost_replies: set[str] = set()
+        self._said_small_population = False
 
     def expected_release(self, num_examples: int) -> Release | None:
         """What an honest client of this run releases in one round (None: nothing private)."""
@@ -199,6 +200,17 @@ class ServerCore:
             return []
         if self.central is not None or self.distributed is not None:
             self._population = list(client_ids)
+            if len(client_ids) < self.cfg.num_clients and not self._said_small_population:
+                self._said_small_population = True
+                log.warning(
+                    "%d of num-clients = %d clients are connected: Poisson cohorts at q = %.4g average %.3g clients, "
+                    "not clients-per-round = %d (q stays as accounted; said once)",
+                    len(client_ids),
+                    self.cfg.num_clients,
+                    self.cfg.client_sample_rate,
+                    len(client_ids) * self.cfg.client_sample_rate,
+                    self.cfg.clients_per_round,
+                )
             cohort = poisson_cohort(self._population, self.cfg.client_sample_rate, self._rng)
         else:
             cohort = self._rng.sample(self._connected, min(self.cfg.clients_per_round, len(client_ids)))

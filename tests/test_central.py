@@ -1,5 +1,6 @@
 """Central DP: Poisson cohorts, one Gaussian draw on the bounded sum, every client charged at rate q."""
 
+import logging
 import math
 import random
 
@@ -268,3 +269,15 @@ def test_ten_thousand_fashion_mnist_clients_in_process():
     assert fed.clients.num_built <= history["sampled"].sum()
     assert all(len(fed.clients[c].objective.data) == 6 for c in ("client-0", "client-9999"))
     assert history["test-accuracy"].notna().all()
+
+
+def test_fewer_connected_clients_than_num_clients_is_said_once_and_q_is_kept(tiny_cfg, caplog):
+    cfg = central(tiny_cfg, noise_multiplier=1.0, num_clients=8, clients_per_round=4)
+    core = ServerCore(cfg)
+    with caplog.at_level(logging.WARNING, logger="fl_dp"):
+        core.sample([f"client-{i}" for i in range(8)])
+        assert "connected" not in caplog.text
+        for _ in range(3):
+            core.sample([f"client-{i}" for i in range(6)])
+    assert caplog.text.count("6 of num-clients = 8 clients are connected: Poisson cohorts at q = 0.5 average 3 clients") == 1
+    assert core.central.release(cfg.client_sample_rate).sample_rate == 0.5
