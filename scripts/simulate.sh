@@ -11,6 +11,7 @@ source scripts/flwr_env.sh
 leading_count scripts/simulate.sh clients 10 "$@"
 num_clients="$COUNT"
 [ "$COUNT_GIVEN" = 0 ] || shift
+env_matches scripts/simulate.sh FL_DP_CLIENT_GPUS '^([0-9]+(\.[0-9]*)?|\.[0-9]+)$' "a number of GPUs >= 0 (e.g. 0.25)"
 flwr_args=()
 verbose=false
 for arg in "$@"; do
@@ -25,7 +26,6 @@ mkdir -p "$FLWR_HOME" "$RAY_TMPDIR" results
 # goes through the object store: 6 ms instead of 3 ms per round trip here (benchmarks/simulation.py)
 export RAY_max_direct_call_object_size="${RAY_max_direct_call_object_size:-1048576}"
 
-env_matches scripts/simulate.sh FL_DP_CLIENT_GPUS '^([0-9]+(\.[0-9]*)?|\.[0-9]+)$' "a number of GPUs >= 0 (e.g. 0.25)"
 federation="num-supernodes=$num_clients client-resources-num-cpus=1"
 if [ "${FL_DP_CLIENT_GPUS:-0}" != "0" ]; then
   federation="$federation client-resources-num-gpus=$FL_DP_CLIENT_GPUS"
