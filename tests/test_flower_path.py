@@ -82,9 +82,20 @@ EVERY_STRATEGY = {
 }
 
 
-@pytest.mark.parametrize("strategy", sorted(REGISTRY))
-def test_every_strategy_has_one_trajectory_on_both_paths(tiny_cfg, strategy):
-    cfg = tiny_cfg.replace(strategy=strategy, num_server_rounds=4, clients_per_round=3, **EVERY_STRATEGY[strategy])
+# variants whose randomness or client work differs from their strategy's case above
+VARIANTS = [
+    ("sign-vote", dict(server_lr=0.01, sign_compressor="sto-sign", sto_sign_bound=5.0)),
+    ("alpha-normec", dict(server_lr=0.3, noise_multiplier=0.7, local_steps=3, client_lr=0.1, batch_size=8)),
+    ("sign-vote", dict(server_lr=0.01, grad_noise="student-t", grad_noise_kappa=1.5, grad_noise_scale=0.1)),
+    ("mean-sgd", dict(server_lr=0.1, byzantine_fraction=0.25, aggregator="trimmed-mean", trim_fraction=0.25)),
+]
+
+
+@pytest.mark.parametrize(
+    "strategy, extra", [(key, EVERY_STRATEGY[key]) for key in sorted(REGISTRY)] + VARIANTS
+)
+def test_every_strategy_has_one_trajectory_on_both_paths(tiny_cfg, strategy, extra):
+    cfg = tiny_cfg.replace(strategy=strategy, num_server_rounds=4, clients_per_round=3, **extra)
     trajectory, flower_strategy, _, metrics = _run_flower(cfg, 4)
     fed = InProcessFederation(cfg)
     for server_round, x in enumerate(trajectory, start=1):
