@@ -236,11 +236,11 @@ class RunConfig:
             fail(f"unknown sign-compressor {self.sign_compressor!r}; choose one of {', '.join(SIGN_COMPRESSORS)}")
         if self.grad_noise not in NOISE_KINDS:
             fail(f"unknown grad-noise {self.grad_noise!r}; choose one of {', '.join(NOISE_KINDS)}")
-        if self.grad_noise != "none" and not (1 < self.grad_noise_kappa <= 2 and self.grad_noise_scale > 0):
-            fail(
-                "grad-noise needs grad-noise-kappa in (1, 2] and grad-noise-scale > 0, "
-                f"got {self.grad_noise_kappa}, {self.grad_noise_scale}"
-            )
+        # checked whether or not grad-noise is on: a value no run can use is a mistake either way
+        if not 1 < self.grad_noise_kappa <= 2:
+            fail(f"grad-noise-kappa must be in (1, 2], got {self.grad_noise_kappa}")
+        if not (self.grad_noise_scale > 0 and math.isfinite(self.grad_noise_scale)):
+            fail(f"grad-noise-scale must be positive and finite, got {self.grad_noise_scale}")
         if not 0 <= self.rs_final_rate < 1:
             fail(f"rs-final-rate must be in [0, 1), got {self.rs_final_rate}")
         if self.byzantine_attack not in BYZANTINE_ATTACKS:
@@ -345,15 +345,13 @@ class RunConfig:
     def _validate_privacy_model(self) -> None:
         if self.privacy_model not in PRIVACY_MODELS:
             raise ConfigError(f"unknown privacy-model {self.privacy_model!r}; choose one of {', '.join(PRIVACY_MODELS)}")
-        if self.privacy_model == "distributed":
-            if not 8 <= self.secagg_bits <= 30:
-                raise ConfigError(f"secagg-bits must be in [8, 30], got {self.secagg_bits}")
-            if not 0 < self.secagg_survivors <= 1:
-                raise ConfigError(f"secagg-survivors must be in (0, 1], got {self.secagg_survivors}")
-            if self.secagg_num_shares < 3:
-                raise ConfigError(
-                    f"secagg-num-shares must be >= 3 (SecAgg+ needs more than 2 shares), got {self.secagg_num_shares}"
-                )
+        # checked under every privacy model: a value no run can use is a mistake either way
+        if not 8 <= self.secagg_bits <= 30:
+            raise ConfigError(f"secagg-bits must be in [8, 30], got {self.secagg_bits}")
+        if not 0 < self.secagg_survivors <= 1:
+            raise ConfigError(f"secagg-survivors must be in (0, 1], got {self.secagg_survivors}")
+        if self.secagg_num_shares < 3:
+            raise ConfigError(f"secagg-num-shares must be >= 3 (SecAgg+ needs more than 2 shares), got {self.secagg_num_shares}")
 
 
 def _key(name: str) -> str:

@@ -56,6 +56,12 @@ def test_a_population_of_zero_is_the_federations_size():
         (dict(sign_compressor="top-sign"), "unknown sign-compressor"),
         (dict(grad_noise="cauchy"), "unknown grad-noise"),
         (dict(grad_noise="student-t", grad_noise_kappa=2.5), "grad-noise-kappa"),
+        # out-of-range values are refused even where their feature is off
+        (dict(grad_noise_kappa=-1.0), "grad-noise-kappa must be in"),
+        (dict(grad_noise_scale=0.0), "grad-noise-scale must be positive and finite"),
+        (dict(secagg_survivors=-1.0), "secagg-survivors must be in"),
+        (dict(secagg_bits=40), "secagg-bits must be in"),
+        (dict(secagg_num_shares=2), "secagg-num-shares must be >= 3"),
         (dict(byzantine_fraction=0.5), "byzantine-fraction"),
         (dict(strategy="dp-fedavg", target_epsilon=1e300), "target-epsilon 1e\\+300 is above 1e\\+06"),
         (dict(strategy="dp-sgd", target_epsilon=1e16), "target-epsilon 1e\\+16 is above"),
