@@ -109,12 +109,18 @@ def _same_value(saved: Any, wanted: Any) -> bool:
     return type(saved) is type(wanted) and isinstance(saved, (str, int, float, bool)) and saved == wanted
 
 
+def ledger_summary(ledger: PrivacyLedger) -> list[float]:
+    """(max epsilon, mean epsilon, number of clients) of ``ledger``: written beside it in a
+    checkpoint and the journal, so that a ledger edited alone does not pass a resume."""
+    return [*ledger.summary(), float(ledger.num_clients)]
+
+
 def check_ledger_summary(ledger: PrivacyLedger, recorded: Any, where: str) -> None:
-    """The ledger's (max epsilon, mean epsilon[, number of clients]) must be what the run wrote
+    """The ledger's :func:`ledger_summary` (or its first two entries) must be what the run wrote
     beside it: a ledger edited alone (a client's history shortened or removed, to charge it less)
     is refused. (Without a secret key a file cannot prove itself; an edit of every field that
     agrees passes, and the docs say so.)"""
-    computed = [*ledger.summary(), float(len(ledger.state_dict()))]
+    computed = ledger_summary(ledger)
     if not (isinstance(recorded, list) and len(recorded) in (2, 3)):
         raise ValueError(f"ledger: no epsilon summary in {where}")
     if not all(isinstance(v, float) and math.isclose(v, c, rel_tol=1e-9, abs_tol=1e-12) for v, c in zip(recorded, computed)):

@@ -276,6 +276,11 @@ class PrivacyLedger:
         self._releases = releases
         self._epsilon_cache = {}
 
+    @property
+    def num_clients(self) -> int:
+        """How many clients the ledger books."""
+        return len(self._releases)
+
     def summary(self) -> tuple[float, float]:
         """(max, mean) epsilon over the clients that released anything; (0, 0) if none."""
         values = list(self.epsilons().values())

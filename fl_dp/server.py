@@ -30,6 +30,7 @@ from fl_dp.checkpoint import (
     config_fingerprint,
     is_metrics_row,
     ledger_journal_path,
+    ledger_summary,
     read_checkpoint,
     rng_from_list,
     rng_to_list,
@@ -431,7 +432,8 @@ class ServerCore:
         self, server_round: int, accepted: list[Reply], num_sent: int, rejected: list[str], skipped: str, bytes_up: int
     ) -> dict[str, Any]:
         """The round's metrics row (its evaluation follows in :meth:`evaluate_round`) and the ledger journal."""
-        eps_max, eps_mean = self.ledger.summary()
+        summary = ledger_summary(self.ledger)
+        eps_max, eps_mean = summary[:2]
         row: dict[str, Any] = {
             "round": server_round,
             "strategy": self.cfg.strategy,
@@ -461,7 +463,7 @@ class ServerCore:
                     "config": config_fingerprint(self.cfg),
                     "round": server_round,
                     "ledger": self.ledger.state_dict(),
-                    "summary": self._ledger_summary(),
+                    "summary": summary,
                 },
             )
         log.debug(
@@ -631,7 +633,7 @@ class ServerCore:
                 "x": self.x.clone(),
                 "state": {k: v.clone() for k, v in self.state.items()},
                 "ledger": self.ledger.state_dict(),
-                "summary": self._ledger_summary(),
+                "summary": ledger_summary(self.ledger),
                 "rng": None if isinstance(self._rng, random.SystemRandom) else rng_to_list(self._rng.getstate()),
                 "rows": [dict(row) for row in self.rows],
                 "shares": None if self.client_shares is None else dict(self.client_shares),
@@ -695,6 +697,7 @@ class ServerCore:
             check_ledger_summary(ledger, payload.get("summary"), "its epsilon summary")
             if rows:
                 check_ledger_summary(ledger, [rows[-1].get("epsilon-max"), rows[-1].get("epsilon-mean")], "its last metrics row")
+            rng_state = None if payload.get("rng") is None else rng_from_list(payload["rng"])
         except (ValueError, TypeError, AttributeError) as err:
             raise fail(str(err)) from None
         journal = ledger_journal_path(self.cfg)
@@ -710,12 +713,8 @@ class ServerCore:
                 except (ValueError, TypeError, AttributeError) as err:
                     raise checkpoint_error(journal, str(err)) from None
                 ledger = journal_ledger
-        try:
-            rng_state = None if payload.get("rng") is None else rng_from_list(payload["rng"])
-            if rng_state is not None and not isinstance(self._rng, random.SystemRandom):
-                self._rng.setstate(rng_state)
-        except (ValueError, TypeError, AttributeError) as err:
-            raise fail(str(err)) from None
+        if rng_state is not None and not isinstance(self._rng, random.SystemRandom):
+            self._rng.setstate(rng_state)  # checked by rng_from_list: it cannot fail here
         self.x, self.state, self.ledger, self.rows = x, state, ledger, rows
         if self.client_shares is not None:
             self.client_shares = dict(shares)  # type: ignore[arg-type]
@@ -724,11 +723,6 @@ class ServerCore:
         self.completed_rounds = self.resumed_from = payload["round"]
         log.info("resume: continuing after round %d from %s", self.completed_rounds, path)
         return clients
-
-    def _ledger_summary(self) -> list[float]:
-        """(max epsilon, mean epsilon, number of clients) of the ledger, written beside it in a
-        checkpoint and the journal so that a ledger edited alone does not pass a resume."""
-        return [*self.ledger.summary(), float(len(self.ledger.state_dict()))]
 
     def _restored_ledger(self, rows: Any) -> PrivacyLedger:
         """A checkpointed ledger, every release checked (ValueError naming what is wrong)."""
