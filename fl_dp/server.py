@@ -150,6 +150,8 @@ class ServerCore:
         self._rng = random.SystemRandom() if cfg.os_randomness else random.Random(cfg.seed)
         # federated evaluation: the clients' reports of each evaluated round, until it closes
         self._federated_metrics: dict[int, dict[str, float]] = {}
+        #: round -> the clients asked to evaluate it (only they may report, once each)
+        self._evaluators: dict[int, frozenset[str]] = {}
         if evaluate_fn is None and cfg.evaluation == "central":
             test = dataset_of(cfg).test
             if 0 < cfg.eval_samples < len(test):
@@ -509,15 +511,28 @@ class ServerCore:
         if not self.federated_evaluation_due(server_round):
             return []
         cfg = self.cfg
-        return federated.evaluation_cohort(nodes, cfg.evaluation_clients, cfg.seed, server_round, cfg.os_randomness)
+        cohort = federated.evaluation_cohort(nodes, cfg.evaluation_clients, cfg.seed, server_round, cfg.os_randomness)
+        self._evaluators = {server_round: frozenset(str(node) for node in cohort)}
+        return cohort
 
     def aggregate_evaluation(
         self, server_round: int, replies: Sequence[Reply], failures: Sequence[tuple[str, str]] = ()
     ) -> dict[str, float]:
         """Combine the clients' evaluation reports of ``server_round`` (:mod:`fl_dp.federated_evaluation`);
-        they become the round's test metrics when it closes (:meth:`evaluate_round`). Returns them."""
+        they become the round's test metrics when it closes (:meth:`evaluate_round`). Returns them.
+        Only a client asked to evaluate the round may report it, once: a client that reports twice,
+        or unasked, would weigh its own numbers more."""
         reports, rejected = [], [f"{client}: {reason}" for client, reason in failures]
+        asked, seen = self._evaluators.get(server_round, frozenset()), set()
         for reply in sorted(replies, key=lambda r: self._in_order(r.client_id)):
+            client = str(reply.client_id)
+            if client not in asked:
+                rejected.append(f"{client}: evaluation: not asked to evaluate round {server_round}")
+                continue
+            if client in seen:
+                rejected.append(f"{client}: evaluation: a second report this round")
+                continue
+            seen.add(client)
             try:
                 if reply.error:
                     raise MalformedMessage(reply.error)

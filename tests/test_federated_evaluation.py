@@ -178,6 +178,26 @@ def test_hostile_evaluation_replies_are_rejected_and_the_run_goes_on(fed_cfg):
     assert torch.equal(strategy.core.x, honest.core.x)  # training untouched by what evaluation received
 
 
+def test_only_the_asked_clients_report_an_evaluation_and_each_once(fed_cfg):
+    from fl_dp.wire import Reply
+
+    fed = InProcessFederation(fed_cfg.replace(num_clients=6, evaluation_clients=2))
+    fed.train_cohort(1)
+    fed.server.aggregate(1, [])
+    asked = fed.server.evaluation_cohort(list(fed.clients), 1)
+    outsider = next(cid for cid in fed.clients if cid not in asked)
+    honest = [Reply(cid, {}, {**GOOD, "test-accuracy": 0.25}) for cid in asked]
+    flattering = {**GOOD, "test-accuracy": 1.0}
+    strays = [Reply(outsider, {}, flattering), Reply("no-such-node", {}, flattering), Reply(asked[0], {}, flattering)]
+    metrics = fed.server.aggregate_evaluation(1, honest + strays)
+    assert metrics["evaluated-clients"] == 2 and metrics["evaluation-rejected"] == 3
+    assert metrics["test-accuracy"] == pytest.approx(0.25)
+    rejections = fed.server.rows[-1]["rejections"]
+    assert f"{outsider}: evaluation: not asked" in rejections and f"{asked[0]}: evaluation: a second report" in rejections
+    # a round nobody was asked to evaluate takes no report at all
+    assert fed.server.aggregate_evaluation(2, honest)["evaluated-clients"] == 0
+
+
 def _site_file(path, rows, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, 3))
