@@ -142,16 +142,22 @@ class RunConfig:
 
     @classmethod
     def from_flwr(cls, run_config: Mapping[str, Any], **overrides: Any) -> RunConfig:
-        """Build from Flower's run config (kebab-case keys); unknown keys are an error."""
+        """Build from Flower's run config (kebab-case keys); unknown keys are an error, and so is a
+        snake_case spelling (``num_clients``): beside the app's ``num-clients`` default, which of the
+        two a run used would depend on the order Flower merged them in."""
         known = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
-        unknown = []
+        unknown, misspelt = [], []
         for key, value in run_config.items():
-            name = key.replace("-", "_")
-            if name in known:
+            name = str(key).replace("-", "_")
+            if name in known and "_" in str(key):
+                misspelt.append(f"{key} (the key is {name.replace('_', '-')})")
+            elif name in known:
                 values[name] = value
             else:
-                unknown.append(key)
+                unknown.append(str(key))
+        if misspelt:
+            raise ConfigError(f"run-config keys are kebab-case: {', '.join(sorted(misspelt))}")
         if unknown:
             raise ConfigError(f"unknown run-config keys: {', '.join(sorted(unknown))}")
         values.update(overrides)

@@ -94,6 +94,8 @@ def test_flower_values_are_type_checked_and_unknown_keys_refused():
         RunConfig.from_flwr({"num-server-rounds": 2.5})
     with pytest.raises(ConfigError, match="unknown run-config keys: lerning-rate"):
         RunConfig.from_flwr({"lerning-rate": 0.1})
+    with pytest.raises(ConfigError, match="kebab-case: num_clients \\(the key is num-clients\\)"):
+        RunConfig.from_flwr({"num-clients": 10, "num_clients": 5})
 
 
 def test_wrong_types_from_python_raise_config_errors_naming_the_key():
