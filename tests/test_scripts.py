@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from local_superlink import processes
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent.parent
 
@@ -63,16 +65,7 @@ def test_env_matches_passes_a_good_or_empty_value(value, passes):
 def _processes_naming(text: str) -> list[str]:
     """Processes with ``text`` in their command line or environment (Ray renames its processes,
     ``ray::DashboardAgent``, but they keep the environment the script gave them)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (proc / "environ").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline or text in environ:
-            found.append(f"{proc.name}: {cmdline[:120]}")
-    return found
+    return [f"{pid}: {cmdline[:120]}" for pid, cmdline, environ in processes(with_environ=True) if text in cmdline or text in environ]
 
 
 @pytest.mark.slow
