@@ -143,8 +143,8 @@ class RunConfig:
     @classmethod
     def from_flwr(cls, run_config: Mapping[str, Any], **overrides: Any) -> RunConfig:
         """Build from Flower's run config (kebab-case keys); unknown keys are an error, and so is a
-        snake_case spelling (``num_clients``): beside the app's ``num-clients`` default, which of the
-        two a run used would depend on the order Flower merged them in."""
+        snake_case spelling (``num_clients``): given beside ``num-clients``, the later of the two
+        would win silently."""
         known = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         unknown, misspelt = [], []
