@@ -11,7 +11,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -275,17 +275,11 @@ class ServerCore:
         """
         accepted: list[tuple[Reply, torch.Tensor]] = []
         rejected = [f"{client}: {reason}" for client, reason in failures]
-        seen: set[str] = set()
-        non_finite = 0
-        for reply in replies:
-            client = str(reply.client_id)
-            if client not in self._cohort:
-                rejected.append(f"{client}: not addressed this round")
-                continue
-            if client in seen:
-                rejected.append(f"{client}: a second reply this round")
-                continue
-            seen.add(client)
+        non_finite = answered = 0
+        for client, reply in first_replies(
+            replies, self._cohort, rejected, "not addressed this round", "a second reply this round"
+        ):
+            answered += 1
             if self.central is None:
                 expected = self._charge(client, reply.metrics)
             try:
@@ -307,7 +301,7 @@ class ServerCore:
         accepted.sort(key=lambda item: self._in_order(item[0].client_id))
         for reason in rejected:
             log.warning("round %d: rejected reply from %s", server_round, reason)
-        if seen and non_finite == len(seen):
+        if answered and non_finite == answered:
             log.error(
                 "round %d: every reply holds NaN or Inf (its message or its loss): the global model has likely "
                 "diverged (its norm is %.3g); a smaller server-lr (now %g) may help",
@@ -523,16 +517,10 @@ class ServerCore:
         Only a client asked to evaluate the round may report it, once: a client that reports twice,
         or unasked, would weigh its own numbers more."""
         reports, rejected = [], [f"{client}: {reason}" for client, reason in failures]
-        asked, seen = self._evaluators.get(server_round, frozenset()), set()
-        for reply in sorted(replies, key=lambda r: self._in_order(r.client_id)):
-            client = str(reply.client_id)
-            if client not in asked:
-                rejected.append(f"{client}: evaluation: not asked to evaluate round {server_round}")
-                continue
-            if client in seen:
-                rejected.append(f"{client}: evaluation: a second report this round")
-                continue
-            seen.add(client)
+        asked = self._evaluators.get(server_round, frozenset())
+        in_order = sorted(replies, key=lambda r: self._in_order(r.client_id))
+        unasked, again = f"evaluation: not asked to evaluate round {server_round}", "evaluation: a second report this round"
+        for _, reply in first_replies(in_order, asked, rejected, unasked, again):
             try:
                 if reply.error:
                     raise MalformedMessage(reply.error)
@@ -825,6 +813,23 @@ def _check_privacy_record(metrics: dict[str, float], expected: Release | None) -
 
 #: FedAvg weights are capped at this multiple of the round's median reported example count
 WEIGHT_CAP_OVER_MEDIAN = 2.0
+
+
+def first_replies(
+    replies: Iterable[Reply], allowed: Collection[str], rejected: list[str], unasked: str, again: str
+) -> Iterator[tuple[str, Reply]]:
+    """(client, reply) for the first reply of each client in ``allowed``; any other reply is added to
+    ``rejected`` with its reason (``unasked`` or ``again``): no client answers for another or twice."""
+    seen: set[str] = set()
+    for reply in replies:
+        client = str(reply.client_id)
+        if client not in allowed:
+            rejected.append(f"{client}: {unasked}")
+        elif client in seen:
+            rejected.append(f"{client}: {again}")
+        else:
+            seen.add(client)
+            yield client, reply
 
 
 def capped_weights(num_examples: list[float]) -> list[float]:
