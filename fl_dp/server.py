@@ -811,10 +811,6 @@ def _check_privacy_record(metrics: dict[str, float], expected: Release | None) -
         raise MalformedMessage(f"privacy record {tuple(claimed)} is not the run's mechanism {wanted}")
 
 
-#: FedAvg weights are capped at this multiple of the round's median reported example count
-WEIGHT_CAP_OVER_MEDIAN = 2.0
-
-
 def first_replies(
     replies: Iterable[Reply], allowed: Collection[str], rejected: list[str], unasked: str, again: str
 ) -> Iterator[tuple[str, Reply]]:
@@ -830,6 +826,10 @@ def first_replies(
         else:
             seen.add(client)
             yield client, reply
+
+
+#: FedAvg weights are capped at this multiple of the round's median reported example count
+WEIGHT_CAP_OVER_MEDIAN = 2.0
 
 
 def capped_weights(num_examples: list[float]) -> list[float]:
