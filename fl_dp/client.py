@@ -16,7 +16,7 @@ import torch
 
 from fl_dp.client_state import check_ledger_rows, check_state, ledger_releases, ledger_with
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.data import ArrayDataset
+from fl_dp.data import ArrayDataset, Examples
 from fl_dp.distributed import RING_KEY, mechanism_for, rotation_signs
 from fl_dp.external_data import FILES, load_external
 from fl_dp.federated_evaluation import TEST_ACCURACY, TEST_LOSS, split_held_out
@@ -61,16 +61,18 @@ class ClientCore:
         self.partition_id = partition_id
         self.floor = floor
         model = shared_client_model(cfg)
+        examples: Examples
         if data is None:
-            data = client_dataset(cfg, partition_id)
+            examples = client_dataset(cfg, partition_id)
         else:
             check_fits(data, model, cfg)
+            examples = data
         #: under federated evaluation, the examples kept out of training to test the global model on
         self.held_out: Objective | None = None
         if cfg.evaluation == "federated":
-            data, held_out = split_held_out(data, cfg.held_out_fraction, cfg.seed, partition_id)
+            examples, held_out = split_held_out(examples, cfg.held_out_fraction, cfg.seed, partition_id)
             self.held_out = Objective(model, held_out, cfg.regularizer_lambda)
-        self.objective = Objective(model, data, cfg.regularizer_lambda)
+        self.objective = Objective(model, examples, cfg.regularizer_lambda)
         self.oracle: Any = self.objective
         if cfg.grad_noise != "none":
             self.oracle = NoisyGradients(

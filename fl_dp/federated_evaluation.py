@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_dp.data import ArrayDataset
+from fl_dp.data import Examples
 from fl_dp.errors import ConfigError
 from fl_dp.seeding import seed_of
 from fl_dp.wire import NUM_EXAMPLES, MalformedMessage
@@ -34,7 +34,7 @@ MAX_REPORTED_EXAMPLES = 10**9
 _EVALUATION_STREAM = 0xE7A1
 
 
-def split_held_out(data: ArrayDataset, fraction: float, seed: int, partition_id: int) -> tuple[ArrayDataset, ArrayDataset]:
+def split_held_out(data: Examples, fraction: float, seed: int, partition_id: int) -> tuple[Examples, Examples]:
     """(training examples, held-out examples) of one client: a seeded ``fraction`` of its data,
     at least one example, is kept out of training for evaluation."""
     held = max(1, round(fraction * len(data)))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fl_dp.config import ConfigError, RunConfig
-from fl_dp.data import ArrayDataset, TrainTest, is_schema, load_dataset
+from fl_dp.data import ArrayDataset, RowView, TrainTest, is_schema, load_dataset
 from fl_dp.models import build_model
 from fl_dp.partitioning import partitions
 from fl_dp.seeding import seed_of
@@ -60,8 +60,9 @@ def partition_lookup(cfg: RunConfig) -> Callable[[int], np.ndarray]:
         raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
 
 
-def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
-    """The training samples of client ``partition_id`` (cached per process)."""
+def client_dataset(cfg: RunConfig, partition_id: int) -> RowView:
+    """The training samples of client ``partition_id``: its rows of the run's training split, which
+    is loaded once per process."""
     if not 0 <= partition_id < cfg.num_clients:
         raise ConfigError(f"partition-id {partition_id} outside [0, num-clients={cfg.num_clients})")
     if is_schema(cfg.dataset):
@@ -74,7 +75,7 @@ def client_dataset(cfg: RunConfig, partition_id: int) -> ArrayDataset:
         rows = partition_lookup(cfg)(partition_id)
     except ValueError as err:
         raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
-    return train.subset(rows)
+    return train.rows(rows)
 
 
 def device_for(cfg: RunConfig) -> torch.device:

@@ -9,7 +9,7 @@ import weakref
 import torch
 from torch import nn
 
-from fl_dp.data import ArrayDataset
+from fl_dp.data import Examples, RowView
 from fl_dp.models import get_flat_grad, get_flat_params, num_params, set_flat_params
 
 EVAL_CHUNK = 2048
@@ -35,7 +35,7 @@ class Objective:
     vectors it takes and returns stay on the CPU, where the algorithms keep their state.
     """
 
-    def __init__(self, model: nn.Module, data: ArrayDataset, regularizer_lambda: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, data: Examples, regularizer_lambda: float = 0.0) -> None:
         if len(data) == 0:
             raise ValueError("a client objective needs at least one sample")
         self.model = model
@@ -43,7 +43,18 @@ class Objective:
         self.regularizer_lambda = regularizer_lambda
         self.dim = num_params(model)
         self.device = next(model.parameters()).device
-        self._x, self._y = data.x.to(self.device), data.y.to(self.device)
+        #: rows of ``_x`` / ``_y`` that are this objective's samples (None: all of them, in order)
+        self._rows: torch.Tensor | None = None
+        if isinstance(data, RowView) and self.device.type == "cpu":
+            self._x, self._y, self._rows = data.base.x, data.base.y, data.indices
+        else:
+            self._x, self._y = data.x.to(self.device), data.y.to(self.device)
+
+    def _examples(self, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) of the samples ``rows`` (positions among this objective's samples)."""
+        if self._rows is not None:
+            rows = self._rows[rows]
+        return self._x[rows], self._y[rows]
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if logits.shape[1] == 1:
@@ -64,14 +75,14 @@ class Objective:
             total = len(self.data)
             loss_sum = 0.0
             for start in range(0, total, EVAL_CHUNK):
-                xb = self._x[start : start + EVAL_CHUNK]
-                yb = self._y[start : start + EVAL_CHUNK]
+                xb, yb = self._examples(slice(start, start + EVAL_CHUNK))
                 chunk_loss = self.loss_fn(self.model(xb), yb, reduction="sum") / total
                 chunk_loss.backward()
                 loss_sum += chunk_loss.item()
         else:
             rows = indices.to(self.device)
-            loss = self.loss_fn(self.model(self._x[rows]), self._y[rows])
+            xb, yb = self._examples(rows)
+            loss = self.loss_fn(self.model(xb), yb)
             loss.backward()
             loss_sum = loss.item()
         reg = self._regularizer()
@@ -116,7 +127,8 @@ class Objective:
             for start in range(0, n, batch):
                 indices = order[start : start + batch]
                 self.model.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.model(self._x[indices]), self._y[indices]) + self._regularizer()
+                xb, yb = self._examples(indices)
+                loss = self.loss_fn(self.model(xb), yb) + self._regularizer()
                 loss.backward()
                 with torch.no_grad():
                     for p, v in zip(params, velocities):
@@ -156,7 +168,8 @@ class Objective:
                 # Opacus' hooks need only the gradients of the layers' outputs; that the data does
                 # not require a gradient is expected, and torch's warning about it is noise to a user
                 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-                self.loss_fn(module(self._x[rows]), self._y[rows], reduction="sum").backward()
+                xb, yb = self._examples(rows)
+                self.loss_fn(module(xb), yb, reduction="sum").backward()
             chunks.append(torch.cat([p.grad_sample.reshape(len(rows), -1) for p in params], 1).detach().cpu())
             for p in params:
                 p.grad, p.grad_sample = None, None
@@ -169,8 +182,7 @@ class Objective:
         self.model.eval()
         loss_sum, correct = 0.0, 0
         for start in range(0, len(self.data), EVAL_CHUNK):
-            xb = self._x[start : start + EVAL_CHUNK]
-            yb = self._y[start : start + EVAL_CHUNK]
+            xb, yb = self._examples(slice(start, start + EVAL_CHUNK))
             logits = self.model(xb)
             loss_sum += float(self.loss_fn(logits, yb, reduction="sum"))
             if logits.shape[1] == 1:
