@@ -4,10 +4,12 @@ alpha-NormEC, the CNN on Fashion-MNIST, one minibatch gradient of 32 per client 
 client in every round, for 10, 100 and 1000 virtual clients. Both paths run the same ClientCore /
 ServerCore code; the Flower path adds the SuperLink, Ray actors (one CPU each) and message
 serialisation. Reported side by side in one run: total wall time, per-round time after start-up
-(median of rounds 2..R), their ratio, and peak RAM (the loop's process; the sum over the Flower/Ray
-processes). The plain loop runs before and after each Flower run and the ratio uses the mean of the
-two, so that a machine whose speed drifts (shared hosts) biases neither side; ``--repeats N`` runs
-N such triples per client count and summarises the per-round ratio by its median, min and max.
+(median of rounds 2..R), their ratio, and peak RAM: the loop's process's peak RSS against the peak
+of the Flower/Ray processes' summed RSS, and the peaks of summed PSS on both sides (which count a
+page that several processes share once, not once per process). The plain loop runs before and
+after each Flower run and the ratio uses the mean of the two, so that a machine whose speed drifts
+(shared hosts) biases neither side; ``--repeats N`` runs N such triples per client count and
+summarises the per-round ratio by its median, min and max.
 
 Also what keeping the client's state (g_i) in ``context.state`` costs per message: its
 serialisation, and the Ray round trip of one client message (the request and Context in, the
@@ -25,7 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,7 @@ def settings(num_clients: int, device: str | None = None, rounds: int = ROUNDS) 
 
 
 def plain_loop(num_clients: int, device: str | None = None, rounds: int = ROUNDS) -> dict:
-    """Run in a fresh process so that its peak RSS is its own."""
+    """Run in a fresh process so that its peak RSS is its own (its PSS is sampled as Flower's is)."""
     code = (
         "import json, resource, time, torch\n"
         "from fl_dp.config import RunConfig\n"
@@ -70,14 +71,60 @@ def plain_loop(num_clients: int, device: str | None = None, rounds: int = ROUNDS
         "print(json.dumps({'total': total, 'rounds': h['round-seconds'].tolist(), 'accuracy': float(h['test-accuracy'].iloc[-1]),"
         " 'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    with PeakMemory(lambda: [process.pid]) as memory:
+        out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(err[-4000:])
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_pss_mib": memory.peak_pss_mib}
 
 
-def _rss_of_flower_processes() -> float:
-    out = subprocess.run(["ps", "-eo", "rss=,args="], capture_output=True, text=True).stdout
+def memory_mib(pids: list[int]) -> tuple[float, float]:
+    """(summed RSS, summed PSS) of ``pids`` in MiB. RSS counts a page shared by k processes k
+    times (torch's libraries in every Python process of Ray); PSS counts 1/k of it in each, so
+    their sum is what the processes take together. Processes gone meanwhile count 0."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                for line in rollup:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss / 1024, pss / 1024
+
+
+class PeakMemory:
+    """Samples ``memory_mib(pids())`` every ``interval`` seconds while in use; keeps the peaks."""
+
+    def __init__(self, pids: Any, interval: float = 0.5) -> None:
+        self.pids, self.interval = pids, interval
+        self.peak_rss_mib = self.peak_pss_mib = 0.0
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            rss, pss = memory_mib(self.pids())
+            self.peak_rss_mib, self.peak_pss_mib = max(self.peak_rss_mib, rss), max(self.peak_pss_mib, pss)
+            self._done.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._sampler.join()
+
+
+def _flower_pids() -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     keys = ("flwr", "flower-", "ray::", "raylet", "gcs_server", "ray/")
-    return sum(int(line.split(None, 1)[0]) for line in out.splitlines() if any(k in line for k in keys)) / 1024
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if any(k in line for k in keys)]
 
 
 def simulate_sh(num_clients: int, run_settings: dict, env_extra: dict[str, str] | None = None) -> tuple[pd.DataFrame, float]:
@@ -108,22 +155,10 @@ FLOWER_OWN_POLLS = "flwr run + Ray, Flower's 0.1 s polls"
 
 
 def flower_run(num_clients: int, env_extra: dict[str, str] | None = None) -> dict:
-    peak = [0.0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_of_flower_processes())
-            time.sleep(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with PeakMemory(_flower_pids) as memory:
         history, total = simulate_sh(num_clients, settings(num_clients), env_extra)
-    finally:
-        done.set()
-        sampler.join()
-    return {"total": total, "rounds": history["round-seconds"].tolist(), "accuracy": float(history["test-accuracy"].iloc[-1]), "peak_mib": peak[0]}
+    return {"total": total, "rounds": history["round-seconds"].tolist(), "accuracy": float(history["test-accuracy"].iloc[-1]),
+            "peak_mib": memory.peak_rss_mib, "peak_pss_mib": memory.peak_pss_mib}
 
 
 def state_cost() -> pd.DataFrame:
@@ -244,7 +279,9 @@ def paired_ratios(table: pd.DataFrame) -> pd.DataFrame:
             rows.append({"clients": num_clients, "repeat": repeat, "flower path": flower["path"],
                          "total ratio (flower / plain)": flower["total s"] / plain["total s"],
                          "per-round ratio after start-up": flower["s/round after start-up"] / plain["s/round after start-up"],
-                         "Flower overhead per client message ms": (flower["s/round after start-up"] - plain["s/round after start-up"]) / num_clients * 1000})
+                         "Flower overhead per client message ms": (flower["s/round after start-up"] - plain["s/round after start-up"]) / num_clients * 1000,
+                         "peak RAM ratio": flower["peak RAM MiB"] / plain["peak RAM MiB"],
+                         "peak PSS ratio": flower["peak PSS MiB"] / plain["peak PSS MiB"]})
     return pd.DataFrame(rows)
 
 
@@ -360,7 +397,8 @@ def main() -> None:
                 rows.append({"clients": num_clients, "repeat": repeat, "path": path, "total s": measured["total"],
                              "s/round after start-up": after_startup, "clients/s": num_clients / after_startup,
                              "round-1 s": measured["rounds"][0],
-                             "peak RAM MiB": measured["peak_mib"], "final accuracy": measured["accuracy"]})
+                             "peak RAM MiB": measured["peak_mib"], "peak PSS MiB": measured["peak_pss_mib"],
+                             "final accuracy": measured["accuracy"]})
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     ratios = paired_ratios(table)

@@ -1,14 +1,25 @@
-"""The simulation benchmark's ratio arithmetic (its timings are never asserted on)."""
+"""The simulation benchmark's ratio arithmetic and memory measure (its timings are never asserted on)."""
 
+import os
+
+import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.simulation import paired_ratios, ratio_summary
+from benchmarks.simulation import memory_mib, paired_ratios, ratio_summary
 
 
 def _triple(clients: int, repeat: int, plain_before: float, flower: float, plain_after: float) -> list[dict]:
     return [
-        {"clients": clients, "repeat": repeat, "path": path, "total s": 10 * s, "s/round after start-up": s}
+        {
+            "clients": clients,
+            "repeat": repeat,
+            "path": path,
+            "total s": 10 * s,
+            "s/round after start-up": s,
+            "peak RAM MiB": 1000 * s,
+            "peak PSS MiB": 500 * s,
+        }
         for path, s in (("plain loop", plain_before), ("flwr run + Ray", flower), ("plain loop", plain_after))
     ]
 
@@ -19,6 +30,26 @@ def test_each_flower_run_is_compared_with_the_mean_of_its_own_two_plain_loops():
     assert ratios.loc[1, "per-round ratio after start-up"] == pytest.approx(1.5)
     assert ratios.loc[2, "per-round ratio after start-up"] == pytest.approx(1.4)
     assert ratios.loc[1, "Flower overhead per client message ms"] == pytest.approx(10.0)
+    assert ratios.loc[2, "peak RAM ratio"] == ratios.loc[2, "peak PSS ratio"] == pytest.approx(1.4)
+
+
+def test_pages_two_processes_share_count_twice_in_their_rss_and_once_in_their_pss():
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, written, then shared with a forked child until it exits
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.read(read, 1)
+        os._exit(0)
+    try:
+        own_rss, own_pss = memory_mib([os.getpid()])
+        both_rss, both_pss = memory_mib([os.getpid(), child])
+    finally:
+        os.write(write, b"x")
+        os.waitpid(child, 0)
+    assert both_rss - both_pss > 48  # the block, counted in each RSS, once in the PSS sum
+    assert own_pss < own_rss - 24  # half of the block is the child's share
+    assert memory_mib([child]) == (0.0, 0.0)  # gone: counts nothing
+    assert block.sum() == len(block)
 
 
 def test_summary_counts_the_repeats_within_the_goal():
