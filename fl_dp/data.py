@@ -83,8 +83,8 @@ class RowView:
 
     A process that serves every client of a run keeps their training examples once: each
     client holds its row indices (8 bytes a row) instead of a copy of its examples (a
-    Fashion-MNIST image is 3,136 bytes), so its clients' splits cost one more copy of the
-    dataset no longer.
+    Fashion-MNIST image is 3,136 bytes), so the clients' splits no longer cost a second copy
+    of the dataset.
     """
 
     base: ArrayDataset
