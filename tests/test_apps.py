@@ -51,7 +51,8 @@ def test_build_apps_needs_a_population():
 def test_a_clientapp_of_a_central_run_loads_neither_opacus_nor_the_server_side():
     """Importing opacus loads its whole privacy engine (over a second and 100 MB a process); a
     client that never computes an epsilon (central DP or none) must not pay for it in every Ray
-    actor or ClientApp process, nor for the server's strategy (pandas) or plots."""
+    actor or ClientApp process, nor for the server's strategy (pandas), plots, or the special
+    functions (scipy) of the Skellam ledger."""
     import subprocess
     import sys
     from pathlib import Path
@@ -65,7 +66,7 @@ def test_a_clientapp_of_a_central_run_loads_neither_opacus_nor_the_server_side()
         "    cfg = RunConfig(strategy='alpha-normec', dataset='synthetic', model='logreg', num_clients=10,\n"
         "                    clients_per_round=5, privacy_model=model, target_epsilon=8.0 if model == 'central' else 0.0)\n"
         "    ClientCore(cfg, 0)\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'opacus', 'pandas', 'matplotlib'}))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'opacus', 'pandas', 'matplotlib', 'scipy'}))\n"
     )
     root = Path(__file__).parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
