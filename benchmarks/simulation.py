@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def memory_mib(pids: list[int]) -> tuple[float, float]:
 class PeakMemory:
     """Samples ``memory_mib(pids())`` every ``interval`` seconds while in use; keeps the peaks."""
 
-    def __init__(self, pids: Any, interval: float = 0.5) -> None:
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.5) -> None:
         self.pids, self.interval = pids, interval
         self.peak_rss_mib = self.peak_pss_mib = 0.0
         self._done = threading.Event()
