@@ -26,6 +26,9 @@ EVALUATIONS = ("central", "federated")
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 #: run-name names a folder under results-dir and a SuperNode's state-dir: one plain name, never a path
 RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+#: Flower's run config and records carry signed 64-bit integers (a larger one breaks a run only
+#: when it is serialised or a model is seeded)
+MAX_SEED = 2**63 - 1
 
 __all__ = ["CENTRAL_DP_STRATEGIES", "COMPRESSORS", "ConfigError", "PRIVACY_MODELS", "RunConfig", "STRATEGIES"]
 
@@ -264,6 +267,8 @@ class RunConfig:
             fail(f"byzantine-fraction must be in [0, 0.5), got {self.byzantine_fraction}")
         if self.seed < 0:
             fail(f"seed must be >= 0, got {self.seed}: set os-randomness = true to draw noise from the OS")
+        if self.seed > MAX_SEED:
+            fail(f"seed must be at most 2**63 - 1, got {self.seed}")
         if self.compressor not in COMPRESSORS:
             fail(f"unknown compressor {self.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
         for name in ("num_server_rounds", "local_epochs", "local_steps", "eval_every", "min_clients_per_round"):

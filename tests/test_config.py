@@ -63,6 +63,7 @@ def test_a_population_of_zero_is_the_federations_size():
         (dict(secagg_bits=40), "secagg-bits must be in"),
         (dict(secagg_num_shares=2), "secagg-num-shares must be >= 3"),
         (dict(byzantine_fraction=0.5), "byzantine-fraction"),
+        (dict(seed=2**63), "seed must be at most 2\\*\\*63 - 1"),
         (dict(strategy="dp-fedavg", target_epsilon=1e300), "target-epsilon 1e\\+300 is above 1e\\+06"),
         (dict(strategy="dp-sgd", target_epsilon=1e16), "target-epsilon 1e\\+16 is above"),
         (dict(run_name="../../etc"), "run-name must be a plain name"),
