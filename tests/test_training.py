@@ -1,4 +1,5 @@
-"""A client's objective reads its rows of the dataset in place, with the numbers of a copy of them."""
+"""A client's objective reads its rows of the dataset in place, and images as their bytes, with the
+numbers of a float copy of them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import torch
 
 from fl_dp.config import RunConfig
-from fl_dp.data import load_dataset
+from fl_dp.data import ArrayDataset, ImageCodes, load_dataset
 from fl_dp.models import build_model
 from fl_dp.task import client_dataset
 from fl_dp.training import Objective
@@ -16,20 +17,24 @@ def test_an_objective_on_rows_read_in_place_computes_what_it_does_on_their_copy(
     train = load_dataset("fashion-mnist").train
     rows = np.sort(np.random.default_rng(0).choice(len(train), 300, replace=False))
     model = build_model("cnn", train.input_shape, train.num_classes, seed=0)
-    in_place, copied = Objective(model, train.rows(rows)), Objective(model, train.subset(rows))
+    assert isinstance(train.x, ImageCodes)
+    codes = train.subset(rows)
+    floats = ArrayDataset(codes.inputs(), codes.y, codes.num_classes)
+    in_place = Objective(model, train.rows(rows))
     x = in_place.initial_point()
     batch = torch.tensor([5, 0, 299, 17])
 
-    assert len(in_place.data) == len(copied.data) == 300
-    for indices in (None, batch):
-        loss, grad = in_place.loss_and_grad(x, indices)
-        copy_loss, copy_grad = copied.loss_and_grad(x, indices)
-        assert loss == copy_loss and torch.equal(grad, copy_grad)
-    end, loss, steps = in_place.sgd(x, 1, 0.1, 64, torch.Generator().manual_seed(1))
-    copy_end, copy_loss, copy_steps = copied.sgd(x, 1, 0.1, 64, torch.Generator().manual_seed(1))
-    assert torch.equal(end, copy_end) and (loss, steps) == (copy_loss, copy_steps)
-    assert torch.equal(in_place.per_sample_gradients(x, batch), copied.per_sample_gradients(x, batch))
-    assert in_place.evaluate(x) == copied.evaluate(x)
+    for copied in (Objective(model, codes), Objective(model, floats)):
+        assert len(in_place.data) == len(copied.data) == 300
+        for indices in (None, batch):
+            loss, grad = in_place.loss_and_grad(x, indices)
+            copy_loss, copy_grad = copied.loss_and_grad(x, indices)
+            assert loss == copy_loss and torch.equal(grad, copy_grad)
+        end, loss, steps = in_place.sgd(x, 1, 0.1, 64, torch.Generator().manual_seed(1))
+        copy_end, copy_loss, copy_steps = copied.sgd(x, 1, 0.1, 64, torch.Generator().manual_seed(1))
+        assert torch.equal(end, copy_end) and (loss, steps) == (copy_loss, copy_steps)
+        assert torch.equal(in_place.per_sample_gradients(x, batch), copied.per_sample_gradients(x, batch))
+        assert in_place.evaluate(x) == copied.evaluate(x)
 
 
 def test_the_clients_of_a_process_hold_row_indices_of_one_copy_of_the_training_data():
@@ -37,7 +42,7 @@ def test_the_clients_of_a_process_hold_row_indices_of_one_copy_of_the_training_d
     first, second = client_dataset(cfg, 0), client_dataset(cfg, 1)
     assert first.base is second.base
     assert first.indices.dtype == torch.long and len(first) == len(first.indices)
-    assert torch.equal(first.x, first.base.subset(first.indices).x)
+    assert torch.equal(first.x, first.base.subset(first.indices).inputs())
     assert torch.equal(second.y, first.base.y[second.indices])
     assert first.groups is None and first.num_classes == 10 and first.input_shape == (1, 28, 28)
     held = first.subset(torch.tensor([2, 0]))
