@@ -77,8 +77,11 @@ class ImageCodes:
     def __getitem__(self, key: Any) -> torch.Tensor:
         rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
         codes = self.codes[rows]
-        channels = torch.arange(self.table.shape[0], device=self.table.device).view(-1, 1, 1)
-        images = self.table[channels, codes.long()]
+        index = codes.long()
+        if self.table.shape[0] > 1:
+            # channel c's values start at 256 * c of the flat table
+            index += 256 * torch.arange(self.table.shape[0], device=index.device).view(-1, 1, 1)
+        images = torch.take(self.table.reshape(-1), index)
         if not rest:
             return images
         # a single row drops the row axis; other row keys keep it
