@@ -47,3 +47,21 @@ def test_the_clients_of_a_process_hold_row_indices_of_one_copy_of_the_training_d
     assert first.groups is None and first.num_classes == 10 and first.input_shape == (1, 28, 28)
     held = first.subset(torch.tensor([2, 0]))
     assert held.base is first.base and torch.equal(held.x, first.x[[2, 0]])
+
+
+def test_evaluation_runs_the_model_on_a_bounded_number_of_samples_at_a_time():
+    """An evaluation's activations are those of one batch of EVAL_BATCH samples, not of the whole
+    test split; the accuracy is that of one pass over all of them."""
+    from fl_dp.training import EVAL_BATCH
+
+    test = load_dataset("fashion-mnist").test.subset(np.arange(3 * EVAL_BATCH + 5))
+    model = build_model("cnn", test.input_shape, test.num_classes, seed=0)
+    objective = Objective(model, test)
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda module, inputs: sizes.append(len(inputs[0])))
+    metrics = objective.evaluate(objective.initial_point())
+    handle.remove()
+    assert sizes == [EVAL_BATCH] * 3 + [5]
+    with torch.no_grad():
+        whole = model(test.inputs()).argmax(1)
+    assert metrics["accuracy"] == int((whole == test.y).sum()) / len(test)
