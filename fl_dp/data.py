@@ -70,10 +70,6 @@ class ImageCodes:
     def shape(self) -> torch.Size:
         return self.codes.shape
 
-    @property
-    def device(self) -> torch.device:
-        return self.codes.device
-
     def __getitem__(self, key: Any) -> torch.Tensor:
         rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
         codes = self.codes[rows]
@@ -96,10 +92,6 @@ class ImageCodes:
     def subset(self, indices: torch.Tensor) -> ImageCodes:
         """A copy of the codes of the rows ``indices``."""
         return ImageCodes(self.codes[indices], self.table)
-
-    def floats(self) -> torch.Tensor:
-        """Every image as floats (a copy)."""
-        return self[:]
 
 
 @dataclass(frozen=True)
@@ -135,8 +127,8 @@ class ArrayDataset:
         return ArrayDataset(x, self.y[idx], self.num_classes, groups)
 
     def inputs(self) -> torch.Tensor:
-        """Every input as float32 (images converted: a copy)."""
-        return self.x.floats() if isinstance(self.x, ImageCodes) else self.x
+        """Every input as float32 (images converted, a copy; float inputs as they are)."""
+        return self.x[:]
 
     def rows(self, indices: np.ndarray | torch.Tensor) -> RowView:
         """The rows ``indices``, read in place (no copy of their examples)."""
