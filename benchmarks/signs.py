@@ -38,7 +38,8 @@ def jobs(datasets: list[str], model: str, seeds: int, rounds: int, experiments: 
                     labels = {"dataset": dataset, "method": method, "gamma": gamma}
                     if "heavy-tails" in experiments:
                         for noise, kappa in HEAVY_TAILS:
-                            cfg = RunConfig(**base, grad_noise=noise, grad_noise_kappa=kappa, grad_noise_scale=0.05)
+                            heavy = dict(grad_noise=noise, grad_noise_kappa=kappa, grad_noise_scale=0.05) if noise != "none" else {}
+                            cfg = RunConfig(**base, **heavy)
                             yield cfg, {**labels, "experiment": "heavy-tails", "noise": "none" if noise == "none" else f"t, kappa={kappa:g}", "byzantine": 0.0}
                     if "byzantine" in experiments:
                         for fraction in BYZANTINE:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from fl_dp.external_data import is_external
 from fl_dp.models import MODELS
 from fl_dp.partitioning import PARTITIONERS, PartitionSpec
 from fl_dp.privacy import MAX_NOISE_MULTIPLIER, MAX_TARGET_EPSILON
-from fl_dp.registry import PRIVACY_MODELS, REGISTRY, STRATEGIES, spec_of
+from fl_dp.registry import PRIVACY_KEYS, PRIVACY_MODELS, REGISTRY, STRATEGIES, spec_of
 from fl_dp.robustness import AGGREGATORS, BYZANTINE_ATTACKS, NOISE_KINDS
 from fl_dp.rules.sign import SIGN_COMPRESSORS
 
@@ -38,9 +38,10 @@ class RunConfig:
     """One run. Field ``foo_bar`` is the run-config key ``foo-bar``.
 
     ``target-epsilon = 0`` means non-private (no noise) unless ``noise-multiplier``
-    is set; ``noise-multiplier > 0`` overrides calibration. ``num-clients = 0`` (the Flower
-    app's default) is every SuperNode of the federation and ``clients-per-round = 0`` every
-    client: :meth:`for_federation` resolves both; the in-process loop needs them set.
+    is set; ``noise-multiplier > 0`` is the noise instead of a calibrated one (set one of the
+    two). ``num-clients = 0`` (the Flower app's default) is every SuperNode of the federation and
+    ``clients-per-round = 0`` every client: :meth:`for_federation` resolves both; the in-process
+    loop needs them set. A key the run would not read stays at its default (``docs/usage.md``).
     """
 
     strategy: str = "alpha-normec"
@@ -318,23 +319,28 @@ class RunConfig:
             )
         if self.noise_multiplier > MAX_NOISE_MULTIPLIER:
             fail(f"noise-multiplier {self.noise_multiplier:g} is above {MAX_NOISE_MULTIPLIER:g}: that noise drowns every message")
-        if self.compressor != "identity" and self.compress_k == 0 and self.compress_ratio == 0:
-            fail("set compress-k >= 1 or compress-ratio > 0 for a sparsifying compressor")
-        if self.round_epsilon > 0 and not (self.strategy == "sign-vote" and self.sign_compressor == "dp-sign"):
-            fail("round-epsilon is the per-round epsilon of dp-sign only")
         self._validate_privacy_model()
         self._validate_evaluation()
-        self._validate_variants(spec.variants)
+        self._validate_unread_keys(spec.unread_keys(self))
         spec.validate(self)
 
-    def _validate_variants(self, own: tuple[str, ...]) -> None:
-        """Keys that are one strategy's variants stay at their defaults for every other strategy."""
-        defaults = RunConfig.__dataclass_fields__
-        for other in REGISTRY.values():
-            for key in other.variants:
-                name = key.replace("-", "_")
-                if key not in own and getattr(self, name) != defaults[name].default:
-                    raise ConfigError(f"{key} is a key of {other.key} only (strategy is {self.strategy!r})")
+    def _validate_unread_keys(self, unread_rule_keys: dict[str, str]) -> None:
+        """A key that this run would not read stays at its default: a value set there is a mistake
+        (a key of another strategy, partitioner or mode) that would otherwise change nothing, silently."""
+        unread = {key: why for key, (is_read, why) in _READ_ONLY_WHEN.items() if not is_read(self)}
+        unread.update(unread_rule_keys)
+        for key, why in unread.items():
+            name = key.replace("-", "_")
+            default = RunConfig.__dataclass_fields__[name].default
+            if getattr(self, name) != default:
+                raise ConfigError(
+                    f"{key} = {getattr(self, name)!r} would have no effect: {why}; leave it at its default {default!r}"
+                )
+        set_privacy_keys = [key for key in PRIVACY_KEYS if getattr(self, key.replace("-", "_"))]
+        if len(set_privacy_keys) > 1:
+            raise ConfigError(
+                f"{' and '.join(set_privacy_keys)} are both set: one of them sets the noise, so leave the other at 0"
+            )
 
     def _validate_evaluation(self) -> None:
         if self.evaluation not in EVALUATIONS:
@@ -363,6 +369,25 @@ class RunConfig:
             raise ConfigError(f"secagg-survivors must be in (0, 1], got {self.secagg_survivors}")
         if self.secagg_num_shares < 3:
             raise ConfigError(f"secagg-num-shares must be >= 3 (SecAgg+ needs more than 2 shares), got {self.secagg_num_shares}")
+
+
+#: keys read only where another key has a value: key -> (whether ``cfg`` reads it, why not)
+_READ_ONLY_WHEN: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
+    "dirichlet-alpha": (lambda cfg: cfg.partitioner == "dirichlet", "only partitioner 'dirichlet' reads it"),
+    "pathological-classes": (lambda cfg: cfg.partitioner == "pathological", "only partitioner 'pathological' reads it"),
+    "shard-count": (lambda cfg: cfg.partitioner == "shard", "only partitioner 'shard' reads it"),
+    "grad-noise-kappa": (lambda cfg: cfg.grad_noise != "none", "grad-noise is 'none'"),
+    "grad-noise-scale": (lambda cfg: cfg.grad_noise != "none", "grad-noise is 'none'"),
+    "byzantine-attack": (lambda cfg: cfg.byzantine_fraction > 0, "byzantine-fraction is 0"),
+    "trim-fraction": (lambda cfg: cfg.aggregator == "trimmed-mean", "only aggregator 'trimmed-mean' reads it"),
+    "held-out-fraction": (lambda cfg: cfg.evaluation == "federated", "only evaluation 'federated' reads it"),
+    "evaluation-clients": (lambda cfg: cfg.evaluation == "federated", "only evaluation 'federated' reads it"),
+    "delta": (lambda cfg: cfg.is_private, "the run is not private"),
+    **{
+        key: (lambda cfg: cfg.privacy_model == "distributed", "only privacy-model 'distributed' reads it")
+        for key in ("secagg-bits", "secagg-survivors", "secagg-num-shares")
+    },
+}
 
 
 def _key(name: str) -> str:

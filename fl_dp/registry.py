@@ -1,7 +1,8 @@
 """One entry per strategy key: its update rule, privacy level, message bound and config rules.
 
 Config validation, the factory (:func:`build_algorithm`), the privacy policy, the README's
-strategy table (and its test) and ``docs/strategies.md`` all read :data:`REGISTRY`. Adding a
+strategy table and docs/usage.md's table of each strategy's keys (and their tests) all read
+:data:`REGISTRY`. Adding a
 strategy is one rule (a module or class in :mod:`fl_dp.rules`) and one :class:`StrategySpec`
 line in :data:`REGISTRY`.
 """
@@ -26,6 +27,26 @@ NONE, CLIENT, SAMPLE = "none", "client", "sample"
 PRIVACY_MODELS = ("local", "central", "distributed")
 #: the keys that make a run private
 PRIVACY_KEYS = ("target-epsilon", "noise-multiplier", "round-epsilon")
+#: the keys that tune an update rule: a strategy lists those its rule reads in ``keys``, and a run
+#: config leaves every other one at its default (a value set there would change nothing, silently)
+RULE_KEYS = (
+    "alpha",
+    "beta",
+    "clip",
+    "client-lr",
+    "local-epochs",
+    "momentum",
+    "local-steps",
+    "server-normalize",
+    "compressor",
+    "compress-k",
+    "compress-ratio",
+    "sgdm-eta",
+    "sign-compressor",
+    "sto-sign-bound",
+    "round-epsilon",
+    "rs-final-rate",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,8 +67,10 @@ class StrategySpec:
     bound: Callable[[RunConfig], float] | None = None
     #: privacy models it supports (others than ``local`` need a bound and a rule linear in the sum)
     privacy_models: tuple[str, ...] = ("local",)
-    #: keys no other strategy uses (another strategy's variant keys must stay at their defaults)
-    variants: tuple[str, ...] = ()
+    #: the keys of RULE_KEYS its rule reads
+    keys: tuple[str, ...] = ()
+    #: of its keys, those a config leaves without effect (key: why), e.g. the local step size at one local step
+    idle: Callable[[RunConfig], dict[str, str]] | None = None
     #: whether a robust aggregator may replace the mean of its messages
     robust_aggregation: bool = True
     #: further rules on a config, raising :class:`ConfigError` with the key
@@ -55,6 +78,16 @@ class StrategySpec:
 
     def can_be_private(self, cfg: RunConfig) -> bool:
         return self.privacy != NONE and (self.private_when is None or self.private_when(cfg))
+
+    def unread_keys(self, cfg: RunConfig) -> dict[str, str]:
+        """Every rule key this strategy does not read under ``cfg``, with the reason (for the error
+        that refuses one set away from its default)."""
+        unread = {
+            key: f"{self.key} does not read it (a key of {', '.join(_readers(key))})" for key in RULE_KEYS if key not in self.keys
+        }
+        if self.idle is not None:
+            unread.update({key: f"{self.key} does not read it here: {why}" for key, why in self.idle(cfg).items()})
+        return unread
 
     def validate(self, cfg: RunConfig) -> None:
         if self.check is not None:
@@ -135,6 +168,8 @@ def _fedavg_is_not_private(cfg: RunConfig) -> None:
 
 
 def _contractive_compressor(cfg: RunConfig) -> None:
+    if cfg.compressor != "identity" and cfg.compress_k == 0 and cfg.compress_ratio == 0:
+        raise ConfigError("set compress-k >= 1 or compress-ratio > 0 for a sparsifying compressor")
     if cfg.compressor == "rand-k-unbiased":
         raise ConfigError(
             "compressor 'rand-k-unbiased' scales by d/k and is not contractive (E||C(v) - v||^2 = (d/k - 1) ||v||^2): "
@@ -159,6 +194,27 @@ def _dp_sgd_needs(cfg: RunConfig) -> None:
         raise ConfigError(f"{cfg.strategy} needs batch-size >= 1 (the expected Poisson batch)")
 
 
+def _readers(key: str) -> list[str]:
+    return [spec.key for spec in REGISTRY.values() if key in spec.keys]
+
+
+def _idle_local_step_size(cfg: RunConfig) -> dict[str, str]:
+    return {"client-lr": "it is the step size of local-steps > 1"} if cfg.local_steps == 1 else {}
+
+
+def _idle_compression_keys(cfg: RunConfig) -> dict[str, str]:
+    if cfg.compressor == "identity":
+        return {key: "compressor 'identity' sends the whole vector" for key in ("compress-k", "compress-ratio")}
+    return {"compress-ratio": "compress-k > 0 sets k"} if cfg.compress_k > 0 else {}
+
+
+def _idle_sign_keys(cfg: RunConfig) -> dict[str, str]:
+    idle = {} if cfg.sign_compressor == "sto-sign" else {"sto-sign-bound": "sign-compressor 'sto-sign' reads it"}
+    if cfg.sign_compressor != "dp-sign":
+        idle.update({key: "sign-compressor 'dp-sign' reads it" for key in ("clip", "round-epsilon")})
+    return idle
+
+
 def _clip_bound(cfg: RunConfig) -> float:
     return cfg.clip
 
@@ -170,9 +226,22 @@ def _unit_bound(cfg: RunConfig) -> float:
 _BOUNDED = PRIVACY_MODELS
 
 
-def _ef21_family(key: str, algorithm: str, sends: str, build: Callable[[RunConfig, int], Algorithm]) -> StrategySpec:
+_COMPRESSION_KEYS = ("compressor", "compress-k", "compress-ratio")
+_LOCAL_TRAINING_KEYS = ("client-lr", "local-epochs", "momentum")
+
+
+def _ef21_family(
+    key: str, algorithm: str, sends: str, build: Callable[[RunConfig, int], Algorithm], keys: tuple[str, ...] = ()
+) -> StrategySpec:
     return StrategySpec(
-        key=key, algorithm=algorithm, sends=sends, privacy_text="none", build=build, check=_contractive_compressor
+        key=key,
+        algorithm=algorithm,
+        sends=sends,
+        privacy_text="none",
+        build=build,
+        keys=_COMPRESSION_KEYS + keys,
+        idle=_idle_compression_keys,
+        check=_contractive_compressor,
     )
 
 
@@ -197,7 +266,8 @@ REGISTRY: dict[str, StrategySpec] = {
             privacy=CLIENT,
             bound=_unit_bound,
             privacy_models=_BOUNDED,
-            variants=("local-steps", "server-normalize"),
+            keys=("alpha", "beta", "local-steps", "client-lr", "server-normalize"),
+            idle=_idle_local_step_size,
         ),
         StrategySpec(
             key="dp-normalized-sgd",
@@ -205,6 +275,7 @@ REGISTRY: dict[str, StrategySpec] = {
             sends="`Norm_a(v_i) + z_i`",
             privacy_text="client-level Gaussian",
             build=lambda cfg, dim: rules.dp_normalized_sgd(alpha=cfg.alpha, server_lr=_server_lr(cfg), batch_size=cfg.batch_size),
+            keys=("alpha",),
             privacy=CLIENT,
             bound=_unit_bound,
             privacy_models=_BOUNDED,
@@ -217,6 +288,7 @@ REGISTRY: dict[str, StrategySpec] = {
             build=lambda cfg, dim: rules.clip21(
                 tau=cfg.clip, server_lr=_server_lr(cfg), num_clients=cfg.num_clients, batch_size=cfg.batch_size
             ),
+            keys=("clip",),
             privacy=CLIENT,
             bound=_clip_bound,
             privacy_models=_BOUNDED,
@@ -234,6 +306,7 @@ REGISTRY: dict[str, StrategySpec] = {
                 server_lr=cfg.server_lr or 1.0,
                 momentum=cfg.momentum,
             ),
+            keys=("clip", *_LOCAL_TRAINING_KEYS),
             privacy=CLIENT,
             bound=_clip_bound,
             privacy_models=_BOUNDED,
@@ -250,6 +323,7 @@ REGISTRY: dict[str, StrategySpec] = {
                 server_lr=cfg.server_lr or 1.0,
                 momentum=cfg.momentum,
             ),
+            keys=_LOCAL_TRAINING_KEYS,
             check=_fedavg_is_not_private,
         ),
         _ef21_family(
@@ -287,6 +361,7 @@ REGISTRY: dict[str, StrategySpec] = {
                 num_clients=cfg.num_clients,
                 batch_size=cfg.batch_size,
             ),
+            keys=("sgdm-eta",),
         ),
         StrategySpec(
             key="sign-vote",
@@ -297,7 +372,8 @@ REGISTRY: dict[str, StrategySpec] = {
             privacy=CLIENT,
             private_when=lambda cfg: cfg.sign_compressor == "dp-sign",
             bound=_clip_bound,
-            variants=("round-epsilon",),
+            keys=("sign-compressor", "sto-sign-bound", "clip", "round-epsilon"),
+            idle=_idle_sign_keys,
             robust_aggregation=False,
             check=_sign_vote_privacy,
         ),
@@ -321,6 +397,7 @@ REGISTRY: dict[str, StrategySpec] = {
             sends="`x_local - x`",
             privacy_text="sample-level Gaussian (per client)",
             build=_build_dp_sgd,
+            keys=("clip", *_LOCAL_TRAINING_KEYS),
             privacy=SAMPLE,
             check=_dp_sgd_needs,
         ),
@@ -331,7 +408,7 @@ REGISTRY: dict[str, StrategySpec] = {
             privacy_text="sample-level Gaussian (per client)",
             build=_build_dp_sgd,
             privacy=SAMPLE,
-            variants=("rs-final-rate",),
+            keys=("clip", *_LOCAL_TRAINING_KEYS, "rs-final-rate"),
             check=_dp_sgd_needs,
         ),
     )
@@ -350,6 +427,13 @@ def spec_of(strategy: str) -> StrategySpec:
 def build_algorithm(cfg: RunConfig, dim: int) -> Algorithm:
     """The update rule of ``cfg.strategy`` for a model of ``dim`` parameters."""
     return spec_of(cfg.strategy).build(cfg, dim)
+
+
+def strategy_keys_table() -> str:
+    """docs/usage.md's table of the rule keys each strategy reads, from the registry."""
+    lines = ["| strategy key | the rule keys it reads |", "|---|---|"]
+    lines += [f"| `{s.key}` | {', '.join(f'`{key}`' for key in s.keys) or 'none'} |" for s in REGISTRY.values()]
+    return "\n".join(lines)
 
 
 def strategies_table() -> str:

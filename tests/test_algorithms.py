@@ -332,7 +332,7 @@ def test_calibrated_noise_and_sensitivities():
     assert resolve_noise_multiplier(cfg) == pytest.approx(calibrate_noise_multiplier(3.0, 1e-5, 1.0, 50))
     assert sensitivity(cfg) == 2.0
     assert sensitivity(cfg.replace(strategy="clip21", clip=0.3)) == pytest.approx(0.6)
-    assert resolve_noise_multiplier(cfg.replace(noise_multiplier=2.5)) == 2.5
+    assert resolve_noise_multiplier(cfg.replace(target_epsilon=0.0, noise_multiplier=2.5)) == 2.5
     assert resolve_noise_multiplier(cfg.replace(target_epsilon=0.0)) == 0.0
     assert local_postprocessor(cfg, noise_multiplier=1.5).mechanism.std == pytest.approx(3.0)
 

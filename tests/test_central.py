@@ -12,6 +12,7 @@ import torch
 from fl_dp.privacy_policy import message_bound, resolve_noise_multiplier, sensitivity
 from fl_dp.central import BOUND_SAFETY, CentralGaussianSum, poisson_cohort, project_to_ball
 from fl_dp.config import ConfigError, RunConfig
+from fl_dp.registry import REGISTRY
 from fl_dp.inprocess import InProcessFederation
 from fl_dp.server import ServerCore
 from fl_dp.privacy import MAX_NOISE_MULTIPLIER, Release, epsilon_of
@@ -72,9 +73,14 @@ def test_variants_belong_to_alpha_normec_and_bool_keys_are_strict(tiny_cfg):
 # ---------------------------------------------------------------- mechanism
 
 
+def clip_of(strategy: str, clip: float) -> dict[str, float]:
+    """``clip`` for a strategy that reads it (the others refuse it)."""
+    return {"clip": clip} if "clip" in REGISTRY[strategy].keys else {}
+
+
 def test_sensitivity_is_the_message_bound_under_add_remove_and_twice_it_under_replace(tiny_cfg):
     for strategy in ("alpha-normec", "clip21", "dp-fedavg", "dp-normalized-sgd"):
-        cfg = central(tiny_cfg, strategy=strategy, clip=0.7)
+        cfg = central(tiny_cfg, strategy=strategy, **clip_of(strategy, 0.7))
         assert sensitivity(cfg) == message_bound(cfg)
         assert sensitivity(cfg.replace(privacy_model="local")) == 2 * message_bound(cfg)
 
@@ -184,7 +190,7 @@ def test_an_empty_cohort_still_releases_noise_and_charges_everyone(tiny_cfg):
 
 @pytest.mark.parametrize("strategy", ["alpha-normec", "clip21", "dp-normalized-sgd", "dp-fedavg"])
 def test_central_rule_without_noise_divides_by_the_expected_cohort(tiny_cfg, strategy):
-    cfg = central(tiny_cfg, strategy=strategy, clip=10.0, num_clients=8, clients_per_round=4)
+    cfg = central(tiny_cfg, strategy=strategy, **clip_of(strategy, 10.0), num_clients=8, clients_per_round=4)
     fed = InProcessFederation(cfg)
     x0 = fed.server.x.clone()
     arrays, config = fed.server.broadcast(1)
@@ -246,8 +252,8 @@ def test_one_local_step_is_the_gradient_and_k_steps_follow_the_local_trajectory(
 
 
 def test_fed_alpha_normec_and_server_normalization_run_under_central(tiny_cfg):
-    base = central(tiny_cfg, noise_multiplier=0.5, num_server_rounds=4, client_lr=0.1)
-    for variant in (dict(local_steps=3), dict(server_normalize=True)):
+    base = central(tiny_cfg, noise_multiplier=0.5, num_server_rounds=4)
+    for variant in (dict(local_steps=3, client_lr=0.1), dict(server_normalize=True)):
         fed = InProcessFederation(base.replace(**variant))
         x0 = fed.server.x.clone()
         fed.run_round(1)

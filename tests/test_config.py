@@ -49,7 +49,7 @@ def test_a_population_of_zero_is_the_federations_size():
         (dict(compressor="bottom-k"), "unknown compressor"),
         (dict(strategy="fedavg", target_epsilon=3.0), "dp-fedavg"),
         (dict(strategy="ef21", noise_multiplier=1.0), "no privacy mechanism"),
-        (dict(compress_ratio=0.0, compress_k=0), "compress-k"),
+        (dict(strategy="ef21", compress_ratio=0.0, compress_k=0), "set compress-k >= 1 or compress-ratio > 0"),
         (dict(strategy="sign-vote", sign_compressor="sign", target_epsilon=1.0), "only sign-compressor 'dp-sign'"),
         (dict(strategy="sign-vote", sign_compressor="dp-sign"), "dp-sign needs"),
         (dict(strategy="alpha-normec", round_epsilon=1.0), "round-epsilon"),
@@ -80,11 +80,56 @@ def test_bad_configs_fail_with_a_clear_message(changes, message):
         RunConfig(**changes)
 
 
+@pytest.mark.parametrize(
+    "changes, key, why",
+    [
+        (dict(dirichlet_alpha=0.3), "dirichlet-alpha", "only partitioner 'dirichlet'"),
+        (dict(partitioner="dirichlet", pathological_classes=3), "pathological-classes", "only partitioner 'pathological'"),
+        (dict(partitioner="pathological", shard_count=3), "shard-count", "only partitioner 'shard'"),
+        (dict(grad_noise_kappa=1.8), "grad-noise-kappa", "grad-noise is 'none'"),
+        (dict(grad_noise_scale=2.0), "grad-noise-scale", "grad-noise is 'none'"),
+        (dict(byzantine_attack="large"), "byzantine-attack", "byzantine-fraction is 0"),
+        (dict(aggregator="median", trim_fraction=0.2), "trim-fraction", "only aggregator 'trimmed-mean'"),
+        (dict(held_out_fraction=0.3), "held-out-fraction", "only evaluation 'federated'"),
+        (dict(evaluation_clients=3), "evaluation-clients", "only evaluation 'federated'"),
+        (dict(privacy_model="central", noise_multiplier=1.0, secagg_bits=16), "secagg-bits", "only privacy-model 'distributed'"),
+        (dict(secagg_survivors=0.5), "secagg-survivors", "only privacy-model 'distributed'"),
+        (dict(secagg_num_shares=4), "secagg-num-shares", "only privacy-model 'distributed'"),
+        (dict(strategy="fedavg", delta=1e-6), "delta", "the run is not private"),
+    ],
+)
+def test_a_key_this_config_does_not_read_is_refused_naming_it(changes, key, why):
+    with pytest.raises(ConfigError, match=f"^{key} = .* would have no effect: {why}.*; leave it at its default"):
+        RunConfig(**changes)
+
+
+def test_those_keys_are_accepted_where_they_are_read():
+    RunConfig(partitioner="dirichlet", dirichlet_alpha=0.3)
+    RunConfig(partitioner="pathological", pathological_classes=3)
+    RunConfig(partitioner="shard", shard_count=3)
+    RunConfig(grad_noise="student-t", grad_noise_kappa=1.8, grad_noise_scale=2.0)
+    RunConfig(byzantine_fraction=0.1, byzantine_attack="large")
+    RunConfig(aggregator="trimmed-mean", trim_fraction=0.2)
+    RunConfig(evaluation="federated", evaluation_clients=3, held_out_fraction=0.3)
+    RunConfig(privacy_model="distributed", noise_multiplier=1.0, secagg_bits=16, secagg_survivors=0.5, secagg_num_shares=4)
+    RunConfig(strategy="dp-fedavg", target_epsilon=1.0, delta=1e-6)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(target_epsilon=2.0, noise_multiplier=1.0), dict(strategy="sign-vote", sign_compressor="dp-sign", round_epsilon=1.0, target_epsilon=2.0)],
+)
+def test_two_keys_that_each_set_the_noise_are_refused(changes):
+    with pytest.raises(ConfigError, match="are both set: one of them sets the noise"):
+        RunConfig(**changes)
+
+
 def test_a_delta_below_one_over_the_population_is_accepted():
     """Client-level guarantees only: a sample-level one (dp-sgd) counts a client's examples, not the clients."""
     RunConfig(strategy="dp-fedavg", target_epsilon=8.0, delta=0.099)
     RunConfig(strategy="dp-sgd", target_epsilon=8.0, delta=0.2, batch_size=16)
-    RunConfig(strategy="fedavg", delta=0.5)  # no privacy, delta unused
+    with pytest.raises(ConfigError, match="delta = 0.5 would have no effect: the run is not private"):
+        RunConfig(strategy="fedavg", delta=0.5)
     RunConfig(strategy="dp-fedavg", target_epsilon=8.0, delta=0.4, num_clients=0, clients_per_round=0)  # not known yet
 
 

@@ -450,7 +450,7 @@ def test_a_client_refuses_a_secagg_setup_that_re_rounds_its_share_or_lowers_the_
 def test_a_client_of_a_run_without_secure_aggregation_refuses_a_secagg_setup(tiny_cfg):
     from strategies.secagg_bridge import secure_aggregation_mod
 
-    cfg = _cfg(tiny_cfg, privacy_model="central", target_epsilon=4.0, num_clients=10, clients_per_round=10)
+    cfg = _cfg(tiny_cfg, privacy_model="central", target_epsilon=4.0, num_clients=10, clients_per_round=10, secagg_survivors=0.8)
     message = Message(RecordDict({"secaggplus_configs": _setup_configs()}), dst_node_id=101, message_type="train")
     context = Context(run_id=1, node_id=101, node_config={"partition-id": 0, "num-partitions": 10}, state=RecordDict(),
                       run_config=cfg.to_flwr())

@@ -22,6 +22,11 @@ def test_the_readme_table_is_the_registrys():
     assert strategies_table() in readme, "README.md's strategy table differs from fl_dp.registry.strategies_table()"
 
 
+def test_the_usage_pages_keys_table_is_the_registrys():
+    usage = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
+    assert registry.strategy_keys_table() in usage, "docs/usage.md's keys table differs from strategy_keys_table()"
+
+
 @pytest.mark.parametrize("key", sorted(REGISTRY))
 def test_every_strategy_builds_and_client_level_ones_state_their_bound(key):
     cfg = RunConfig(strategy=key, **NEEDS.get(key, {}))
@@ -33,12 +38,90 @@ def test_every_strategy_builds_and_client_level_ones_state_their_bound(key):
         assert rule.message_bound == pytest.approx(message_bound(cfg))
 
 
-def test_a_variant_key_of_one_strategy_is_refused_by_the_others():
-    with pytest.raises(ConfigError, match="local-steps is a key of alpha-normec only"):
-        RunConfig(strategy="clip21", local_steps=3)
-    with pytest.raises(ConfigError, match="rs-final-rate is a key of dp-sgd-rs only"):
-        RunConfig(strategy="dp-sgd", target_epsilon=1.0, rs_final_rate=0.5)
-    RunConfig(strategy="alpha-normec", local_steps=3)
+#: a valid value away from its default for every rule key
+RULE_KEY_VALUES = {
+    "alpha": 0.3,
+    "beta": 0.5,
+    "clip": 0.5,
+    "client-lr": 0.1,
+    "local-epochs": 2,
+    "momentum": 0.5,
+    "local-steps": 2,
+    "server-normalize": True,
+    "compressor": "rand-k",
+    "compress-k": 3,
+    "compress-ratio": 0.2,
+    "sgdm-eta": 0.5,
+    "sign-compressor": "sto-sign",
+    "sto-sign-bound": 2.0,
+    "round-epsilon": 1.0,
+    "rs-final-rate": 0.5,
+}
+#: configs under which a strategy's builder reads each of its keys
+READING = {
+    "alpha-normec": [dict(local_steps=2)],
+    "sign-vote": [dict(sign_compressor="sto-sign"), dict(sign_compressor="dp-sign", round_epsilon=1.0)],
+}
+
+
+class RecordingConfig:
+    """A run config that records the fields read from it."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg, self.read = cfg, set()
+
+    def __getattr__(self, name: str):
+        self.read.add(name.replace("_", "-"))
+        return getattr(self.cfg, name)
+
+
+def test_rule_key_values_cover_every_rule_key():
+    assert set(RULE_KEY_VALUES) == set(registry.RULE_KEYS)
+    assert all(RunConfig.__dataclass_fields__[key.replace("-", "_")].default != v for key, v in RULE_KEY_VALUES.items())
+
+
+@pytest.mark.parametrize("key", sorted(REGISTRY))
+def test_a_strategys_keys_are_the_rule_keys_its_builder_reads(key):
+    read: set[str] = set()
+    for changes in READING.get(key, [{}]):
+        recording = RecordingConfig(RunConfig(strategy=key, **{**NEEDS.get(key, {}), **changes}))
+        REGISTRY[key].build(recording, 50)  # type: ignore[arg-type]
+        read |= recording.read
+    assert read & set(registry.RULE_KEYS) == set(REGISTRY[key].keys)
+
+
+@pytest.mark.parametrize("key", sorted(REGISTRY))
+def test_a_rule_key_the_strategy_does_not_read_is_refused_naming_it(key):
+    for rule_key, value in RULE_KEY_VALUES.items():
+        if rule_key in REGISTRY[key].keys:
+            continue
+        with pytest.raises(ConfigError, match=f"^{rule_key} = .* would have no effect: {key} does not read it .a key of"):
+            RunConfig(strategy=key, **NEEDS.get(key, {}), **{rule_key.replace("-", "_"): value})
+
+
+@pytest.mark.parametrize(
+    "changes, key, why",
+    [
+        (dict(client_lr=0.1), "client-lr", "the step size of local-steps > 1"),
+        (dict(strategy="ef21", compressor="identity", compress_k=3), "compress-k", "'identity' sends the whole vector"),
+        (dict(strategy="ef21-norm", compressor="identity", compress_ratio=0.2), "compress-ratio", "'identity'"),
+        (dict(strategy="ef21", compress_k=3, compress_ratio=0.2), "compress-ratio", "compress-k > 0 sets k"),
+        (dict(strategy="sign-vote", sto_sign_bound=2.0), "sto-sign-bound", "'sto-sign' reads it"),
+        (dict(strategy="sign-vote", sign_compressor="sto-sign", clip=0.5), "clip", "'dp-sign' reads it"),
+    ],
+)
+def test_a_key_of_the_strategy_that_this_config_leaves_unread_is_refused(changes, key, why):
+    with pytest.raises(ConfigError, match=f"^{key} = .* would have no effect: .* does not read it here: .*{why}"):
+        RunConfig(**changes)
+
+
+def test_those_keys_are_accepted_where_the_config_reads_them():
+    RunConfig(local_steps=2, client_lr=0.1)
+    RunConfig(strategy="ef21", compress_k=3)
+    RunConfig(strategy="ef21", compress_ratio=0.2)
+    RunConfig(strategy="sign-vote", sign_compressor="sto-sign", sto_sign_bound=2.0)
+    RunConfig(strategy="sign-vote", sign_compressor="dp-sign", clip=0.5, round_epsilon=1.0)
+    RunConfig(strategy="sign-vote", sign_compressor="dp-sign", clip=0.5, target_epsilon=1.0)
 
 
 def test_a_new_strategy_is_one_registry_entry(monkeypatch, tiny_cfg):
@@ -49,6 +132,7 @@ def test_a_new_strategy_is_one_registry_entry(monkeypatch, tiny_cfg):
         algorithm="the mean of normalized gradients",
         sends="`Norm_a(v_i)`",
         privacy_text="none",
+        keys=("alpha",),
         build=lambda cfg, dim: rules.Uncompensated(
             operator=rules.normec.SmoothedNormalization(alpha=cfg.alpha), server_lr=cfg.server_lr, batch_size=cfg.batch_size
         ),

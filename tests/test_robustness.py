@@ -72,14 +72,15 @@ def test_trimmed_mean_and_median_per_coordinate():
 @pytest.mark.parametrize("aggregator", ["trimmed-mean", "median"])
 @pytest.mark.parametrize("attack", ["sign-flip", "large"])
 def test_a_robust_aggregator_bounds_the_pull_of_a_byzantine_minority(tiny_cfg, aggregator, attack):
-    cfg = tiny_cfg.replace(strategy="mean-sgd", server_lr=0.5, num_clients=10, clients_per_round=10, trim_fraction=0.2)
+    cfg = tiny_cfg.replace(strategy="mean-sgd", server_lr=0.5, num_clients=10, clients_per_round=10)
     honest = InProcessFederation(cfg)
     x0 = honest.server.x.clone()
     honest.run_round(1)
     honest_step = float(torch.linalg.vector_norm(honest.server.x - x0))
     pulls = {}
     for name in ("mean", aggregator):
-        attacked = InProcessFederation(cfg.replace(byzantine_fraction=0.2, byzantine_attack=attack, aggregator=name))
+        trim = dict(trim_fraction=0.2) if name == "trimmed-mean" else {}
+        attacked = InProcessFederation(cfg.replace(byzantine_fraction=0.2, byzantine_attack=attack, aggregator=name, **trim))
         attacked.run_round(1)
         pulls[name] = float(torch.linalg.vector_norm(attacked.server.x - honest.server.x))
     assert pulls[aggregator] < honest_step  # the robust step stays near the honest one
