@@ -20,7 +20,7 @@ from fl_dp.client import ClientCore, local_data
 from fl_dp.client_state import ClientStateStore
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.privacy import Release
-from fl_dp.privacy_floor import STATE_DIR_KEY, NodeSpending, PrivacyFloor
+from fl_dp.privacy_floor import NODE_KEYS, STATE_DIR_KEY, NodeSpending, PrivacyFloor
 from fl_dp.wire import (
     ARRAYS_KEY,
     DP_NOISE,
@@ -41,6 +41,11 @@ from strategies.secagg_bridge import secure_aggregation_mod
 STATE_KEY, LEDGER_KEY = STATE_RECORD, LEDGER_RECORD
 #: the one array of the ledger record: (noise multiplier, sample rate, steps) rows, float64
 LEDGER_ROWS = "rows"
+
+#: every node config key this ClientApp reads (Flower's simulation sets the first two on each node)
+NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", STATE_DIR_KEY, *NODE_KEYS)
+#: of those, the ones that name a path
+NODE_PATH_KEYS = ("data-path", STATE_DIR_KEY)
 
 # SecAgg+ stages of a distributed run pass through this mod; other messages reach train() unchanged
 app = ClientApp(mods=[secure_aggregation_mod])
@@ -73,8 +78,23 @@ def privacy_floor_of(context: Context) -> PrivacyFloor | None:
         raise ConfigError(f"node config: {err}") from None
 
 
+def check_node_config(context: Context) -> None:
+    """Refuse a node config key this app does not read, or a path that is not a string: a misspelt
+    privacy floor (``max_epsilon``) would otherwise leave the node without the floor it asked for."""
+    unknown = sorted(str(key) for key in context.node_config if key not in NODE_CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown node config keys: {', '.join(unknown)}; a SuperNode's --node-config takes {', '.join(NODE_CONFIG_KEYS)}"
+        )
+    for key in NODE_PATH_KEYS:
+        if key in context.node_config and not isinstance(context.node_config[key], str):
+            raise ConfigError(f"node config {key} must be a path in quotes, got {context.node_config[key]!r}")
+
+
 def partition_of(context: Context, cfg: RunConfig) -> tuple[int, RunConfig]:
-    """This node's partition id, and the run config with ``num-clients = 0`` as its ``num-partitions``."""
+    """This node's partition id, and the run config with ``num-clients = 0`` as its ``num-partitions``
+    (after :func:`check_node_config`)."""
+    check_node_config(context)
     partition_id = _node_integer(context, "partition-id")
     num_partitions = _node_integer(context, "num-partitions")
     if not 0 <= partition_id < num_partitions:

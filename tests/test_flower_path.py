@@ -246,6 +246,10 @@ def test_a_malformed_request_is_refused_with_its_reason_and_the_state_kept(tiny_
     ({"partition-id": -1, "num-partitions": 4}, r"partition-id=-1 is outside \[0, num-partitions=4\)"),
     ({"partition-id": 4, "num-partitions": 4}, "partition-id=4 is outside"),
     ({"partition-id": 0, "num-partitions": 0}, "partition-id=0 is outside"),
+    ({"partition-id": 0, "num-partitions": 4, "max_epsilon": 4.0}, "unknown node config keys: max_epsilon; a SuperNode's"),
+    ({"partition-id": 0, "num-partitions": 4, "maxepsilon": 4.0, "zone": "eu"}, "unknown node config keys: maxepsilon, zone"),
+    ({"partition-id": 0, "num-partitions": 4, "state-dir": 5}, "node config state-dir must be a path in quotes, got 5"),
+    ({"partition-id": 0, "num-partitions": 4, "data-path": True}, "node config data-path must be a path in quotes"),
 ])
 def test_a_bad_node_config_is_refused_naming_the_key(tiny_cfg, node_config, message):
     strategy = FlDpStrategy(ServerCore(tiny_cfg))
