@@ -2,9 +2,8 @@
 
 Config validation, the factory (:func:`build_algorithm`), the privacy policy, the README's
 strategy table and docs/usage.md's table of each strategy's keys (and their tests) all read
-:data:`REGISTRY`. Adding a
-strategy is one rule (a module or class in :mod:`fl_dp.rules`) and one :class:`StrategySpec`
-line in :data:`REGISTRY`.
+:data:`REGISTRY`. Adding a strategy is one rule (a module or class in :mod:`fl_dp.rules`) and one
+:class:`StrategySpec` line in :data:`REGISTRY`.
 """
 
 from __future__ import annotations

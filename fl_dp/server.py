@@ -42,9 +42,10 @@ from fl_dp.data import is_schema
 from fl_dp.distributed import DistributedSkellam, mechanism_for, rotation_signs
 from fl_dp.mechanisms import message_norm_limit
 from fl_dp.models import build_model, get_flat_params, num_params
-from fl_dp.privacy import PrivacyLedger, Release
+from fl_dp.privacy import NoiseBeyondUse, PrivacyLedger, Release
 from fl_dp.privacy_policy import (
     client_noise_multiplier,
+    is_sample_level_private,
     local_postprocessor,
     message_bound,
     resolve_noise_multiplier,
@@ -105,7 +106,26 @@ def preflight(cfg: RunConfig) -> None:
                 lookup(partition_id)
             except ValueError as err:
                 raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
+        if is_sample_level_private(cfg) and cfg.noise_multiplier == 0:
+            check_sample_level_target(cfg, [len(lookup(partition_id)) for partition_id in range(cfg.num_clients)])
     resolve_noise_multiplier(cfg)
+
+
+def check_sample_level_target(cfg: RunConfig, sizes: Sequence[int]) -> None:
+    """Refuse, naming ``target-epsilon``, a DP-SGD target that the smallest or the largest client
+    (``sizes``: each client's number of examples) cannot reach with useful noise. Each client
+    calibrates its own sigma from its size, so every one of them would otherwise refuse to train,
+    round after round, in a run that ends with an untrained model."""
+    rule = build_algorithm(cfg, 1)
+    for size in sorted({min(sizes), max(sizes)}):
+        try:
+            rule.expected_release(size)
+        except NoiseBeyondUse as err:
+            raise ConfigError(
+                f"target-epsilon {cfg.target_epsilon:g} cannot be reached with useful noise by a {cfg.strategy} client "
+                f"of {size} examples (batch-size {cfg.batch_size}, num-server-rounds {cfg.num_server_rounds}, "
+                f"local-epochs {cfg.local_epochs}): {err}"
+            ) from None
 
 
 class ServerCore:

@@ -9,7 +9,9 @@ from fl_dp import training
 from fl_dp.dpsgd import cooling_rate, epoch_mask, masked_noisy_sum, poisson_batch
 from fl_dp.inprocess import InProcessFederation
 from fl_dp.operators import clip_rows
+from fl_dp.config import ConfigError
 from fl_dp.privacy import Release, epsilon_of
+from fl_dp.server import check_sample_level_target
 
 
 def test_mask_is_applied_before_clipping():
@@ -130,3 +132,20 @@ def test_one_client_with_all_data_is_centralised_dp_sgd(tiny_cfg):
     history = fed.run()
     assert history["epsilon-max"].iloc[-1] == pytest.approx(epsilon_of([Release(1.0, 40 / 1600, 80)], cfg.delta))
     assert math.isnan(history["train-loss"].iloc[-1])  # a private client sends no loss
+
+
+@pytest.mark.parametrize("strategy", ["dp-sgd", "dp-sgd-rs"])
+def test_a_target_no_client_can_reach_is_refused_before_round_one_naming_the_key(tiny_cfg, strategy):
+    # every client calibrates its own sigma from its size; none could reach 0.001 with useful noise
+    cfg = tiny_cfg.replace(strategy=strategy, target_epsilon=0.001, batch_size=1)
+    with pytest.raises(ConfigError, match=f"target-epsilon 0.001 cannot be reached with useful noise by a {strategy} client of"):
+        InProcessFederation(cfg)
+    InProcessFederation(cfg.replace(target_epsilon=1.0))
+
+
+def test_the_target_is_checked_for_the_smallest_and_the_largest_client(tiny_cfg):
+    # at eps 0.01 a client of 400 examples needs sigma 279 (rate 0.02), one of 9 more than 1000 (rate 0.89)
+    cfg = tiny_cfg.replace(strategy="dp-sgd", target_epsilon=0.01, batch_size=8, num_server_rounds=50)
+    check_sample_level_target(cfg, [400, 400])
+    with pytest.raises(ConfigError, match="by a dp-sgd client of 9 examples"):
+        check_sample_level_target(cfg, [400, 9, 400])
