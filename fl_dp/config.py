@@ -347,6 +347,8 @@ class RunConfig:
             raise ConfigError(f"unknown evaluation {self.evaluation!r}; choose one of {', '.join(EVALUATIONS)}")
         if not 0 < self.held_out_fraction < 1:
             raise ConfigError(f"held-out-fraction must be in (0, 1), got {self.held_out_fraction}")
+        if self.num_clients and self.evaluation_clients > self.num_clients:
+            raise ConfigError(f"evaluation-clients ({self.evaluation_clients}) > num-clients ({self.num_clients})")
         if self.evaluation == "federated" and (self.is_private or self.privacy_model != "local"):
             raise ConfigError(
                 "evaluation = 'federated' has every client report its accuracy on its own held-out data, a release "

@@ -38,6 +38,7 @@ def test_a_population_of_zero_is_the_federations_size():
     [
         (dict(strategy="fedprox"), "unknown strategy"),
         (dict(clients_per_round=11), "clients-per-round"),
+        (dict(evaluation="federated", evaluation_clients=11), "evaluation-clients \\(11\\) > num-clients \\(10\\)"),
         (dict(alpha=0.0), "alpha must be positive"),
         (dict(alpha=-1.0), "alpha must be positive"),
         (dict(client_lr=0.0), "client-lr must be positive"),
