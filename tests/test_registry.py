@@ -99,6 +99,36 @@ def test_a_rule_key_the_strategy_does_not_read_is_refused_naming_it(key):
             RunConfig(strategy=key, **NEEDS.get(key, {}), **{rule_key.replace("-", "_"): value})
 
 
+#: where a key is read only under another key's value, that value (and what the run needs beside it)
+READ_UNDER = {
+    ("alpha-normec", "client-lr"): dict(local_steps=2),
+    ("ef21", "compress-ratio"): dict(compress_k=0),
+    ("ef21-norm", "compress-ratio"): dict(compress_k=0),
+    ("ef21-sgdm-norm", "compress-ratio"): dict(compress_k=0),
+    ("sign-vote", "sto-sign-bound"): dict(sign_compressor="sto-sign"),
+    ("sign-vote", "clip"): dict(sign_compressor="dp-sign", noise_multiplier=1.0),
+    ("sign-vote", "round-epsilon"): dict(sign_compressor="dp-sign", round_epsilon=50.0),
+}
+#: values that move a 2-round synthetic run: a clip below the updates' norm, a noise small enough to be
+#: seen, and for dp-sign a clip above the gradients' norm (below it the sign of clip(g) + z, z ~ clip, is
+#: the same for every clip)
+EFFECTIVE_VALUES = {**RULE_KEY_VALUES, "clip": 0.01, "sto-sign-bound": 0.01, "round-epsilon": 0.5}
+EFFECTIVE_FOR = {("sign-vote", "clip"): 100.0}
+
+
+@pytest.mark.parametrize("key, rule_key", [(key, rule_key) for key, spec in REGISTRY.items() for rule_key in spec.keys])
+def test_every_key_a_strategy_reads_changes_its_trajectory(tiny_cfg, key, rule_key):
+    """The other side of refusing the keys a strategy does not read: the ones it lists do something."""
+    needs = {"sign-vote": dict(server_lr=0.01), "dp-sgd": dict(noise_multiplier=1.0), "dp-sgd-rs": dict(noise_multiplier=1.0)}
+    cfg = tiny_cfg.replace(
+        strategy=key, batch_size=8, num_server_rounds=2, **needs.get(key, {}), **READ_UNDER.get((key, rule_key), {})
+    )
+    value = EFFECTIVE_FOR.get((key, rule_key), EFFECTIVE_VALUES[rule_key])
+    changed = cfg.replace(**{rule_key.replace("-", "_"): value})
+    final = [run_inprocess(run)["test-loss"].iloc[-1] for run in (cfg, changed)]
+    assert final[0] != final[1]
+
+
 @pytest.mark.parametrize(
     "changes, key, why",
     [
