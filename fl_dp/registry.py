@@ -187,6 +187,11 @@ def _sign_vote_privacy(cfg: RunConfig) -> None:
 def _dp_sgd_needs(cfg: RunConfig) -> None:
     if not (cfg.target_epsilon > 0 or cfg.noise_multiplier > 0):
         raise ConfigError(f"{cfg.strategy} needs target-epsilon or noise-multiplier > 0")
+    if cfg.grad_noise != "none":
+        raise ConfigError(
+            f"grad-noise: {cfg.strategy} clips each sample's gradient, which has no heavy-tailed noise to add; "
+            "it is for the strategies that take minibatch gradients"
+        )
     if cfg.regularizer_lambda:
         raise ConfigError(f"{cfg.strategy} needs regularizer-lambda = 0 (per-sample gradients exclude it)")
     if cfg.batch_size < 1:

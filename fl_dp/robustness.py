@@ -59,6 +59,16 @@ class NoisyGradients:
             raise ValueError("heavy-tailed gradient noise needs the client's seeded generator")
         return loss, grad + self._noise.sample(grad.shape, generator)
 
+    def sgd(
+        self, x: torch.Tensor, epochs: int, lr: float, batch_size: int, generator: torch.Generator | None, momentum: float = 0.0
+    ) -> tuple[torch.Tensor, float, int]:
+        """Local SGD (FedAvg, DP-FedAvg) whose every minibatch gradient carries the noise."""
+        if generator is None:
+            raise ValueError("heavy-tailed gradient noise needs the client's seeded generator")
+        return self._objective.sgd(
+            x, epochs, lr, batch_size, generator, momentum, gradient_noise=lambda shape: self._noise.sample(shape, generator)
+        )
+
 
 def flip(message: Payload, factor: float = -1.0) -> Payload:
     """What a Byzantine client sends instead of ``message``: ``factor`` times it (-1: sign flipping;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -116,10 +117,12 @@ class Objective:
         batch_size: int,
         generator: torch.Generator | None,
         momentum: float = 0.0,
+        gradient_noise: Callable[[torch.Size], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, float, int]:
         """Local SGD from x over shuffled epochs: (final x, mean minibatch loss, steps).
 
         Steps update the model's parameters in place (no flat-vector round trip per step).
+        ``gradient_noise(shape)`` is added to each parameter's minibatch gradient where given.
         """
         n = len(self.data)
         batch = n if batch_size <= 0 else min(batch_size, n)
@@ -139,6 +142,8 @@ class Objective:
                 with torch.no_grad():
                     for p, v in zip(params, velocities):
                         assert p.grad is not None  # every parameter is in the loss
+                        if gradient_noise is not None:
+                            p.grad.add_(gradient_noise(p.shape).to(p.device))
                         v.mul_(momentum).add_(p.grad)
                         p.sub_(lr * v)
                 losses.append(loss.item())

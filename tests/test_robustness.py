@@ -4,7 +4,8 @@ import torch
 
 from fl_dp.compressors import TopK
 from fl_dp.config import ConfigError
-from fl_dp.inprocess import InProcessFederation
+from fl_dp.inprocess import InProcessFederation, run_inprocess
+from fl_dp.registry import REGISTRY, SAMPLE
 from fl_dp.robustness import HeavyTailedNoise, flip, is_byzantine
 from fl_dp.wire import SignVector
 
@@ -112,3 +113,31 @@ def test_ef_sign_with_a_median_ignores_one_huge_scale(tiny_cfg):
     x0 = fed.server.x.clone()
     fed.server.aggregate(1, replies)
     assert float((fed.server.x - x0).abs().max()) <= max(honest_scales)
+
+
+@pytest.mark.parametrize("strategy", sorted(REGISTRY))
+def test_heavy_tailed_gradient_noise_reaches_every_strategy_that_takes_minibatch_gradients(tiny_cfg, strategy):
+    """Local SGD (FedAvg, DP-FedAvg) included: its steps read the noisy gradients too. DP-SGD clips
+    each sample's gradient and refuses the key."""
+    needs = {"sign-vote": dict(server_lr=0.01), "dp-sgd": dict(noise_multiplier=1.0), "dp-sgd-rs": dict(noise_multiplier=1.0)}
+    cfg = tiny_cfg.replace(strategy=strategy, batch_size=8, num_server_rounds=2, **needs.get(strategy, {}))
+    noisy = dict(grad_noise="student-t", grad_noise_scale=5.0)
+    if REGISTRY[strategy].privacy == SAMPLE:
+        with pytest.raises(ConfigError, match=f"grad-noise: {strategy} clips each sample's gradient"):
+            cfg.replace(**noisy)
+        return
+    final = [run_inprocess(run)["test-loss"].iloc[-1] for run in (cfg, cfg.replace(**noisy))]
+    assert final[0] != final[1]
+
+
+def test_local_sgd_with_gradient_noise_adds_it_to_every_step(tiny_cfg):
+    fed = InProcessFederation(tiny_cfg.replace(grad_noise="student-t", grad_noise_kappa=2.0, grad_noise_scale=1.0))
+    client = fed.clients["client-0"]
+    x = fed.server.x
+    plain, _, steps = client.objective.sgd(x, 1, 0.1, 8, torch.Generator().manual_seed(0))
+    noisy, _, noisy_steps = client.oracle.sgd(x, 1, 0.1, 8, torch.Generator().manual_seed(0))
+    assert steps == noisy_steps > 1
+    # t(2) noise of scale 1 on each of the steps' d coordinates: far from the noiseless path
+    assert float(torch.linalg.vector_norm(noisy - plain)) > 0.1 * steps**0.5
+    with pytest.raises(ValueError, match="seeded generator"):
+        client.oracle.sgd(x, 1, 0.1, 8, None)
