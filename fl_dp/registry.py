@@ -176,6 +176,15 @@ def _contractive_compressor(cfg: RunConfig) -> None:
         )
 
 
+def _sign_vote_checks(cfg: RunConfig) -> None:
+    if cfg.byzantine_fraction > 0 and cfg.byzantine_attack != "sign-flip":
+        raise ConfigError(
+            f"byzantine-attack {cfg.byzantine_attack!r}: a majority vote reads only the bits of a message, which a "
+            "Byzantine client can flip ('sign-flip') but not make larger"
+        )
+    _sign_vote_privacy(cfg)
+
+
 def _sign_vote_privacy(cfg: RunConfig) -> None:
     dp_sign = cfg.sign_compressor == "dp-sign"
     if cfg.is_private and not dp_sign:
@@ -379,7 +388,7 @@ REGISTRY: dict[str, StrategySpec] = {
             keys=("sign-compressor", "sto-sign-bound", "clip", "round-epsilon"),
             idle=_idle_sign_keys,
             robust_aggregation=False,
-            check=_sign_vote_privacy,
+            check=_sign_vote_checks,
         ),
         StrategySpec(
             key="ef-sign",

@@ -72,9 +72,10 @@ class NoisyGradients:
 
 def flip(message: Payload, factor: float = -1.0) -> Payload:
     """What a Byzantine client sends instead of ``message``: ``factor`` times it (-1: sign flipping;
-    -1000: the large-value attack). Sign messages can only be negated: their bits carry no size."""
+    -1000: the large-value attack). Of a sign message the bits are negated and its scale (EF-sign's
+    one float) multiplied by ``|factor|``: a majority vote reads the bits only."""
     if isinstance(message, SignVector):
-        return SignVector(-message.signs, message.scale)
+        return SignVector(-message.signs, abs(factor) * message.scale)
     if isinstance(message, SparseVector):
         return SparseVector(factor * message.values, message.indices, message.dim)
     return factor * message

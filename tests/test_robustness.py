@@ -33,6 +33,16 @@ def test_flip_negates_every_payload():
     assert torch.equal(flip(sparse).to_dense(), -sparse.to_dense())
     signs = SignVector(torch.tensor([1.0, -1.0]), 0.5)
     assert torch.equal(flip(signs).to_dense(), -signs.to_dense())
+    # the large-value attack: an EF-sign client's scale 1000 times larger, its bits flipped
+    assert torch.equal(flip(signs, -1000.0).to_dense(), -1000 * signs.to_dense())
+
+
+def test_the_large_value_attack_moves_ef_sign_and_is_refused_by_the_majority_vote(tiny_cfg):
+    cfg = tiny_cfg.replace(strategy="ef-sign", server_lr=0.01, batch_size=8, byzantine_fraction=0.25)
+    attacked = [run_inprocess(cfg.replace(byzantine_attack=attack))["test-loss"].iloc[-1] for attack in ("sign-flip", "large")]
+    assert attacked[0] != attacked[1]
+    with pytest.raises(ConfigError, match="byzantine-attack 'large': a majority vote reads only the bits"):
+        cfg.replace(strategy="sign-vote", byzantine_attack="large")
 
 
 def test_byzantine_clients_are_the_first_fraction():
