@@ -109,9 +109,9 @@ READ_UNDER = {
     ("sign-vote", "clip"): dict(sign_compressor="dp-sign", noise_multiplier=1.0),
     ("sign-vote", "round-epsilon"): dict(sign_compressor="dp-sign", round_epsilon=50.0),
 }
-#: values that move a 2-round synthetic run: a clip below the updates' norm, a noise small enough to be
-#: seen, and for dp-sign a clip above the gradients' norm (below it the sign of clip(g) + z, z ~ clip, is
-#: the same for every clip)
+#: values that move a 2-round synthetic run: a clip below the updates' norm, and for dp-sign a clip
+#: above the gradients' norm (below it the sign of clip(g) + z, z ~ clip, is the same for every clip)
+#: and a round-epsilon from 50 (READ_UNDER: noise small enough for the signs to follow the gradient)
 EFFECTIVE_VALUES = {**RULE_KEY_VALUES, "clip": 0.01, "sto-sign-bound": 0.01, "round-epsilon": 0.5}
 EFFECTIVE_FOR = {("sign-vote", "clip"): 100.0}
 
