@@ -68,7 +68,8 @@ class StrategySpec:
     privacy_models: tuple[str, ...] = ("local",)
     #: the keys of RULE_KEYS its rule reads
     keys: tuple[str, ...] = ()
-    #: of its keys, those a config leaves without effect (key: why), e.g. the local step size at one local step
+    #: the keys a config leaves without effect (key: why): of its own, e.g. the local step size at one
+    #: local step, or others its rule ignores, e.g. DP-SGD's regularizer-lambda
     idle: Callable[[RunConfig], dict[str, str]] | None = None
     #: whether a robust aggregator may replace the mean of its messages
     robust_aggregation: bool = True
@@ -176,15 +177,6 @@ def _contractive_compressor(cfg: RunConfig) -> None:
         )
 
 
-def _sign_vote_checks(cfg: RunConfig) -> None:
-    if cfg.byzantine_fraction > 0 and cfg.byzantine_attack != "sign-flip":
-        raise ConfigError(
-            f"byzantine-attack {cfg.byzantine_attack!r}: a majority vote reads only the bits of a message, which a "
-            "Byzantine client can flip ('sign-flip') but not make larger"
-        )
-    _sign_vote_privacy(cfg)
-
-
 def _sign_vote_privacy(cfg: RunConfig) -> None:
     dp_sign = cfg.sign_compressor == "dp-sign"
     if cfg.is_private and not dp_sign:
@@ -196,13 +188,6 @@ def _sign_vote_privacy(cfg: RunConfig) -> None:
 def _dp_sgd_needs(cfg: RunConfig) -> None:
     if not (cfg.target_epsilon > 0 or cfg.noise_multiplier > 0):
         raise ConfigError(f"{cfg.strategy} needs target-epsilon or noise-multiplier > 0")
-    if cfg.grad_noise != "none":
-        raise ConfigError(
-            f"grad-noise: {cfg.strategy} clips each sample's gradient, which has no heavy-tailed noise to add; "
-            "it is for the strategies that take minibatch gradients"
-        )
-    if cfg.regularizer_lambda:
-        raise ConfigError(f"{cfg.strategy} needs regularizer-lambda = 0 (per-sample gradients exclude it)")
     if cfg.batch_size < 1:
         raise ConfigError(f"{cfg.strategy} needs batch-size >= 1 (the expected Poisson batch)")
 
@@ -225,7 +210,18 @@ def _idle_sign_keys(cfg: RunConfig) -> dict[str, str]:
     idle = {} if cfg.sign_compressor == "sto-sign" else {"sto-sign-bound": "sign-compressor 'sto-sign' reads it"}
     if cfg.sign_compressor != "dp-sign":
         idle.update({key: "sign-compressor 'dp-sign' reads it" for key in ("clip", "round-epsilon")})
+    idle["byzantine-attack"] = (
+        "a majority vote reads only the bits of a message, which a Byzantine client can flip (the default "
+        "'sign-flip') but not make larger"
+    )
     return idle
+
+
+def _idle_for_per_sample_gradients(cfg: RunConfig) -> dict[str, str]:
+    return {
+        "regularizer-lambda": "its per-sample gradients exclude the regulariser",
+        "grad-noise": "it clips each sample's gradient, which has no heavy-tailed minibatch noise to add",
+    }
 
 
 def _clip_bound(cfg: RunConfig) -> float:
@@ -388,7 +384,7 @@ REGISTRY: dict[str, StrategySpec] = {
             keys=("sign-compressor", "sto-sign-bound", "clip", "round-epsilon"),
             idle=_idle_sign_keys,
             robust_aggregation=False,
-            check=_sign_vote_checks,
+            check=_sign_vote_privacy,
         ),
         StrategySpec(
             key="ef-sign",
@@ -412,6 +408,7 @@ REGISTRY: dict[str, StrategySpec] = {
             build=_build_dp_sgd,
             keys=("clip", *_LOCAL_TRAINING_KEYS),
             privacy=SAMPLE,
+            idle=_idle_for_per_sample_gradients,
             check=_dp_sgd_needs,
         ),
         StrategySpec(
@@ -422,6 +419,7 @@ REGISTRY: dict[str, StrategySpec] = {
             build=_build_dp_sgd,
             privacy=SAMPLE,
             keys=("clip", *_LOCAL_TRAINING_KEYS, "rs-final-rate"),
+            idle=_idle_for_per_sample_gradients,
             check=_dp_sgd_needs,
         ),
     )

@@ -149,3 +149,10 @@ def test_the_target_is_checked_for_the_smallest_and_the_largest_client(tiny_cfg)
     check_sample_level_target(cfg, [400, 400])
     with pytest.raises(ConfigError, match="by a dp-sgd client of 9 examples"):
         check_sample_level_target(cfg, [400, 9, 400])
+
+
+@pytest.mark.parametrize("strategy", ["dp-sgd", "dp-sgd-rs"])
+def test_the_keys_per_sample_gradients_leave_out_are_refused_naming_them(tiny_cfg, strategy):
+    cfg = tiny_cfg.replace(strategy=strategy, target_epsilon=1.0, batch_size=8)
+    with pytest.raises(ConfigError, match=f"^regularizer-lambda = 0.1 would have no effect: {strategy} does not read it here: its per-sample"):
+        cfg.replace(regularizer_lambda=0.1)
