@@ -36,3 +36,15 @@ def tiny_cfg() -> RunConfig:
         eval_samples=0,
         results_dir="unused",
     )
+
+
+@pytest.fixture
+def short_run(tiny_cfg):
+    """``strategy, **changes -> config``: 2 rounds of minibatch 8, each strategy with what it needs to
+    run and move visibly (DP-SGD its noise, the sign vote a step small enough not to diverge)."""
+    needs = {"sign-vote": dict(server_lr=0.01), "dp-sgd": dict(noise_multiplier=1.0), "dp-sgd-rs": dict(noise_multiplier=1.0)}
+
+    def config(strategy: str, **changes) -> RunConfig:
+        return tiny_cfg.replace(strategy=strategy, batch_size=8, num_server_rounds=2, **{**needs.get(strategy, {}), **changes})
+
+    return config

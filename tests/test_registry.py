@@ -117,12 +117,9 @@ EFFECTIVE_FOR = {("sign-vote", "clip"): 100.0}
 
 
 @pytest.mark.parametrize("key, rule_key", [(key, rule_key) for key, spec in REGISTRY.items() for rule_key in spec.keys])
-def test_every_key_a_strategy_reads_changes_its_trajectory(tiny_cfg, key, rule_key):
+def test_every_key_a_strategy_reads_changes_its_trajectory(short_run, key, rule_key):
     """The other side of refusing the keys a strategy does not read: the ones it lists do something."""
-    needs = {"sign-vote": dict(server_lr=0.01), "dp-sgd": dict(noise_multiplier=1.0), "dp-sgd-rs": dict(noise_multiplier=1.0)}
-    cfg = tiny_cfg.replace(
-        strategy=key, batch_size=8, num_server_rounds=2, **needs.get(key, {}), **READ_UNDER.get((key, rule_key), {})
-    )
+    cfg = short_run(key, **READ_UNDER.get((key, rule_key), {}))
     value = EFFECTIVE_FOR.get((key, rule_key), EFFECTIVE_VALUES[rule_key])
     changed = cfg.replace(**{rule_key.replace("-", "_"): value})
     final = [run_inprocess(run)["test-loss"].iloc[-1] for run in (cfg, changed)]
