@@ -35,14 +35,18 @@ State = dict[str, torch.Tensor]
 
 
 def check_ledger_rows(rows: Any) -> torch.Tensor:
-    """``rows`` if they are a client's own ledger: float64 (noise multiplier >= 0, sample rate in
-    (0, 1], whole steps >= 1) rows; else ValueError saying why."""
+    """``rows`` if they are a client's own ledger: float64 rows of a :class:`Release` each (noise
+    multiplier 0 or in [1e-4, inf), sample rate in (0, 1], whole steps >= 1); else ValueError saying why."""
     if not (isinstance(rows, torch.Tensor) and rows.dtype == torch.float64 and rows.dim() == 2 and rows.shape[1] == 3):
         raise ValueError(f"{LEDGER_STATE!r} is not float64 rows of (noise multiplier, sample rate, steps)")
-    noise, rate, steps = rows.unbind(1)
-    valid = torch.isfinite(rows).all() and (noise >= 0).all() and (rate > 0).all() and (rate <= 1).all()
-    if not (valid and (steps >= 1).all() and (steps == steps.round()).all()):
+    steps = rows[:, 2]
+    if not (torch.isfinite(rows).all() and (steps == steps.round()).all()):
         raise ValueError(f"{LEDGER_STATE!r} holds a row that is not a release")
+    for noise, rate, whole_steps in rows.tolist():
+        try:
+            Release(noise, rate, int(whole_steps))
+        except ValueError as err:
+            raise ValueError(f"{LEDGER_STATE!r} holds a row that is not a release ({err})") from None
     return rows
 
 

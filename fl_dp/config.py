@@ -14,7 +14,7 @@ from fl_dp.errors import ConfigError
 from fl_dp.external_data import is_external
 from fl_dp.models import MODELS
 from fl_dp.partitioning import PARTITIONERS, PartitionSpec
-from fl_dp.privacy import MAX_NOISE_MULTIPLIER, MAX_TARGET_EPSILON
+from fl_dp.privacy import MAX_NOISE_MULTIPLIER, MAX_TARGET_EPSILON, MIN_NOISE_MULTIPLIER, NOISE_BELOW_USE
 from fl_dp.registry import PRIVACY_KEYS, PRIVACY_MODELS, REGISTRY, STRATEGIES, spec_of
 from fl_dp.robustness import AGGREGATORS, BYZANTINE_ATTACKS, NOISE_KINDS
 from fl_dp.rules.sign import SIGN_COMPRESSORS
@@ -312,13 +312,16 @@ class RunConfig:
             fail(f"delta must be in (0, 1), got {self.delta}")
         if not 0 <= self.compress_ratio <= 1:
             fail(f"compress-ratio must be in [0, 1], got {self.compress_ratio}")
-        if self.target_epsilon > MAX_TARGET_EPSILON:
-            fail(
-                f"target-epsilon {self.target_epsilon:g} is above {MAX_TARGET_EPSILON:g}, a guarantee that says nothing: "
-                "for a run without noise set target-epsilon = 0"
-            )
+        for name in ("target_epsilon", "round_epsilon"):
+            if getattr(self, name) > MAX_TARGET_EPSILON:
+                fail(
+                    f"{_key(name)} {getattr(self, name):g} is above {MAX_TARGET_EPSILON:g}, a guarantee that says nothing: "
+                    f"for a run without noise set {_key(name)} = 0"
+                )
         if self.noise_multiplier > MAX_NOISE_MULTIPLIER:
             fail(f"noise-multiplier {self.noise_multiplier:g} is above {MAX_NOISE_MULTIPLIER:g}: that noise drowns every message")
+        if 0 < self.noise_multiplier < MIN_NOISE_MULTIPLIER:
+            fail(f"noise-multiplier {self.noise_multiplier:g} is below {MIN_NOISE_MULTIPLIER:g}: {NOISE_BELOW_USE}")
         self._validate_privacy_model()
         self._validate_evaluation()
         self._validate_unread_keys(spec.unread_keys(self))

@@ -39,6 +39,8 @@ class Release:
     def __post_init__(self) -> None:
         if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
             raise ValueError(f"noise multiplier must be finite and >= 0, got {self.noise_multiplier}")
+        if 0 < self.noise_multiplier < MIN_NOISE_MULTIPLIER:
+            raise ValueError(f"noise multiplier {self.noise_multiplier:g} is below {MIN_NOISE_MULTIPLIER:g}: {NOISE_BELOW_USE}")
         if not 0 < self.sample_rate <= 1:
             raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
         if self.steps < 1:
@@ -136,6 +138,12 @@ def _converted(releases: tuple[Release, ...], orders: tuple[float, ...], delta: 
     epsilon, order = analysis.get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
     return float(epsilon), float(order)
 
+
+#: below this noise multiplier (but for 0, no noise) one release costs epsilon above 5e7 at any
+#: sample rate, more than the largest target (:data:`MAX_TARGET_EPSILON`); from about 1e-154 on,
+#: sigma**2 underflows to 0 and Opacus' RDP divides by it
+MIN_NOISE_MULTIPLIER = 1e-4
+NOISE_BELOW_USE = "one release of it costs epsilon above 5e7, a guarantee that says nothing (0 means no noise)"
 
 #: above this noise multiplier the noise drowns any signal the strategies send (their messages have
 #: norm <= the sensitivity): a target that needs more is refused rather than run as noise

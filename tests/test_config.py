@@ -67,6 +67,10 @@ def test_a_population_of_zero_is_the_federations_size():
         (dict(seed=2**63), "seed must be at most 2\\*\\*63 - 1"),
         (dict(strategy="dp-fedavg", target_epsilon=1e300), "target-epsilon 1e\\+300 is above 1e\\+06"),
         (dict(strategy="dp-sgd", target_epsilon=1e16), "target-epsilon 1e\\+16 is above"),
+        (dict(strategy="sign-vote", sign_compressor="dp-sign", round_epsilon=1e8), "round-epsilon 1e\\+08 is above 1e\\+06"),
+        # below 1e-154 sigma**2 underflows: every client failed its accounting, every round
+        (dict(noise_multiplier=1e-300), "noise-multiplier 1e-300 is below 0.0001"),
+        (dict(noise_multiplier=5e-5), "noise-multiplier 5e-05 is below 0.0001"),
         (dict(run_name="../../etc"), "run-name must be a plain name"),
         (dict(run_name="a/b"), "run-name must be a plain name"),
         (dict(run_name=".hidden"), "run-name must be a plain name"),

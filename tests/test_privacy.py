@@ -156,10 +156,23 @@ def test_calibration_matches_facts():
     assert calibrate_noise_multiplier(3.0, 1e-5, 0.01, 1000) == pytest.approx(0.8655, abs=0.005)
 
 
-@pytest.mark.parametrize("kwargs", [dict(noise_multiplier=-1), dict(noise_multiplier=1, sample_rate=0), dict(noise_multiplier=1, steps=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(noise_multiplier=-1), dict(noise_multiplier=1, sample_rate=0), dict(noise_multiplier=1, steps=0), dict(noise_multiplier=1e-300)],
+)
 def test_bad_releases_are_refused(kwargs):
     with pytest.raises(ValueError):
         Release(**kwargs)
+
+
+@pytest.mark.parametrize("q", [1e-6, 1e-3, 1.0])
+def test_the_smallest_noise_costs_more_than_the_largest_target_and_every_calibration_stays_above_it(q):
+    from fl_dp.privacy import MAX_TARGET_EPSILON, MIN_NOISE_MULTIPLIER, analytic_gaussian_noise_multiplier
+
+    # below the floor a release is refused; at it, one release already spends past any target
+    assert epsilon_of([Release(MIN_NOISE_MULTIPLIER, q, 1)], 1e-5) > 5e7 > MAX_TARGET_EPSILON
+    assert calibrate_noise_multiplier.__wrapped__(MAX_TARGET_EPSILON, 1e-5, q, 1) > MIN_NOISE_MULTIPLIER
+    assert analytic_gaussian_noise_multiplier(MAX_TARGET_EPSILON, 1e-5) > MIN_NOISE_MULTIPLIER
 
 
 def test_calibration_does_not_pass_on_the_warnings_of_opacus_search():
