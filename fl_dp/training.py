@@ -173,17 +173,23 @@ class Objective:
             return torch.zeros(0, self.dim)
         chunk = PER_SAMPLE_CHUNK if self.device.type == "cpu" else len(indices)
         chunks = []
-        for start in range(0, len(indices), chunk):
-            rows = indices[start : start + chunk].to(self.device)
-            with warnings.catch_warnings():
-                # Opacus' hooks need only the gradients of the layers' outputs; that the data does
-                # not require a gradient is expected, and torch's warning about it is noise to a user
-                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-                xb, yb = self._examples(rows)
-                self.loss_fn(module(xb), yb, reduction="sum").backward()
-            chunks.append(torch.cat([p.grad_sample.reshape(len(rows), -1) for p in params], 1).detach().cpu())
-            for p in params:
-                p.grad, p.grad_sample = None, None
+        try:
+            for start in range(0, len(indices), chunk):
+                rows = indices[start : start + chunk].to(self.device)
+                with warnings.catch_warnings():
+                    # Opacus' hooks need only the gradients of the layers' outputs; that the data does
+                    # not require a gradient is expected, and torch's warning about it is noise to a user
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                    xb, yb = self._examples(rows)
+                    self.loss_fn(module(xb), yb, reduction="sum").backward()
+                chunks.append(torch.cat([p.grad_sample.reshape(len(rows), -1) for p in params], 1).detach().cpu())
+                for p in params:
+                    p.grad, p.grad_sample = None, None
+        except BaseException:
+            # a pass cut short (out of memory, an interrupt) leaves Opacus' stack of activations
+            # behind, and every later pass of this process would read the stale ones: start anew
+            _GRAD_SAMPLE_MODULES.pop(self.model, None)
+            raise
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     @torch.no_grad()

@@ -65,3 +65,25 @@ def test_evaluation_runs_the_model_on_a_bounded_number_of_samples_at_a_time():
     with torch.no_grad():
         whole = model(test.inputs()).argmax(1)
     assert metrics["accuracy"] == int((whole == test.y).sum()) / len(test)
+
+
+def test_per_sample_gradients_after_a_pass_cut_short_are_those_of_a_fresh_process(monkeypatch):
+    """A pass that raises between Opacus' forward and backward (out of memory, an interrupt) left
+    its activations on the process's cached module: every later pass read the stale ones, and a
+    DP-SGD client failed every round after that one."""
+    data = load_dataset("synthetic").train
+    model = build_model("logreg", data.input_shape, data.num_classes, seed=0)
+    objective = Objective(model, data)
+    x, batch = objective.initial_point(), torch.arange(7)
+    expected = Objective(build_model("logreg", data.input_shape, data.num_classes, seed=0), data).per_sample_gradients(x, batch)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("simulated: out of memory after the forward pass")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(objective, "loss_fn", out_of_memory)
+        try:
+            objective.per_sample_gradients(x, batch)
+        except MemoryError:
+            pass
+    assert torch.equal(objective.per_sample_gradients(x, batch), expected)
