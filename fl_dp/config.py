@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fl_dp.data import DATASETS, TORCHVISION_DATASETS, is_schema, parse_schema
 from fl_dp.errors import ConfigError
 from fl_dp.external_data import is_external
@@ -26,6 +28,10 @@ EVALUATIONS = ("central", "federated")
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 #: run-name names a folder under results-dir and a SuperNode's state-dir: one plain name, never a path
 RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+#: keys that multiply the model's float32 vectors (steps, bounds, scales): above float32's largest
+#: value each is inf there, and every message NaN (a run of skipped rounds instead of an error)
+FLOAT32_SCALES = ("client_lr", "server_lr", "alpha", "beta", "clip", "regularizer_lambda", "sto_sign_bound", "grad_noise_scale")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Flower's run config and records carry signed 64-bit integers (a larger one breaks a run only
 #: when it is serialised or a model is seeded)
 MAX_SEED = 2**63 - 1
@@ -301,6 +307,12 @@ class RunConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 fail(f"{_key(name)} must be >= 0 and finite, got {value}")
+        for name in FLOAT32_SCALES:
+            if getattr(self, name) > FLOAT32_MAX:
+                fail(
+                    f"{_key(name)} {getattr(self, name):g} is above the largest float32 ({FLOAT32_MAX:.4g}): "
+                    "in the model's float32 arithmetic it is inf"
+                )
         for name in ("batch_size", "max_train_samples", "eval_samples", "compress_k", "evaluation_clients"):
             if getattr(self, name) < 0:
                 fail(f"{_key(name)} must be >= 0, got {getattr(self, name)}")

@@ -68,6 +68,11 @@ def test_a_population_of_zero_is_the_federations_size():
         (dict(strategy="dp-fedavg", target_epsilon=1e300), "target-epsilon 1e\\+300 is above 1e\\+06"),
         (dict(strategy="dp-sgd", target_epsilon=1e16), "target-epsilon 1e\\+16 is above"),
         (dict(strategy="sign-vote", sign_compressor="dp-sign", round_epsilon=1e8), "round-epsilon 1e\\+08 is above 1e\\+06"),
+        # inf in float32: every message was NaN, every round skipped
+        (dict(regularizer_lambda=1e39), "regularizer-lambda 1e\\+39 is above the largest float32"),
+        (dict(strategy="dp-fedavg", clip=1e300, noise_multiplier=1.0), "clip 1e\\+300 is above the largest float32"),
+        (dict(server_lr=3.5e38), "server-lr 3.5e\\+38 is above the largest float32"),
+        (dict(strategy="fedavg", client_lr=1e39), "client-lr 1e\\+39 is above the largest float32"),
         # below 1e-154 sigma**2 underflows: every client failed its accounting, every round
         (dict(noise_multiplier=1e-300), "noise-multiplier 1e-300 is below 0.0001"),
         (dict(noise_multiplier=5e-5), "noise-multiplier 5e-05 is below 0.0001"),
