@@ -14,7 +14,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -135,6 +135,21 @@ def check_ledger_grows(later: PrivacyLedger, earlier: PrivacyLedger) -> None:
             raise ValueError(f"ledger: {client} is charged less than in the checkpoint it follows")
 
 
+def is_plain_tensor(value: Any, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> TypeGuard[torch.Tensor]:
+    """Whether ``value`` is an ordinary finite CPU tensor of ``dtype`` (and ``shape``): what a
+    checkpoint's vectors are. ``torch.load(weights_only=True)`` also hands back what none of them is
+    and what fails far from the file (a Parameter recording gradients, a sparse, meta or CUDA tensor)."""
+    return (
+        type(value) is torch.Tensor
+        and value.layout == torch.strided
+        and value.device.type == "cpu"
+        and not value.requires_grad
+        and value.dtype == dtype
+        and (shape is None or tuple(value.shape) == shape)
+        and bool(torch.isfinite(value).all())
+    )
+
+
 def rng_to_list(state: tuple[Any, ...]) -> list[Any]:
     """A ``random.Random`` state as plain lists (what a checkpoint holds)."""
     version, internal, gauss = state
@@ -155,21 +170,24 @@ def rng_from_list(saved: Any) -> tuple[Any, ...]:
     return probe.getstate()
 
 
-def is_metrics_row(row: Any) -> bool:
-    """A checkpointed metrics row: names to plain values (what :meth:`fl_dp.server.ServerCore._close_round` writes),
-    its counts whole numbers a table column holds (a forged 2^70 or inf there broke the table at the
+def is_metrics_row(row: Any, server_round: int) -> bool:
+    """A checkpointed metrics row of ``server_round``: names to plain values (what
+    :meth:`fl_dp.server.ServerCore._close_round` writes), text only in the text columns, its counts
+    whole numbers a table column holds (a forged 2^70, inf or string there broke the table at the
     run's end, after the rounds had run)."""
-    from fl_dp.results import INTEGER_COLUMNS  # here: clients import this module, and results loads pandas
+    from fl_dp.results import INTEGER_COLUMNS, TEXT_COLUMNS  # here: clients import this module, and results loads pandas
 
     def plain(key: Any, value: Any) -> bool:
         if not isinstance(key, str) or isinstance(value, bool):
             return False
+        if key in TEXT_COLUMNS:
+            return isinstance(value, str)
         if key in INTEGER_COLUMNS:  # a count, or NaN / a whole float where Flower's records made it one
             if isinstance(value, float) and (math.isnan(value) or value.is_integer()):
                 return math.isnan(value) or 0 <= value < 2**63
             return isinstance(value, int) and 0 <= value < 2**63
         if isinstance(value, int):
             return -(2**63) <= value < 2**63
-        return value is None or isinstance(value, (float, str))
+        return isinstance(value, float)
 
-    return isinstance(row, dict) and all(plain(k, v) for k, v in row.items())
+    return isinstance(row, dict) and row.get("round") == server_round and all(plain(k, v) for k, v in row.items())

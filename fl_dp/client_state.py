@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fl_dp.checkpoint import atomic_save, config_fingerprint
+from fl_dp.checkpoint import atomic_save, config_fingerprint, is_plain_tensor
 from fl_dp.config import RunConfig
 from fl_dp.privacy import PrivacyLedger, Release
 from fl_dp.wire import LEDGER_STATE
@@ -37,10 +37,10 @@ State = dict[str, torch.Tensor]
 def check_ledger_rows(rows: Any) -> torch.Tensor:
     """``rows`` if they are a client's own ledger: float64 rows of a :class:`Release` each (noise
     multiplier 0 or in [1e-4, inf), sample rate in (0, 1], whole steps >= 1); else ValueError saying why."""
-    if not (isinstance(rows, torch.Tensor) and rows.dtype == torch.float64 and rows.dim() == 2 and rows.shape[1] == 3):
-        raise ValueError(f"{LEDGER_STATE!r} is not float64 rows of (noise multiplier, sample rate, steps)")
+    if not (is_plain_tensor(rows, torch.float64) and rows.dim() == 2 and rows.shape[1] == 3):
+        raise ValueError(f"{LEDGER_STATE!r} is not finite float64 rows of (noise multiplier, sample rate, steps)")
     steps = rows[:, 2]
-    if not (torch.isfinite(rows).all() and (steps == steps.round()).all()):
+    if not (steps == steps.round()).all():
         raise ValueError(f"{LEDGER_STATE!r} holds a row that is not a release")
     for noise, rate, whole_steps in rows.tolist():
         try:
@@ -78,7 +78,7 @@ def check_state(state: Any, dim: int) -> State:
     for key, value in state.items():
         if key == LEDGER_STATE:
             check_ledger_rows(value)
-        elif not (value.dtype == torch.float32 and value.shape == (dim,) and torch.isfinite(value).all()):
+        elif not is_plain_tensor(value, torch.float32, (dim,)):
             raise ValueError(f"{key!r} is not a finite float32 vector of {dim} entries")
     return state
 

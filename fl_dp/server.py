@@ -29,6 +29,7 @@ from fl_dp.checkpoint import (
     checkpoint_path,
     config_fingerprint,
     is_metrics_row,
+    is_plain_tensor,
     ledger_journal_path,
     ledger_summary,
     read_checkpoint,
@@ -686,18 +687,17 @@ class ServerCore:
             return checkpoint_error(path, reason)
 
         x, state, rows, clients = payload.get("x"), payload.get("state"), payload.get("rows"), payload.get("clients")
-        if not (isinstance(x, torch.Tensor) and x.shape == self.x.shape and x.dtype == self.x.dtype and torch.isfinite(x).all()):
+        if not is_plain_tensor(x, self.x.dtype, tuple(self.x.shape)):
             raise fail(f"x is not a finite float32 vector of {self.dim} entries")
         if not (
             isinstance(state, dict)
             and set(state) == set(self.state)
-            and all(
-                isinstance(state[k], torch.Tensor) and state[k].shape == v.shape and torch.isfinite(state[k]).all()
-                for k, v in self.state.items()
-            )
+            and all(is_plain_tensor(state[k], v.dtype, tuple(v.shape)) for k, v in self.state.items())
         ):
             raise fail("the algorithm's server state does not match this strategy's")
-        if not (isinstance(rows, list) and len(rows) == payload["round"] and all(is_metrics_row(r) for r in rows)):
+        if not (
+            isinstance(rows, list) and len(rows) == payload["round"] and all(is_metrics_row(r, i + 1) for i, r in enumerate(rows))
+        ):
             raise fail("metrics rows do not match its round")
         if not isinstance(clients, dict) or not all(isinstance(cid, str) for cid in clients):
             raise fail("client states are not keyed by client id")
@@ -712,7 +712,7 @@ class ServerCore:
                 raise fail("holds client shares this strategy does not keep")
         elif not (
             isinstance(shares, dict)
-            and all(isinstance(v, torch.Tensor) and v.shape == self.x.shape and torch.isfinite(v).all() for v in shares.values())
+            and all(isinstance(k, str) and is_plain_tensor(v, self.x.dtype, tuple(self.x.shape)) for k, v in shares.items())
         ):
             raise fail("client shares are not finite vectors of the model's size")
         try:

@@ -163,6 +163,11 @@ def _forge(path, **changes):
     (lambda p: _forge(p, rows=[{**row, "accepted": float("inf")} for row in torch.load(p, weights_only=True)["rows"]]), "metrics rows"),
     (lambda p: _forge(p, rows=[{**row, "accepted": 2.5} for row in torch.load(p, weights_only=True)["rows"]]), "metrics rows"),
     (lambda p: _forge(p, rows=[{**row, "test-accuracy": 2**70} for row in torch.load(p, weights_only=True)["rows"]]), "metrics rows"),
+    (lambda p: _forge(p, rows=[{**row, "test-accuracy": "high"} for row in torch.load(p, weights_only=True)["rows"]]), "metrics rows"),
+    (lambda p: _forge(p, rows=[{**row, "skipped": 0.0} for row in torch.load(p, weights_only=True)["rows"]]), "metrics rows"),
+    (lambda p: _forge(p, rows=[{k: v for k, v in row.items() if k != "round"} for row in torch.load(p, weights_only=True)["rows"]]),
+     "metrics rows"),
+    (lambda p: _forge(p, rows=torch.load(p, weights_only=True)["rows"][::-1]), "metrics rows"),
     (lambda p: _forge(p, config={**torch.load(p, weights_only=True)["config"], "seed": torch.zeros(3)}), "other values of seed"),
     (lambda p: _forge(p, clients={"client-0": {"g": torch.zeros(5)}}), "state of client-0: 'g' is not a finite float32 vector"),
     (lambda p: _forge(p, clients={"client-0": {"g": torch.full((2 * 20 + 2,), float("inf"))}}), "'g' is not a finite"),
@@ -170,8 +175,11 @@ def _forge(path, **changes):
     (lambda p: _forge(p, clients={"client-0": {LEDGER_STATE: torch.tensor([[1.0, 2.0, 1.0]], dtype=torch.float64)}}), "not a release"),
     (lambda p: _forge(p, clients={"client-0": {LEDGER_STATE: torch.tensor([[1e-300, 1.0, 1.0]], dtype=torch.float64)}}),
      "not a release \\(noise multiplier 1e-300 is below"),
-    (lambda p: _forge(p, clients={"client-0": {LEDGER_STATE: torch.zeros(4)}}), "not float64 rows"),
+    (lambda p: _forge(p, clients={"client-0": {LEDGER_STATE: torch.zeros(4)}}), "not finite float64 rows"),
     (lambda p: _forge(p, clients={"client-0": [torch.zeros(3)]}), "maps names to tensors"),
+    (lambda p: _forge(p, ledger={"client-0": [[1e300, 1.0, 1.0]]}), "noise multiplier 1e\\+300 is above"),
+    (lambda p: _forge(p, clients={"client-0": {LEDGER_STATE: torch.tensor([[1e300, 1.0, 1.0]], dtype=torch.float64)}}),
+     "not a release \\(noise multiplier 1e\\+300 is above"),
     (lambda p: _forge(p, clients={7: {}}), "keyed by client id"),
 ])
 def test_a_damaged_or_forged_checkpoint_is_refused_naming_resume(tiny_cfg, tmp_path, forgery, message):
@@ -181,6 +189,42 @@ def test_a_damaged_or_forged_checkpoint_is_refused_naming_resume(tiny_cfg, tmp_p
     with pytest.raises(ConfigError, match=message) as err:
         InProcessFederation(cfg.replace(resume=True))
     assert str(err.value).startswith("resume: checkpoint")
+
+
+def _unlike_a_saved_vector(vector):
+    """What ``torch.load(weights_only=True)`` hands back in place of a saved float32 vector, named:
+    each passes a shape check and fails only where it is used (numpy, autograd, the sum)."""
+    return {
+        "a Parameter recording gradients": torch.nn.Parameter(vector.clone()),
+        "a sparse tensor": vector.to_sparse(),
+        "a meta tensor": torch.empty(vector.shape, device="meta"),
+        "float64": vector.double(),
+        "complex": vector.to(torch.complex64),
+    }
+
+
+@pytest.mark.parametrize("field", ["x", "state", "shares", "clients"])
+def test_a_checkpoint_vector_that_is_not_a_plain_float32_tensor_is_refused(tiny_cfg, tmp_path, field):
+    cfg, path = _checkpointed(tiny_cfg, tmp_path)
+    ledger_journal_path(cfg).unlink()
+    saved = torch.load(path, weights_only=True)
+    name, vector = {
+        "x": ("x", saved["x"]),
+        "state": ("G", saved["state"]["G"]),
+        "shares": ("client-0", saved["shares"]["client-0"]),
+        "clients": ("client-0", saved["clients"]["client-0"]["g"]),
+    }[field]
+    for kind, forged in _unlike_a_saved_vector(vector).items():
+        if field == "x":
+            _forge(path, x=forged)
+        elif field == "clients":
+            _forge(path, clients={**saved["clients"], name: {**saved["clients"][name], "g": forged}})
+        else:
+            _forge(path, **{field: {**saved[field], name: forged}})
+        with pytest.raises(ConfigError, match="^resume: checkpoint"):
+            InProcessFederation(cfg.replace(resume=True))
+        _forge(path, **saved)  # the true file resumes
+        assert InProcessFederation(cfg.replace(resume=True)).server.completed_rounds == 2, kind
 
 
 def _shortened(ledger):
