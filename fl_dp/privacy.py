@@ -41,6 +41,8 @@ class Release:
             raise ValueError(f"noise multiplier must be finite and >= 0, got {self.noise_multiplier}")
         if 0 < self.noise_multiplier < MIN_NOISE_MULTIPLIER:
             raise ValueError(f"noise multiplier {self.noise_multiplier:g} is below {MIN_NOISE_MULTIPLIER:g}: {NOISE_BELOW_USE}")
+        if self.noise_multiplier > MAX_ACCOUNTED_NOISE:
+            raise ValueError(f"noise multiplier {self.noise_multiplier:g} is above {MAX_ACCOUNTED_NOISE:g}: {NOISE_ABOVE_USE}")
         if not 0 < self.sample_rate <= 1:
             raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
         if self.steps < 1:
@@ -148,6 +150,11 @@ NOISE_BELOW_USE = "one release of it costs epsilon above 5e7, a guarantee that s
 #: above this noise multiplier the noise drowns any signal the strategies send (their messages have
 #: norm <= the sensitivity): a target that needs more is refused rather than run as noise
 MAX_NOISE_MULTIPLIER = 1000.0
+
+#: the largest noise multiplier a release may have: no run adds more than MAX_NOISE_MULTIPLIER (the
+#: calibrations probe up to twice it), and from about 1e154 Opacus' RDP squares it past a double
+MAX_ACCOUNTED_NOISE = 1e6
+NOISE_ABOVE_USE = f"no run adds more than {MAX_NOISE_MULTIPLIER:g} (more noise drowns every message)"
 
 
 #: above this target epsilon a guarantee says nothing (e^epsilon overflows a double from 710 on), and
@@ -314,6 +321,10 @@ def analytic_gaussian_noise_multiplier(epsilon: float, delta: float) -> float:
         raise ValueError(f"epsilon must be positive and finite, got {epsilon}")
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if analytic_gaussian_delta(MAX_NOISE_MULTIPLIER, epsilon) > delta:
+        raise NoiseBeyondUse(
+            f"epsilon {epsilon} at delta {delta} in one release needs a noise multiplier above {MAX_NOISE_MULTIPLIER:g}"
+        )
     low, high = 1e-6, 1.0
     while analytic_gaussian_delta(high, epsilon) > delta:
         low, high = high, 2 * high

@@ -68,7 +68,10 @@ def resolve_noise_multiplier(cfg: RunConfig) -> float:
     if is_sample_level_private(cfg):
         return 0.0  # each client calibrates from its own sample rate
     if cfg.round_epsilon > 0:
-        return analytic_gaussian_noise_multiplier(cfg.round_epsilon, cfg.delta)
+        try:
+            return analytic_gaussian_noise_multiplier(cfg.round_epsilon, cfg.delta)
+        except NoiseBeyondUse as err:
+            raise ConfigError(f"round-epsilon {cfg.round_epsilon} cannot be reached with useful noise: {err}") from None
     if cfg.target_epsilon > 0:
         rate = cfg.client_sample_rate if cfg.privacy_model == "central" else 1.0
         return gaussian_noise_for_target(cfg.target_epsilon, cfg.delta, rate, cfg.num_server_rounds)

@@ -158,7 +158,7 @@ def test_calibration_matches_facts():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(noise_multiplier=-1), dict(noise_multiplier=1, sample_rate=0), dict(noise_multiplier=1, steps=0), dict(noise_multiplier=1e-300)],
+    [dict(noise_multiplier=-1), dict(noise_multiplier=1, sample_rate=0), dict(noise_multiplier=1, steps=0), dict(noise_multiplier=1e-300), dict(noise_multiplier=1e300), dict(noise_multiplier=2e6)],
 )
 def test_bad_releases_are_refused(kwargs):
     with pytest.raises(ValueError):
@@ -173,6 +173,16 @@ def test_the_smallest_noise_costs_more_than_the_largest_target_and_every_calibra
     assert epsilon_of([Release(MIN_NOISE_MULTIPLIER, q, 1)], 1e-5) > 5e7 > MAX_TARGET_EPSILON
     assert calibrate_noise_multiplier.__wrapped__(MAX_TARGET_EPSILON, 1e-5, q, 1) > MIN_NOISE_MULTIPLIER
     assert analytic_gaussian_noise_multiplier(MAX_TARGET_EPSILON, 1e-5) > MIN_NOISE_MULTIPLIER
+
+
+def test_the_largest_accounted_noise_is_above_every_calibration_and_accounts_without_overflow():
+    """Above 1e154 Opacus' RDP squared sigma past a double (a forged ledger row of 1e300 crashed a
+    resume with OverflowError); a release is capped far above what any run adds."""
+    from fl_dp.privacy import MAX_ACCOUNTED_NOISE, MAX_NOISE_MULTIPLIER
+
+    assert MAX_ACCOUNTED_NOISE >= 2 * MAX_NOISE_MULTIPLIER  # the calibrations probe up to twice the largest
+    for q in (1e-6, 1e-3, 1.0):
+        assert 0 <= epsilon_of([Release(MAX_ACCOUNTED_NOISE, q, 10**6)], 1e-5) < 0.01
 
 
 def test_calibration_does_not_pass_on_the_warnings_of_opacus_search():

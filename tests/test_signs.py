@@ -90,6 +90,20 @@ def test_dp_sign_composes_per_round_epsilon_in_the_ledger(tiny_cfg):
     assert algorithm.mechanism.std == pytest.approx(sigma_over_delta2 * 2.0)  # Delta2 = 2 * clip
 
 
+@pytest.mark.parametrize("round_epsilon", [1e-3, 1e-300])
+def test_a_round_epsilon_that_needs_noise_beyond_use_is_refused_before_round_one(tiny_cfg, round_epsilon):
+    """As a target-epsilon is: dp-sign's round-epsilon 0.001 needed sigma 1724 (sign bits of pure
+    noise), and below it the calibration saturates near 1 / (delta sqrt(2 pi))."""
+    from fl_dp.config import ConfigError
+    from fl_dp.privacy import MAX_NOISE_MULTIPLIER
+
+    assert analytic_gaussian_delta(MAX_NOISE_MULTIPLIER, 1e-3) > tiny_cfg.delta
+    cfg = _sign_cfg(tiny_cfg, sign_compressor="dp-sign", round_epsilon=round_epsilon, clip=1.0)
+    with pytest.raises(ConfigError, match=f"round-epsilon {round_epsilon} cannot be reached with useful noise"):
+        InProcessFederation(cfg)
+    assert analytic_gaussian_noise_multiplier(0.01, tiny_cfg.delta) < MAX_NOISE_MULTIPLIER  # 0.01 still runs
+
+
 @pytest.mark.parametrize("eps", [0.1, 0.5, 1.0, 5.0, 10.0, 30.0])
 def test_dp_sign_round_epsilon_holds_for_every_epsilon(eps):
     """The analytic Gaussian mechanism's delta at the calibrated sigma is delta, and just below
