@@ -167,8 +167,13 @@ class ClientCore:
     def _global_vector(self, arrays: dict[str, np.ndarray]) -> torch.Tensor:
         if "x" not in arrays:
             raise MalformedMessage("request carries no 'x'")
-        x = torch.from_numpy(np.asarray(arrays["x"], dtype=np.float32).copy())
-        if x.ndim != 1 or x.numel() != self.objective.dim or not torch.isfinite(x).all():
+        sent = arrays["x"]
+        # the float32 the server sends, never cast: a complex or float64 vector cast here lost its
+        # imaginary part or overflowed without a word
+        if not (isinstance(sent, np.ndarray) and sent.dtype == np.float32 and sent.ndim == 1 and sent.size == self.objective.dim):
+            raise MalformedMessage(f"global vector must be float32 with {self.objective.dim} entries")
+        x = torch.from_numpy(sent.copy())
+        if not torch.isfinite(x).all():
             raise MalformedMessage(f"global vector must be finite with {self.objective.dim} entries")
         return x
 

@@ -124,6 +124,18 @@ def test_a_client_refuses_a_server_asking_for_less_noise_than_its_config(tiny_cf
     fed.clients["client-0"].train(arrays, config, {})  # the honest request is answered
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.complex64, np.float16, np.int32])
+def test_a_client_refuses_a_global_vector_that_is_not_the_float32_the_server_sends(tiny_cfg, dtype):
+    """It was cast: a complex vector lost its imaginary part, a float64 one above 3.4e38 became inf."""
+    fed = InProcessFederation(tiny_cfg)
+    arrays, config = fed.server.broadcast(1)
+    with pytest.raises(MalformedMessage, match="global vector must be float32"):
+        fed.clients["client-0"].train({"x": arrays["x"].astype(dtype)}, config, {})
+    with pytest.raises(MalformedMessage, match="global vector must be float32"):
+        fed.clients["client-0"].train({"x": arrays["x"].reshape(1, -1)}, config, {})
+    fed.clients["client-0"].train(arrays, config, {})  # the honest request is answered
+
+
 def test_clients_sharing_a_model_compute_what_separate_models_compute(tiny_cfg):
     import threading
 
