@@ -76,6 +76,7 @@ from fl_dp.wire import (
     MalformedMessage,
     NonFiniteMessage,
     Reply,
+    client_text,
     decode,
     payload_bytes,
 )
@@ -295,7 +296,7 @@ class ServerCore:
         server knows the mechanism to be, for every addressed client that replied, rejected or not.
         """
         accepted: list[tuple[Reply, torch.Tensor]] = []
-        rejected = [f"{client}: {reason}" for client, reason in failures]
+        rejected = [rejection(client, reason) for client, reason in failures]
         non_finite = answered = 0
         for client, reply in first_replies(
             replies, self._cohort, rejected, "not addressed this round", "a second reply this round"
@@ -313,7 +314,7 @@ class ServerCore:
                 if self._norm_limit is not None and float(torch.linalg.vector_norm(vector)) > self._norm_limit:
                     raise MalformedMessage(f"message norm above the algorithm's bound {self._norm_limit:.4g}")
             except (MalformedMessage, ValueError, TypeError, OverflowError) as err:
-                rejected.append(f"{client}: {err}")
+                rejected.append(rejection(client, err))
                 non_finite += isinstance(err, NonFiniteMessage)
                 continue
             self._note_partition(client, metrics)
@@ -391,7 +392,7 @@ class ServerCore:
         mechanism = self.distributed
         if mechanism is None:
             raise RuntimeError("aggregate_secure is the distributed privacy model's aggregation")
-        rejected = [f"{client}: {reason}" for client, reason in failures]
+        rejected = [rejection(client, reason) for client, reason in failures]
         ids = [str(client) for client in contributors]
         skipped = self._skip
         if not skipped and (len(set(ids)) != len(ids) or not set(ids) <= self._cohort):
@@ -537,7 +538,7 @@ class ServerCore:
         they become the round's test metrics when it closes (:meth:`evaluate_round`). Returns them.
         Only a client asked to evaluate the round may report it, once: a client that reports twice,
         or unasked, would weigh its own numbers more."""
-        reports, rejected = [], [f"{client}: {reason}" for client, reason in failures]
+        reports, rejected = [], [rejection(client, reason) for client, reason in failures]
         asked = self._evaluators.get(server_round, frozenset())
         in_order = sorted(replies, key=lambda r: self._in_order(r.client_id))
         unasked, again = f"evaluation: not asked to evaluate round {server_round}", "evaluation: a second report this round"
@@ -547,7 +548,7 @@ class ServerCore:
                     raise MalformedMessage(reply.error)
                 reports.append(federated.check_report(reply.metrics))
             except MalformedMessage as err:
-                rejected.append(f"{reply.client_id}: evaluation: {err}")
+                rejected.append(rejection(reply.client_id, f"evaluation: {err}"))
         for reason in rejected:
             log.warning("round %d: evaluation report rejected: %s", server_round, reason)
         if not reports:
@@ -831,6 +832,12 @@ def _check_privacy_record(metrics: dict[str, float], expected: Release | None) -
         raise MalformedMessage(f"privacy record {tuple(claimed)} is not the run's mechanism {wanted}")
 
 
+def rejection(client: Any, reason: object) -> str:
+    """``client: reason`` for the log and the round's ``rejections`` (the reason may quote the
+    client's own text, so it is bounded and escaped: :func:`fl_dp.wire.client_text`)."""
+    return f"{client_text(client, 40)}: {client_text(reason)}"
+
+
 def first_replies(
     replies: Iterable[Reply], allowed: Collection[str], rejected: list[str], unasked: str, again: str
 ) -> Iterator[tuple[str, Reply]]:
@@ -840,9 +847,9 @@ def first_replies(
     for reply in replies:
         client = str(reply.client_id)
         if client not in allowed:
-            rejected.append(f"{client}: {unasked}")
+            rejected.append(rejection(client, unasked))
         elif client in seen:
-            rejected.append(f"{client}: {again}")
+            rejected.append(rejection(client, again))
         else:
             seen.add(client)
             yield client, reply

@@ -151,6 +151,20 @@ def decode(arrays: Any, dim: int, layouts: Collection[frozenset[str]] | None = N
     return vector
 
 
+#: the most characters of a client's own text (an error reason, its metric or array names) a
+#: rejection repeats: each round's rejections are kept in the results table and the checkpoint
+CLIENT_TEXT_LIMIT = 300
+
+
+def client_text(text: object, limit: int = CLIENT_TEXT_LIMIT) -> str:
+    """Text a client chose, as it may enter a log line or the results table: line breaks and other
+    control characters escaped (a reply cannot forge log lines), at most ``limit`` characters (nor
+    grow the server's table by megabytes a round)."""
+    raw = str(text)
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in raw[: limit + 1])
+    return shown if len(raw) <= limit and len(shown) <= limit else shown[:limit] + "..."
+
+
 def _as_1d(array: np.ndarray, name: str, dtype: type) -> np.ndarray:
     if array.ndim != 1:
         raise MalformedMessage(f"{name!r} must be 1-D, got shape {array.shape}")

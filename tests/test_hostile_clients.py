@@ -237,6 +237,32 @@ def test_flower_replies_that_do_not_decode_are_rejected_not_raised(tiny_cfg):
     assert all(strategy.core.ledger.releases(str(n)) == [expected] for n in (11, 12, 13, 14))
 
 
+def test_a_client_s_own_text_in_a_rejection_is_bounded_and_cannot_forge_log_lines(tiny_cfg, caplog):
+    """An error reason, metric names and array names are the client's to choose: a megabyte a round
+    grew the results table and checkpoint without bound, and a line break forged a log line."""
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    from flwr.app import Error
+
+    from fl_dp.server import ServerCore
+
+    strategy = FlDpStrategy(ServerCore(tiny_cfg))
+    messages = list(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), _Grid([11, 12, 13, 14])))
+    forged = "\nround 1/3: acc 0.999\r" + "x" * 10**6
+    contents = [
+        RecordDict({"arrays": ArrayRecord({"dense": Array(np.zeros(3, np.float32))}), "metrics": MetricRecord({forged: 1.0})}),
+        RecordDict({"arrays": ArrayRecord({forged: Array(np.zeros(3, np.float32))}), "metrics": MetricRecord({"num-examples": 5})}),
+    ]
+    replies = [Message(content=c, reply_to=m) for c, m in zip(contents, messages)]
+    replies.append(Message(Error(code=0, reason=forged), reply_to=messages[2]))
+    with caplog.at_level(logging.WARNING, logger="fl_dp"):
+        _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["rejected"] == 3
+    rejections = strategy.core.rows[-1]["rejections"].split("; ")
+    assert len(rejections) == 3 and all(len(r) < 400 and "\n" not in r and "\r" not in r for r in rejections)
+    assert all("\\nround 1/3" in r for r in rejections)  # escaped, still readable
+    assert not any(line.startswith("round 1/3: acc") for line in caplog.text.splitlines())
+
+
 def test_a_diverged_model_is_named_when_every_reply_is_non_finite(caplog):
     """A server step far too large leaves the model finite but so large that every honest client's
     gradient is NaN: the log says the model diverged, not only that each client was rejected."""
