@@ -57,7 +57,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.supercore.primitives.asymmetric import bytes_to_public_key, generate_key_pairs
 
 from fl_dp.distributed import RING_KEY, SECAGG_MODULUS, DistributedSkellam
-from fl_dp.wire import ARRAYS_KEY, CONFIG_KEY, to_array_record
+from fl_dp.wire import ARRAYS_KEY, CONFIG_KEY, client_text, to_array_record
 
 log = logging.getLogger("fl_dp")
 
@@ -258,7 +258,8 @@ class StageCheckingGrid:
                 problems[node] = problem
         sound = {node: reply for node, reply in replies.items() if node not in problems and not reply.has_error()}
         problems.update(cross_reply_problems(requests, sound))
-        for node, problem in problems.items():
+        for node, reason in problems.items():
+            problem = client_text(reason)  # it may quote the reply's own keys and values
             log.warning("SecAgg+ reply of node %s refused: %s", node, problem)
             self.rejected.append((str(node), f"SecAgg+ reply refused: {problem}"))
             replies[node] = Message(error=Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, problem), reply_to=requests[node])
