@@ -298,6 +298,7 @@ class ServerCore:
         accepted: list[tuple[Reply, torch.Tensor]] = []
         rejected = [rejection(client, reason) for client, reason in failures]
         non_finite = answered = 0
+        support = self.algorithm.message_support(server_round, self.dim)
         for client, reply in first_replies(
             replies, self._cohort, rejected, "not addressed this round", "a second reply this round"
         ):
@@ -313,6 +314,8 @@ class ServerCore:
                 vector = decode(reply.arrays, self.dim, self.algorithm.wire_layouts)
                 if self._norm_limit is not None and float(torch.linalg.vector_norm(vector)) > self._norm_limit:
                     raise MalformedMessage(f"message norm above the algorithm's bound {self._norm_limit:.4g}")
+                if support is not None and bool(vector[~support].any()):
+                    raise MalformedMessage("message changes coordinates outside the round's sparsification masks")
             except (MalformedMessage, ValueError, TypeError, OverflowError) as err:
                 rejected.append(rejection(client, err))
                 non_finite += isinstance(err, NonFiniteMessage)

@@ -237,6 +237,36 @@ def test_flower_replies_that_do_not_decode_are_rejected_not_raised(tiny_cfg):
     assert all(strategy.core.ledger.releases(str(n)) == [expected] for n in (11, 12, 13, 14))
 
 
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_a_dp_sgd_rs_message_off_the_round_s_masks_is_rejected(tiny_cfg, layout):
+    """Random sparsification freezes the coordinates off the round's masks (seeded, known to the
+    server): an update there is no honest client's, however small."""
+    cfg = tiny_cfg.replace(strategy="dp-sgd-rs", noise_multiplier=1.0, batch_size=16, rs_final_rate=0.9, num_server_rounds=3)
+    fed = InProcessFederation(cfg)
+    cohort = fed.server.sample(list(fed.clients))
+    arrays, config = fed.server.broadcast(3)  # the last round drops 90% of the coordinates
+    honest = [Reply(cid, *fed.clients[cid].train(arrays, {**config, "server-round": 3}, {})[:2]) for cid in cohort]
+    support = fed.server.algorithm.message_support(3, fed.server.dim)
+    assert support is not None and 0 < int(support.sum()) < fed.server.dim
+    assert all(set(r.arrays) == {"values", "indices"} for r in honest)  # honest clients send the support only
+    off = int(torch.nonzero(~support)[0])
+    first = honest[0]
+    if layout == "sparse":
+        forged = {"values": np.append(first.arrays["values"], np.float32(1e-3)), "indices": np.append(first.arrays["indices"], np.int32(off))}
+    else:
+        dense = np.zeros(fed.server.dim, np.float32)
+        dense[first.arrays["indices"]] = first.arrays["values"]
+        dense[off] = 1e-3
+        forged = {"dense": dense}
+    reference = InProcessFederation(cfg)
+    reference.server.sample(list(reference.clients))
+    reference.server.broadcast(3)
+    reference.server.aggregate(3, honest[1:])
+    row = fed.server.aggregate(3, [Reply(first.client_id, forged, first.metrics), *honest[1:]])
+    assert row["rejected"] == 1 and "outside the round's sparsification masks" in row["rejections"]
+    assert torch.equal(fed.server.x, reference.server.x)
+
+
 def test_a_client_s_own_text_in_a_rejection_is_bounded_and_cannot_forge_log_lines(tiny_cfg, caplog):
     """An error reason, metric names and array names are the client's to choose: a megabyte a round
     grew the results table and checkpoint without bound, and a line break forged a log line."""

@@ -91,6 +91,11 @@ class Algorithm(ABC):
         """The L2 radius every noiseless message of this rule lies in, or None if unbounded."""
         return None
 
+    def message_support(self, server_round: int, dim: int) -> torch.Tensor | None:
+        """The coordinates an honest message of round ``server_round`` may change (a bool mask), where
+        the server knows them in advance; None where any may."""
+        return None
+
     def expected_release(self, num_examples: int) -> Release | None:
         """What an honest client releases in one round through the rule's own noise (None: the
         rule adds none). The server charges this, never what a client claims."""

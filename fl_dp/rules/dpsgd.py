@@ -52,18 +52,28 @@ class DPSGD(Algorithm):
         sigma, sample_rate, steps_per_epoch = self.schedule(num_examples)
         return Release(sigma, sample_rate, steps_per_epoch * self.local_epochs)
 
+    def epoch_masks(self, server_round: int, dim: int) -> list[torch.Tensor]:
+        """The 0/1 masks of the round's local epochs (shared by every client, known to the server)."""
+        total_epochs = self.num_rounds * self.local_epochs
+        epochs = [(server_round - 1) * self.local_epochs + local_epoch for local_epoch in range(self.local_epochs)]
+        return [epoch_mask(dim, cooling_rate(self.final_rate, e, total_epochs), seed_of(self.mask_seed, e)) for e in epochs]
+
+    def message_support(self, server_round: int, dim: int) -> torch.Tensor | None:
+        """The union of the round's masks: an update is zero off it (None: no mask drops anything)."""
+        if self.final_rate == 0:
+            return None
+        support = torch.stack(self.epoch_masks(server_round, dim)).bool().any(dim=0)
+        return None if bool(support.all()) else support
+
     def client_update(self, task: ClientTask) -> ClientUpdate:
         objective = task.objective
         n = len(objective.data)
         sigma, sample_rate, steps_per_epoch = self.schedule(n)
-        total_epochs = self.num_rounds * self.local_epochs
         expected_batch = sample_rate * n
         x = task.x.clone()
         velocity = torch.zeros_like(x)
         support = torch.zeros_like(x, dtype=torch.bool)
-        for local_epoch in range(self.local_epochs):
-            epoch = (task.server_round - 1) * self.local_epochs + local_epoch
-            mask = epoch_mask(x.numel(), cooling_rate(self.final_rate, epoch, total_epochs), seed_of(self.mask_seed, epoch))
+        for mask in self.epoch_masks(task.server_round, x.numel()):
             support |= mask.bool()
             for _ in range(steps_per_epoch):
                 batch = poisson_batch(n, sample_rate, task.generator)
