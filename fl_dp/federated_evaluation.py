@@ -37,14 +37,21 @@ _EVALUATION_STREAM = 0xE7A1
 def split_held_out(data: Examples, fraction: float, seed: int, partition_id: int) -> tuple[Examples, Examples]:
     """(training examples, held-out examples) of one client: a seeded ``fraction`` of its data,
     at least one example, is kept out of training for evaluation."""
-    held = max(1, round(fraction * len(data)))
-    if len(data) - held < 1:
-        raise ConfigError(
-            f"held-out-fraction {fraction}: client {partition_id} has {len(data)} example(s), too few to keep "
-            f"{held} for evaluation and train on the rest"
-        )
+    held = check_held_out(len(data), fraction, partition_id)
     order = np.random.default_rng(np.random.SeedSequence([seed, partition_id, _EVALUATION_STREAM])).permutation(len(data))
     return data.subset(np.sort(order[held:])), data.subset(np.sort(order[:held]))
+
+
+def check_held_out(num_examples: int, fraction: float, partition_id: int) -> int:
+    """How many of a client's ``num_examples`` are held out (at least one); a :class:`ConfigError`
+    naming ``held-out-fraction`` where none would be left to train on."""
+    held = max(1, round(fraction * num_examples))
+    if num_examples - held < 1:
+        raise ConfigError(
+            f"held-out-fraction {fraction}: client {partition_id} has {num_examples} example(s), too few to keep "
+            f"{held} for evaluation and train on the rest"
+        )
+    return held
 
 
 def evaluation_cohort(

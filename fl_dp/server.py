@@ -108,8 +108,15 @@ def preflight(cfg: RunConfig) -> None:
                 lookup(partition_id)
             except ValueError as err:
                 raise ConfigError(f"partitioner {cfg.partitioner!r}: {err}") from None
-        if is_sample_level_private(cfg) and cfg.noise_multiplier == 0:
-            check_sample_level_target(cfg, [len(lookup(partition_id)) for partition_id in range(cfg.num_clients)])
+        sample_level_target = is_sample_level_private(cfg) and cfg.noise_multiplier == 0
+        if sample_level_target or cfg.evaluation == "federated":
+            sizes = [len(lookup(partition_id)) for partition_id in range(cfg.num_clients)]
+        if sample_level_target:
+            check_sample_level_target(cfg, sizes)
+        if cfg.evaluation == "federated":
+            # the smallest client first: each client splits its own when it first trains, mid-run
+            smallest = min(range(cfg.num_clients), key=sizes.__getitem__)
+            federated.check_held_out(sizes[smallest], cfg.held_out_fraction, smallest)
     resolve_noise_multiplier(cfg)
 
 

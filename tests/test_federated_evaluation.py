@@ -46,6 +46,17 @@ def test_held_out_split_is_seeded_disjoint_and_complete():
         split_held_out(data.subset(np.arange(1)), 0.3, seed=0, partition_id=0)
 
 
+def test_a_held_out_fraction_that_leaves_some_client_nothing_to_train_on_is_refused_before_round_one(tiny_cfg):
+    """Each client splits its examples when it first trains: a middle client of 4 examples, at 0.9,
+    failed in round 1 (in-process the run stopped there), though clients 0 and N-1 had 5."""
+    cfg = tiny_cfg.replace(
+        evaluation="federated", partitioner="pathological", pathological_classes=1, num_clients=300, clients_per_round=300
+    )
+    with pytest.raises(ConfigError, match="held-out-fraction 0.9: client [0-9]+ has 4 example"):
+        ServerCore(cfg.replace(held_out_fraction=0.9))
+    ServerCore(cfg.replace(held_out_fraction=0.7))  # 4 examples keep 3 out and train on 1
+
+
 @pytest.mark.parametrize("bad, reason", [
     ({**GOOD, "extra": 1.0}, "exactly"),
     ({k: v for k, v in GOOD.items() if k != "test-loss"}, "exactly"),
