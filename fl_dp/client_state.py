@@ -35,24 +35,26 @@ State = dict[str, torch.Tensor]
 
 
 def check_ledger_rows(rows: Any) -> torch.Tensor:
-    """``rows`` if they are a client's own ledger: float64 rows of a :class:`Release` each (noise
-    multiplier 0 or in [1e-4, inf), sample rate in (0, 1], whole steps >= 1); else ValueError saying why."""
+    """``rows`` if they are a client's own ledger (:func:`ledger_releases`); else ValueError saying why."""
+    ledger_releases(rows)
+    return rows
+
+
+def ledger_releases(rows: Any) -> list[Release]:
+    """The releases of a client's own ledger rows: float64 rows of a :class:`Release` each (noise
+    multiplier 0 or in [1e-4, 1e6], sample rate in (0, 1], whole steps >= 1); else ValueError saying why."""
     if not (is_plain_tensor(rows, torch.float64) and rows.dim() == 2 and rows.shape[1] == 3):
         raise ValueError(f"{LEDGER_STATE!r} is not finite float64 rows of (noise multiplier, sample rate, steps)")
     steps = rows[:, 2]
     if not (steps == steps.round()).all():
         raise ValueError(f"{LEDGER_STATE!r} holds a row that is not a release")
+    releases = []
     for noise, rate, whole_steps in rows.tolist():
         try:
-            Release(noise, rate, int(whole_steps))
+            releases.append(Release(noise, rate, int(whole_steps)))
         except ValueError as err:
             raise ValueError(f"{LEDGER_STATE!r} holds a row that is not a release ({err})") from None
-    return rows
-
-
-def ledger_releases(rows: torch.Tensor) -> list[Release]:
-    """The releases of a client's own ledger rows (checked by :func:`check_ledger_rows`)."""
-    return [Release(noise, rate, int(steps)) for noise, rate, steps in check_ledger_rows(rows).tolist()]
+    return releases
 
 
 def ledger_rows(releases: list[Release]) -> torch.Tensor:
