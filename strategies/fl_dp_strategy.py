@@ -181,6 +181,32 @@ def wait_for_nodes(grid: Grid, num_nodes: int, timeout: float, at_least: int = 1
     )
 
 
+def wait_for_simulated_nodes(grid: Grid, num_nodes: int, timeout: float, settle: float = 3.0, poll: float = 0.05) -> list[int]:
+    """A simulation's SuperNodes once their number is ``num_nodes``; a ConfigError naming
+    ``num-clients`` once it is not and stops changing for ``settle`` seconds.
+
+    The engine registers every virtual SuperNode while the ServerApp starts and gives each the
+    node config ``num-partitions`` = their number, so the ClientApp refuses any other
+    ``num-clients``: waiting ``node-wait-timeout`` for nodes that never come, then running
+    rounds that every client refuses, would be a run that trains nothing.
+    """
+    deadline = time.monotonic() + timeout
+    nodes = connected_in_order(grid)
+    stable_since = time.monotonic()
+    while len(nodes) != num_nodes:
+        if (nodes and time.monotonic() - stable_since >= settle) or time.monotonic() > deadline:
+            raise ConfigError(
+                f"num-clients={num_nodes}, but this simulation's federation has {len(nodes)} SuperNodes, each told "
+                f"num-partitions={len(nodes)}: set num-clients = 0 (every SuperNode) or the federation's size to "
+                f"{num_nodes} (scripts/simulate.sh {num_nodes}, or the federation's num-supernodes)"
+            )
+        time.sleep(poll)
+        now = connected_in_order(grid)
+        if len(now) != len(nodes):
+            nodes, stable_since = now, time.monotonic()
+    return nodes
+
+
 def wait_for_nodes_or_give_up(grid: Grid, num_nodes: int, timeout: float, poll: float = 1.0) -> list[int]:
     """The connected SuperNodes once ``num_nodes`` are, or those connected after ``timeout`` seconds
     (a round with too few is skipped by :meth:`ServerCore.sample`, with its reason)."""

@@ -143,6 +143,11 @@ def install(version: str = flwr.__version__) -> bool:
     return True
 
 
+def is_simulation(grid: Grid) -> bool:
+    """Whether ``grid`` (or the Grid a :class:`PromptGrid` wraps) is the simulation engine's."""
+    return isinstance(grid.grid if isinstance(grid, PromptGrid) else grid, InMemoryGrid)
+
+
 def connected_in_order(grid: Grid) -> list[int]:
     """The connected SuperNodes, in an order that is the same in every run of a simulation.
 

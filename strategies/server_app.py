@@ -16,7 +16,7 @@ from fl_dp.results import history_from_result
 from fl_dp.server import ServerCore
 from fl_dp.task import release_training_data
 from strategies import flower_grid, flower_linkstate
-from strategies.fl_dp_strategy import FlDpStrategy, wait_for_federation, wait_for_nodes
+from strategies.fl_dp_strategy import FlDpStrategy, wait_for_federation, wait_for_nodes, wait_for_simulated_nodes
 
 log = logging.getLogger("fl_dp")
 
@@ -74,7 +74,10 @@ def run_server(grid: Grid, cfg: RunConfig) -> tuple[ServerCore, pd.DataFrame]:
     if cfg.num_clients:
         cfg = cfg.for_federation(cfg.num_clients)
         core = ServerCore(cfg)  # a bad config fails here, before any wait
-        wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout, at_least=cfg.min_clients_per_round)
+        if flower_grid.is_simulation(grid):
+            wait_for_simulated_nodes(grid, cfg.num_clients, cfg.node_wait_timeout)
+        else:
+            wait_for_nodes(grid, cfg.num_clients, cfg.node_wait_timeout, at_least=cfg.min_clients_per_round)
     else:
         nodes = wait_for_federation(grid, cfg.node_wait_timeout)
         cfg = cfg.for_federation(len(nodes))

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.superlink.grid import InMemoryGrid
 
 from clients.client_app import LEDGER_KEY, STATE_KEY
 from clients.client_app import train as client_train
@@ -386,3 +387,29 @@ def test_a_supernode_with_its_own_files_trains_on_them(tiny_cfg, tmp_path):
     bad = Context(run_id=2, node_id=101, node_config=contexts[101].node_config, state=RecordDict(), run_config=cfg.to_flwr())
     with pytest.raises(ConfigError, match="data-path: inputs of shape"):
         client_train(messages[0], bad)
+
+
+class _SimulationGrid(InMemoryGrid):
+    """The simulation's Grid type, its nodes registered after the ServerApp's first two looks (the
+    engine registers them while the ServerApp starts)."""
+
+    def __init__(self, registered):
+        self.registered, self.looks = registered, 0
+
+    def get_node_ids(self):
+        self.looks += 1
+        return list(range(1, self.registered + 1)) if self.looks > 2 else []
+
+
+def test_a_simulation_waits_for_its_nodes_and_refuses_another_num_clients_naming_it():
+    from strategies import flower_grid
+    from strategies.fl_dp_strategy import wait_for_simulated_nodes
+
+    assert flower_grid.is_simulation(_SimulationGrid(3)) and flower_grid.is_simulation(flower_grid.PromptGrid(_SimulationGrid(3)))
+    assert not flower_grid.is_simulation(FakeGrid([1, 2]))
+    assert wait_for_simulated_nodes(_SimulationGrid(3), 3, timeout=5, poll=0.001) == [1, 2, 3]
+    for registered, asked in ((2, 5), (3, 1)):  # every ClientApp would refuse: num-partitions is 2 (3)
+        with pytest.raises(ConfigError, match=rf"num-clients={asked}, but this simulation's federation has {registered} SuperNodes"):
+            wait_for_simulated_nodes(_SimulationGrid(registered), asked, timeout=5, settle=0.05, poll=0.001)
+    with pytest.raises(ConfigError, match="has 0 SuperNodes"):
+        wait_for_simulated_nodes(_SimulationGrid(0), 2, timeout=0.05, poll=0.001)
