@@ -9,12 +9,14 @@ cannot run code) and checked field by field before anything of it is used.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import random
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import IO, Any, TypeGuard
 
 import torch
 
@@ -46,6 +48,76 @@ def checkpoint_path(cfg: RunConfig) -> Path:
 def ledger_journal_path(cfg: RunConfig) -> Path:
     """results-dir/<run>/ledger: the privacy ledger after every round (a checkpoint is every k)."""
     return checkpoint_path(cfg).with_name("ledger")
+
+
+def run_lock_path(cfg: RunConfig) -> Path:
+    """results-dir/<run>/lock: held by the one process that writes the run's checkpoint and ledger."""
+    return checkpoint_path(cfg).with_name("lock")
+
+
+class RunFiles:
+    """The exclusive right of this process to write a run's checkpoint and ledger journal.
+
+    Two servers of one run (a run resubmitted with ``resume = true`` while the first still runs:
+    stopping ``flwr run`` leaves its run going on the SuperLink) would each overwrite the other's
+    ledger journal, and the releases of one would be missing from the accounting the next resume
+    reads. The lock is ``flock`` on ``results-dir/<run>/lock``, so the kernel drops it when its
+    process ends, however it ends. Within one process the holds are counted (a test or notebook
+    may build a run's server again while an earlier one is still referenced).
+    """
+
+    _held: dict[Path, tuple[IO[str], int]] = {}
+    _mutex = threading.Lock()
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.path = run_lock_path(cfg).resolve()
+        self.holding = False
+        with self._mutex:
+            file, count = self._held.get(self.path, (None, 0))
+            if file is None:
+                file = self._lock(self.path)
+            self._held[self.path] = (file, count + 1)
+        self.holding = True
+
+    @staticmethod
+    def _lock(path: Path) -> IO[str]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(path, "a+")  # noqa: SIM115 - held open for the run; closed by release
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read(40).strip() or "?"
+            file.close()
+            raise ConfigError(
+                f"{path.parent} is in use by another server of this run (process {holder}): two servers writing one "
+                "run's checkpoint and privacy ledger would drop each other's releases from the accounting. Stop that "
+                "run (flwr stop <run-id>: stopping `flwr run` leaves it going on the SuperLink) or set another run-name"
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        return file
+
+    def release(self) -> None:
+        """Give up this hold; the lock goes when the process's last hold of the run goes."""
+        if not self.holding:
+            return
+        self.holding = False
+        with self._mutex:
+            file, count = self._held.pop(self.path)
+            if count > 1:
+                self._held[self.path] = (file, count - 1)
+            else:
+                fcntl.flock(file, fcntl.LOCK_UN)
+                file.close()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001, S110 - at interpreter exit; the kernel drops the lock anyway
+            pass
 
 
 def config_fingerprint(cfg: RunConfig) -> dict[str, Any]:

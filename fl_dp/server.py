@@ -23,6 +23,7 @@ from fl_dp import federated_evaluation as federated
 from fl_dp import results
 from fl_dp.central import CentralGaussianSum, poisson_cohort, project_to_ball
 from fl_dp.checkpoint import (
+    RunFiles,
     check_ledger_grows,
     check_ledger_summary,
     checkpoint_error,
@@ -173,6 +174,7 @@ class ServerCore:
         )
         self.completed_rounds = 0
         self.resumed_from = 0  # the round a resumed run's checkpoint was written after (0: a fresh run)
+        self._run_files: RunFiles | None = None  # this process's hold on the run's checkpoint files (resume takes it)
         self._norm_limit = self._message_norm_limit()
         self.ledger = PrivacyLedger(cfg.delta)
         self.rows: list[dict[str, Any]] = []
@@ -676,6 +678,9 @@ class ServerCore:
             },
         )
         log.info("round %d: checkpoint written to %s", self.completed_rounds, path)
+        if self.completed_rounds >= self.cfg.num_server_rounds and self._run_files is not None:
+            self._run_files.release()  # the run's last write: another server may resume or rerun it now
+            self._run_files = None
         return path
 
     def resume(self, client_ids_are_stable: bool = False) -> dict[str, State]:
@@ -684,6 +689,8 @@ class ServerCore:
         stable (the in-process loop's are; Flower node ids change with a SuperNode's key or a new
         SuperLink), a client id the checkpoint does not know starts with its worst history."""
         path = checkpoint_path(self.cfg)
+        if self.cfg.checkpoint_every > 0 and self._run_files is None:
+            self._run_files = RunFiles(self.cfg)  # before any file of the run is read or removed
         if not self.cfg.resume:
             if self.cfg.checkpoint_every > 0:  # a fresh run: an earlier run's files are not its own
                 path.unlink(missing_ok=True)

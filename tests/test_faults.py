@@ -1,6 +1,11 @@
 """Runs that survive faults: dropouts, lost client state, a server resumed from its checkpoint."""
 
+import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -461,3 +466,57 @@ def test_after_a_resume_a_client_under_a_new_id_is_never_charged_less_than_befor
     server.aggregate(3, [Reply(node, reply.arrays, reply.metrics) for node, reply in zip(cohort, honest)])
     for client in cohort:
         assert server.ledger.epsilon(client) > worst
+
+
+# ---------------------------------------------------------------- one server per run
+
+_HOLD_THE_RUN = """
+import json, sys
+from fl_dp.checkpoint import RunFiles
+from fl_dp.config import ConfigError, RunConfig
+try:
+    held = RunFiles(RunConfig.from_flwr(json.loads(sys.argv[1])))
+except ConfigError as err:
+    print(err, flush=True)
+    sys.exit(1)
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def _other_server(cfg):
+    """Another process taking ``cfg``'s run files, holding them until its stdin closes; and the
+    first line it printed ("holding", or why it could not)."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_RUN, json.dumps(cfg.to_flwr())],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
+    )
+    return other, other.stdout.readline().strip()
+
+
+def test_a_second_server_of_a_running_run_is_refused_naming_run_name_until_the_first_ends(tiny_cfg, tmp_path):
+    """Two servers of one run would overwrite each other's ledger journal: a resumed run would not
+    be charged for the releases of the other."""
+    cfg = tiny_cfg.replace(results_dir=str(tmp_path), checkpoint_every=1)
+    holder, said = _other_server(cfg)
+    try:
+        assert said == "holding"
+        for again in (cfg, cfg.replace(resume=True)):
+            with pytest.raises(ConfigError, match=rf"in use by another server of this run \(process {holder.pid}\).*run-name"):
+                InProcessFederation(again)
+        assert not checkpoint_path(cfg).exists()
+        InProcessFederation(cfg.replace(run_name="another")).run()  # another run's files are free
+    finally:
+        holder.communicate("", timeout=60)
+    first = InProcessFederation(cfg)
+    first.run(stop_after=1)
+    second = InProcessFederation(cfg.replace(resume=True))  # this process's own hold: a restart in a test or notebook
+    other, said = _other_server(cfg)
+    other.communicate("", timeout=60)
+    assert other.returncode == 1 and f"in use by another server of this run (process {os.getpid()})" in said
+    second.run()
+    assert second.server.completed_rounds == cfg.num_server_rounds
+    del first
+    other, said = _other_server(cfg)  # the run's last checkpoint let the files go
+    other.communicate("", timeout=60)
+    assert (other.returncode, said) == (0, "holding")
