@@ -50,6 +50,21 @@ def ledger_journal_path(cfg: RunConfig) -> Path:
     return checkpoint_path(cfg).with_name("ledger")
 
 
+def run_dir(cfg: RunConfig) -> Path:
+    """results-dir/<run-name or strategy>, created; a ConfigError naming results-dir where it cannot be."""
+    path = checkpoint_path(cfg).parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise results_dir_error(cfg, path, err) from None
+    return path
+
+
+def results_dir_error(cfg: RunConfig, path: Path, err: OSError) -> ConfigError:
+    """The error for a run file that cannot be written (it names ``results-dir``)."""
+    return ConfigError(f"results-dir {cfg.results_dir!r}: cannot write {path} ({type(err).__name__}: {err.strerror or err})")
+
+
 def run_lock_path(cfg: RunConfig) -> Path:
     """results-dir/<run>/lock: held by the one process that writes the run's checkpoint and ledger."""
     return checkpoint_path(cfg).with_name("lock")
@@ -70,19 +85,22 @@ class RunFiles:
     _mutex = threading.Lock()
 
     def __init__(self, cfg: RunConfig) -> None:
-        self.path = run_lock_path(cfg).resolve()
         self.holding = False
+        run_dir(cfg)
+        self.path = run_lock_path(cfg).resolve()
         with self._mutex:
             file, count = self._held.get(self.path, (None, 0))
             if file is None:
-                file = self._lock(self.path)
+                try:
+                    file = open(self.path, "a+")  # noqa: SIM115 - held open for the run; closed by release
+                except OSError as err:
+                    raise results_dir_error(cfg, self.path, err) from None
+                self._lock(self.path, file)
             self._held[self.path] = (file, count + 1)
         self.holding = True
 
     @staticmethod
-    def _lock(path: Path) -> IO[str]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(path, "a+")  # noqa: SIM115 - held open for the run; closed by release
+    def _lock(path: Path, file: IO[str]) -> None:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -98,7 +116,6 @@ class RunFiles:
         file.truncate()
         file.write(f"{os.getpid()}\n")
         file.flush()
-        return file
 
     def release(self) -> None:
         """Give up this hold; the lock goes when the process's last hold of the run goes."""

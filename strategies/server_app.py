@@ -11,6 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fl_dp import results
+from fl_dp.checkpoint import results_dir_error, run_dir
 from fl_dp.config import RunConfig
 from fl_dp.results import history_from_result
 from fl_dp.server import ServerCore
@@ -34,14 +35,16 @@ def configure_logging(cfg: RunConfig | None = None) -> Path | None:
     log.propagate = False
     if cfg is None:
         return None
-    path = Path(cfg.results_dir) / cfg.label / "flower.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = run_dir(cfg) / "flower.log"
     flower = logging.getLogger("flwr")
     for logger in (flower, log):
         for old in [h for h in logger.handlers if getattr(h, "fl_dp_file", False)]:
             logger.removeHandler(old)
             old.close()
-        file_handler = logging.FileHandler(path)
+        try:
+            file_handler = logging.FileHandler(path)
+        except OSError as err:
+            raise results_dir_error(cfg, path, err) from None
         file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         file_handler.fl_dp_file = True  # type: ignore[attr-defined]

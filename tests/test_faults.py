@@ -520,3 +520,15 @@ def test_a_second_server_of_a_running_run_is_refused_naming_run_name_until_the_f
     other, said = _other_server(cfg)  # the run's last checkpoint let the files go
     other.communicate("", timeout=60)
     assert (other.returncode, said) == (0, "holding")
+
+
+@pytest.mark.parametrize("results_dir", ["/proc/fl-dp-cannot-be-made", "{file}/below-a-file"])
+def test_a_results_dir_the_server_cannot_write_is_refused_naming_it_before_round_one(tiny_cfg, tmp_path, results_dir):
+    from strategies.server_app import configure_logging
+
+    (tmp_path / "file").write_text("")
+    cfg = tiny_cfg.replace(results_dir=results_dir.format(file=tmp_path / "file"), checkpoint_every=1)
+    with pytest.raises(ConfigError, match=r"^results-dir '.*': cannot write "):
+        InProcessFederation(cfg)
+    with pytest.raises(ConfigError, match=r"^results-dir '.*': cannot write "):
+        configure_logging(cfg)  # where the Flower path writes first: its log
