@@ -10,11 +10,13 @@ cannot run code) and checked field by field before anything of it is used.
 from __future__ import annotations
 
 import fcntl
+import logging
 import math
 import os
 import random
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any, TypeGuard
 
@@ -22,6 +24,8 @@ import torch
 
 from fl_dp.config import ConfigError, RunConfig
 from fl_dp.privacy import PrivacyLedger
+
+log = logging.getLogger("fl_dp")
 
 FORMAT = "fl-dp-checkpoint/1"
 #: keys a resumed run may change: how long, how often it checkpoints, how patiently it waits
@@ -65,6 +69,11 @@ def results_dir_error(cfg: RunConfig, path: Path, err: OSError) -> ConfigError:
     return ConfigError(f"results-dir {cfg.results_dir!r}: cannot write {path} ({type(err).__name__}: {err.strerror or err})")
 
 
+#: how long a server waits for another server of its run to end before it refuses to start
+RUN_LOCK_WAIT_SECONDS = 30.0
+RUN_LOCK_POLL_SECONDS = 1.0
+
+
 def run_lock_path(cfg: RunConfig) -> Path:
     """results-dir/<run>/lock: held by the one process that writes the run's checkpoint and ledger."""
     return checkpoint_path(cfg).with_name("lock")
@@ -74,11 +83,13 @@ class RunFiles:
     """The exclusive right of this process to write a run's checkpoint and ledger journal.
 
     Two servers of one run (a run resubmitted with ``resume = true`` while the first still runs:
-    stopping ``flwr run`` leaves its run going on the SuperLink) would each overwrite the other's
-    ledger journal, and the releases of one would be missing from the accounting the next resume
-    reads. The lock is ``flock`` on ``results-dir/<run>/lock``, so the kernel drops it when its
-    process ends, however it ends. Within one process the holds are counted (a test or notebook
-    may build a run's server again while an earlier one is still referenced).
+    interrupting ``flwr run`` leaves its run going on the SuperLink, and a simulation's process goes
+    on to the end even when its SuperLink is killed) would each overwrite the other's ledger journal,
+    and the releases of one would be missing from the accounting the next resume reads. The lock is
+    ``flock`` on ``results-dir/<run>/lock``, so the kernel drops it when its process ends, however it
+    ends; a second server waits :data:`RUN_LOCK_WAIT_SECONDS` for that (a stopped run's process ends
+    at its next call or heartbeat), then refuses to start. Within one process the holds are counted
+    (a test or notebook may build a run's server again while an earlier one is still referenced).
     """
 
     _held: dict[Path, tuple[IO[str], int]] = {}
@@ -101,17 +112,33 @@ class RunFiles:
 
     @staticmethod
     def _lock(path: Path, file: IO[str]) -> None:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            holder = file.read(40).strip() or "?"
-            file.close()
-            raise ConfigError(
-                f"{path.parent} is in use by another server of this run (process {holder}): two servers writing one "
-                "run's checkpoint and privacy ledger would drop each other's releases from the accounting. Stop that "
-                "run (flwr stop <run-id>: stopping `flwr run` leaves it going on the SuperLink) or set another run-name"
-            ) from None
+        deadline, waited = time.monotonic() + RUN_LOCK_WAIT_SECONDS, False
+        while True:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                file.seek(0)
+                holder = "".join(c for c in file.read(40) if c.isdigit()) or "?"  # the pid its holder wrote
+                if time.monotonic() < deadline:
+                    # a stopped run's process ends at its next call to the SuperLink or its next heartbeat
+                    if not waited:
+                        log.warning(
+                            "%s is held by process %s, another server of this run: waiting up to %.0f s for it to end",
+                            path.parent,
+                            holder,
+                            RUN_LOCK_WAIT_SECONDS,
+                        )
+                    waited = True
+                    time.sleep(min(RUN_LOCK_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
+                    continue
+                file.close()
+                raise ConfigError(
+                    f"{path.parent} is in use by another server of this run (process {holder}): two servers writing one "
+                    "run's checkpoint and privacy ledger would drop each other's releases from the accounting. A run goes "
+                    "on after `flwr run` is interrupted, and a simulation's even after its SuperLink is killed: stop it "
+                    f"(flwr stop <run-id>, or end process {holder}) and resume, or set another run-name"
+                ) from None
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")

@@ -5,6 +5,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from clients.client_app import train as client_train
+from fl_dp import checkpoint
 from fl_dp.checkpoint import checkpoint_path, ledger_journal_path, write_checkpoint
 from fl_dp.client_state import ClientStateStore
 from fl_dp.config import ConfigError
@@ -472,8 +474,10 @@ def test_after_a_resume_a_client_under_a_new_id_is_never_charged_less_than_befor
 
 _HOLD_THE_RUN = """
 import json, sys
+from fl_dp import checkpoint
 from fl_dp.checkpoint import RunFiles
 from fl_dp.config import ConfigError, RunConfig
+checkpoint.RUN_LOCK_WAIT_SECONDS = 0.0  # refuse at once
 try:
     held = RunFiles(RunConfig.from_flwr(json.loads(sys.argv[1])))
 except ConfigError as err:
@@ -494,9 +498,10 @@ def _other_server(cfg):
     return other, other.stdout.readline().strip()
 
 
-def test_a_second_server_of_a_running_run_is_refused_naming_run_name_until_the_first_ends(tiny_cfg, tmp_path):
+def test_a_second_server_of_a_running_run_is_refused_naming_run_name_until_the_first_ends(tiny_cfg, tmp_path, monkeypatch):
     """Two servers of one run would overwrite each other's ledger journal: a resumed run would not
     be charged for the releases of the other."""
+    monkeypatch.setattr(checkpoint, "RUN_LOCK_WAIT_SECONDS", 0.3)
     cfg = tiny_cfg.replace(results_dir=str(tmp_path), checkpoint_every=1)
     holder, said = _other_server(cfg)
     try:
@@ -532,3 +537,17 @@ def test_a_results_dir_the_server_cannot_write_is_refused_naming_it_before_round
         InProcessFederation(cfg)
     with pytest.raises(ConfigError, match=r"^results-dir '.*': cannot write "):
         configure_logging(cfg)  # where the Flower path writes first: its log
+
+
+def test_a_second_server_waits_for_a_stopped_server_of_its_run_to_end(tiny_cfg, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(checkpoint, "RUN_LOCK_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(checkpoint, "RUN_LOCK_POLL_SECONDS", 0.05)
+    cfg = tiny_cfg.replace(results_dir=str(tmp_path), checkpoint_every=1)
+    holder, said = _other_server(cfg)
+    assert said == "holding"
+    ending = threading.Timer(1.0, holder.stdin.close)  # the stopped run's process ends a second later
+    ending.start()
+    with caplog.at_level(logging.WARNING, logger="fl_dp"):
+        InProcessFederation(cfg).run()
+    holder.wait(timeout=60)
+    assert f"held by process {holder.pid}, another server of this run: waiting up to 60 s" in caplog.text
