@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.audit_family import family_epsilon_lower_bound, subsampled_gaussian_epsilon
-from benchmarks.common import markdown_table, new_figure, positive_float, positive_int, save_figure
+from benchmarks.common import markdown_table, new_figure, non_negative_int, positive_float, positive_int, save_figure
 from fl_dp.privacy_policy import resolve_noise_multiplier
 from fl_dp.audit import audit_many_runs, audit_run, ideal_scores
 from fl_dp.audit_bounds import best_one_run_bound
@@ -229,7 +229,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="*", choices=sorted(SCALE), help="only these kinds of audit (SCALE's keys)")
     parser.add_argument("--canary-factor", type=positive_int, help="canaries per kind times this (default 1; --full: 4)")
     parser.add_argument("--no-cross-check", action="store_true", help="skip the many-run cross-check")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--cross-check-runs", type=positive_int, default=2000, help="runs of the many-run audit")
     parser.add_argument("--out", type=Path, default=RESULTS / "privacy_audit.csv")
     parser.add_argument("--ideal", nargs=2, type=positive_int, action="append", metavar=("ROUNDS", "CANARIES"),

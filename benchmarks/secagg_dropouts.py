@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import non_negative_int
+
 ROOT = Path(__file__).parents[1]
 STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
 
@@ -137,7 +139,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="50 clients, 50 rounds, five dropout probabilities")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "secagg_dropouts.csv")
     args = parser.parse_args()
     logging.disable(logging.ERROR)  # each lost round is logged as an error; the table says it

@@ -33,3 +33,16 @@ def test_value_types(check, good, bad):
     for text in bad:
         with pytest.raises(argparse.ArgumentTypeError):
             check(text)
+
+
+@pytest.mark.parametrize("module", ["privacy_audit", "secagg_dropouts"])
+def test_a_benchmarks_negative_seed_is_refused_naming_the_option(module, monkeypatch, capsys):
+    """numpy's generators refuse a negative seed: with a traceback, once the benchmark had started."""
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{module}").main
+    monkeypatch.setattr("sys.argv", [module, "--seed", "-1"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "argument --seed: '-1' is not a whole number >= 0" in capsys.readouterr().err
