@@ -35,9 +35,14 @@ class LazyClients(Mapping[Any, ClientCore]):
         self.cfg = cfg
         if partitions is None:
             partitions = {f"client-{i}": i for i in range(cfg.num_clients)}
-        elif sorted(partitions.values()) != list(range(cfg.num_clients)):
+        elif (
+            not all(isinstance(pid, (int, np.integer)) and not isinstance(pid, bool) for pid in partitions.values())
+            or sorted(partitions.values()) != list(range(cfg.num_clients))
+            or len({str(cid) for cid in partitions}) != len(partitions)  # the server knows a client by str(id)
+        ):
             raise ConfigError(
-                f"client partitions must map {cfg.num_clients} clients one to one onto the partitions of num-clients"
+                f"client partitions must map {cfg.num_clients} clients, distinct as text, one to one onto the "
+                f"partition ids 0..{cfg.num_clients - 1} of num-clients"
             )
         self._ids = list(partitions)
         self._index = dict(partitions)

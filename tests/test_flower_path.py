@@ -311,6 +311,17 @@ def test_a_flower_run_with_unordered_node_ids_replays_in_process(tiny_cfg, priva
     assert not torch.allclose(plain.server.x, trajectory[-1], atol=1e-6)
 
 
+@pytest.mark.parametrize("partitions", [
+    {"a": 0, "b": 0, "c": 1, "d": 2}, {"a": 0, "b": 1, "c": 2, "d": 4}, {"a": 0, "b": 1, "c": 2}, {},
+    {"a": 0, "b": 1, "c": 2, "d": 3, "e": 0}, {"a": 0.0, "b": 1, "c": 2, "d": 3}, {"a": True, "b": 0, "c": 2, "d": 3},
+    {1: 0, "1": 1, "c": 2, "d": 3},  # one client to the server, which knows a client by str(id)
+])
+def test_a_replay_refuses_partitions_that_are_not_a_one_to_one_map(tiny_cfg, partitions):
+    with pytest.raises(ConfigError, match="client partitions must map 4 clients, distinct as text, one to one"):
+        InProcessFederation(tiny_cfg, partitions=partitions)
+    assert InProcessFederation(tiny_cfg, partitions={"a": 3, 7: np.int64(0), "c": 1, "d": 2}).run()["accepted"].tolist() == [4, 4, 4]
+
+
 def test_client_partitions_ignore_what_is_not_a_partition(tiny_cfg):
     core = ServerCore(tiny_cfg.replace(num_clients=3, clients_per_round=3))
     core.sample([30, 10, 20])
