@@ -496,6 +496,8 @@ class ServerCore:
                     "summary": summary,
                 },
             )
+        elif server_round >= self.cfg.num_server_rounds:
+            self._release_run_files()  # a resumed run that writes no checkpoint: its last round is its last read
         log.debug(
             "round %d/%d: %s", server_round, self.cfg.num_server_rounds, ", ".join(f"{k}={_fmt(v)}" for k, v in row.items())
         )
@@ -678,10 +680,14 @@ class ServerCore:
             },
         )
         log.info("round %d: checkpoint written to %s", self.completed_rounds, path)
-        if self.completed_rounds >= self.cfg.num_server_rounds and self._run_files is not None:
-            self._run_files.release()  # the run's last write: another server may resume or rerun it now
-            self._run_files = None
+        if self.completed_rounds >= self.cfg.num_server_rounds:
+            self._release_run_files()  # the run's last write: another server may resume or rerun it now
         return path
+
+    def _release_run_files(self) -> None:
+        if self._run_files is not None:
+            self._run_files.release()
+            self._run_files = None
 
     def resume(self, client_ids_are_stable: bool = False) -> dict[str, State]:
         """With ``resume``, restore the run's checkpoint (if there is one); returns the in-process
@@ -689,8 +695,10 @@ class ServerCore:
         stable (the in-process loop's are; Flower node ids change with a SuperNode's key or a new
         SuperLink), a client id the checkpoint does not know starts with its worst history."""
         path = checkpoint_path(self.cfg)
-        if self.cfg.checkpoint_every > 0 and self._run_files is None:
-            self._run_files = RunFiles(self.cfg)  # before any file of the run is read or removed
+        if (self.cfg.checkpoint_every > 0 or self.cfg.resume) and self._run_files is None:
+            # before any file of the run is read or removed; a resumed run that writes none still
+            # releases on what another server of the run is releasing, and its journal would not say so
+            self._run_files = RunFiles(self.cfg)
         if not self.cfg.resume:
             if self.cfg.checkpoint_every > 0:  # a fresh run: an earlier run's files are not its own
                 path.unlink(missing_ok=True)

@@ -506,7 +506,7 @@ def test_a_second_server_of_a_running_run_is_refused_naming_run_name_until_the_f
     holder, said = _other_server(cfg)
     try:
         assert said == "holding"
-        for again in (cfg, cfg.replace(resume=True)):
+        for again in (cfg, cfg.replace(resume=True), cfg.replace(resume=True, checkpoint_every=0)):  # the last reads only
             with pytest.raises(ConfigError, match=rf"in use by another server of this run \(process {holder.pid}\).*run-name"):
                 InProcessFederation(again)
         assert not checkpoint_path(cfg).exists()
@@ -523,6 +523,14 @@ def test_a_second_server_of_a_running_run_is_refused_naming_run_name_until_the_f
     assert second.server.completed_rounds == cfg.num_server_rounds
     del first
     other, said = _other_server(cfg)  # the run's last checkpoint let the files go
+    other.communicate("", timeout=60)
+    assert (other.returncode, said) == (0, "holding")
+    reader = InProcessFederation(cfg.replace(resume=True, checkpoint_every=0, num_server_rounds=4))
+    other, said = _other_server(cfg)
+    other.communicate("", timeout=60)
+    assert other.returncode == 1 and said.startswith(str(tmp_path))  # refused: a resumed run holds the files it read
+    reader.run()
+    other, said = _other_server(cfg)  # ... until its last round
     other.communicate("", timeout=60)
     assert (other.returncode, said) == (0, "holding")
 
