@@ -61,6 +61,9 @@ def run_dir(cfg: RunConfig) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise results_dir_error(cfg, path, err) from None
+    for table in (path.parent / f"{path.name}.csv", path.parent / f"{path.name}.png"):  # written after the last round
+        if table.exists() and not table.is_file():
+            raise results_dir_error(cfg, table, IsADirectoryError(21, "not a file"))
     return path
 
 

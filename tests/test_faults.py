@@ -535,11 +535,13 @@ def test_a_second_server_of_a_running_run_is_refused_naming_run_name_until_the_f
     assert (other.returncode, said) == (0, "holding")
 
 
-@pytest.mark.parametrize("results_dir", ["/proc/fl-dp-cannot-be-made", "{file}/below-a-file"])
+@pytest.mark.parametrize("results_dir", ["/proc/fl-dp-cannot-be-made", "{file}/below-a-file", "{tmp}/csv-is-a-folder"])
 def test_a_results_dir_the_server_cannot_write_is_refused_naming_it_before_round_one(tiny_cfg, tmp_path, results_dir):
     from strategies.server_app import configure_logging
 
     (tmp_path / "file").write_text("")
+    (tmp_path / "csv-is-a-folder" / f"{tiny_cfg.label}.csv").mkdir(parents=True)  # where the table goes after the last round
+    results_dir = results_dir.replace("{tmp}", str(tmp_path))
     cfg = tiny_cfg.replace(results_dir=results_dir.format(file=tmp_path / "file"), checkpoint_every=1)
     with pytest.raises(ConfigError, match=r"^results-dir '.*': cannot write "):
         InProcessFederation(cfg)
