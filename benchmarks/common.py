@@ -142,6 +142,19 @@ non_negative_int = _number(int, 0, True, "a whole number >= 0")
 positive_float = _number(float, 0.0, False, "a number > 0")
 
 
+def output_file(text: str) -> Path:
+    """An argparse type: a file the benchmark can write, its folder made now (a folder that cannot be
+    made, or a path that is a folder, would fail only once the first runs are done)."""
+    path = Path(text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder cannot be made ({err.strerror or err})") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file this benchmark can write")
+    return path
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in (0, 1]."""
     value = positive_float(text)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import RESULTS, markdown_table, positive_int
+from benchmarks.common import RESULTS, markdown_table, output_file, positive_int
 
 ROOT = Path(__file__).parents[1]
 CONFIGURATIONS = {
@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=positive_int, default=3, help="pairs of runs")
     parser.add_argument("--rounds", type=positive_int, default=6)
-    parser.add_argument("--out", type=Path, default=RESULTS / "deployment_rounds" / "deployment_rounds.csv")
+    parser.add_argument("--out", type=output_file, default=RESULTS / "deployment_rounds" / "deployment_rounds.csv")
     args = parser.parse_args()
     rows = []
     for repeat in range(args.repeats):

@@ -41,7 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, positive_float, run_grid
+from benchmarks.common import base_parser, markdown_table, output_file, positive_float, run_grid
 from benchmarks.privacy_utility import (
     COLUMNS,
     RUN_KEY,
@@ -214,7 +214,7 @@ def main() -> None:
         default="central",
         help="--phase confirm: the privacy model of the fresh-seed runs (distributed: at central's chosen settings)",
     )
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=output_file, default=None)
     parser.add_argument(
         "--resume", action="store_true", help="keep the runs that the histories beside --out hold to their last round"
     )

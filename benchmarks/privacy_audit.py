@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.audit_family import family_epsilon_lower_bound, subsampled_gaussian_epsilon
-from benchmarks.common import markdown_table, new_figure, non_negative_int, positive_float, positive_int, save_figure
+from benchmarks.common import markdown_table, new_figure, non_negative_int, output_file, positive_float, positive_int, save_figure
 from fl_dp.privacy_policy import resolve_noise_multiplier
 from fl_dp.audit import audit_many_runs, audit_run, ideal_scores
 from fl_dp.audit_bounds import best_one_run_bound
@@ -231,7 +231,7 @@ def main() -> None:
     parser.add_argument("--no-cross-check", action="store_true", help="skip the many-run cross-check")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--cross-check-runs", type=positive_int, default=2000, help="runs of the many-run audit")
-    parser.add_argument("--out", type=Path, default=RESULTS / "privacy_audit.csv")
+    parser.add_argument("--out", type=output_file, default=RESULTS / "privacy_audit.csv")
     parser.add_argument("--ideal", nargs=2, type=positive_int, action="append", metavar=("ROUNDS", "CANARIES"),
                         help="only the ideal reference of central at q = 0.1 with this many rounds and canaries (repeatable)")
     parser.add_argument("--family", action="store_true",

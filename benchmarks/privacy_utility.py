@@ -42,7 +42,16 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, new_figure, non_negative_int, positive_float, run_grid, save_figure
+from benchmarks.common import (
+    base_parser,
+    markdown_table,
+    new_figure,
+    non_negative_int,
+    output_file,
+    positive_float,
+    run_grid,
+    save_figure,
+)
 from fl_dp.config import RunConfig
 from fl_dp.privacy_policy import resolve_noise_multiplier
 
@@ -273,7 +282,7 @@ def main() -> None:
     parser.add_argument("--model", default=FIRST_MODEL, choices=["cnn", "cnn-tanh", "dp-cnn"],
                         help="the network every method trains (cnn-tanh: the same CNN with tanh activations; "
                         "dp-cnn: the DP literature's tanh CNN of Papernot et al. and Tramer and Boneh)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "privacy_utility.csv")
+    parser.add_argument("--out", type=output_file, default=RESULTS / "privacy_utility.csv")
     args = parser.parse_args()
     if args.quick:
         scale = dict(clients=100, per_round=10, rounds=args.rounds or 5)

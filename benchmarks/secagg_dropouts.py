@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import non_negative_int
+from benchmarks.common import non_negative_int, output_file
 
 ROOT = Path(__file__).parents[1]
 STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
@@ -140,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="50 clients, 50 rounds, five dropout probabilities")
     parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "secagg_dropouts.csv")
+    parser.add_argument("--out", type=output_file, default=ROOT / "results" / "secagg_dropouts.csv")
     args = parser.parse_args()
     logging.disable(logging.ERROR)  # each lost round is logged as an error; the table says it
     num_clients, rounds, probabilities = (50, 50, (0.01, 0.02, 0.05, 0.1, 0.2)) if args.full else (20, 20, (0.02, 0.05, 0.1))

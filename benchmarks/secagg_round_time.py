@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.common import output_file
 from benchmarks.privacy_utility import bytes_per_client
 from benchmarks.simulation import simulate_sh
 from fl_dp.config import RunConfig
@@ -48,7 +49,7 @@ def simulate(privacy_model: str, nodes: int, per_round: int, rounds: int) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="1000 nodes, 100 a round, 5 rounds")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "secagg_round_time.csv")
+    parser.add_argument("--out", type=output_file, default=ROOT / "results" / "secagg_round_time.csv")
     args = parser.parse_args()
     nodes, per_round, rounds = (1000, 100, 5) if args.full else (100, 20, 4)
     rows = [simulate(model, nodes, per_round, rounds) for model in ("central", "distributed", "central")]

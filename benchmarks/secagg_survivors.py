@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import fraction
+from benchmarks.common import fraction, output_file
 from benchmarks.privacy_utility import config, setting_label
 from fl_dp.inprocess import run_inprocess
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--survivors", type=fraction, nargs="+", default=[0.9])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[2.0, 8.0], choices=sorted(CENTRAL_BEST))
     parser.add_argument("--quick", action="store_true", help="100 clients, 3 rounds")
-    parser.add_argument("--out", type=Path, default=RESULTS / "secagg_survivors.csv")
+    parser.add_argument("--out", type=output_file, default=RESULTS / "secagg_survivors.csv")
     args = parser.parse_args()
     scale = dict(clients=100, per_round=10, rounds=3) if args.quick else dict(clients=1000, per_round=100, rounds=100)
     rows = []

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks.common import base_parser, fraction, non_negative_int, positive_float
+from benchmarks.common import base_parser, fraction, non_negative_int, output_file, positive_float
 
 
 @pytest.mark.parametrize("option, value", [
@@ -46,3 +46,25 @@ def test_a_benchmarks_negative_seed_is_refused_naming_the_option(module, monkeyp
         main()
     assert exit_info.value.code == 2
     assert "argument --seed: '-1' is not a whole number >= 0" in capsys.readouterr().err
+
+
+def test_an_output_file_is_checked_before_any_run(tmp_path):
+    assert output_file(str(tmp_path / "new" / "table.csv")) == tmp_path / "new" / "table.csv"
+    assert (tmp_path / "new").is_dir()  # made now, not once the runs are done
+    (tmp_path / "a-file").write_text("")
+    for bad in (str(tmp_path), str(tmp_path / "a-file" / "table.csv"), "/proc/fl-dp-no/table.csv"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            output_file(bad)
+
+
+@pytest.mark.parametrize("module", ["deployment_rounds", "error_compensation", "privacy_audit", "privacy_utility",
+                                    "secagg_dropouts", "secagg_round_time", "secagg_survivors"])
+def test_a_benchmarks_out_that_cannot_be_written_is_refused_before_it_runs(module, monkeypatch, capsys):
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{module}").main
+    monkeypatch.setattr("sys.argv", [module, "--out", "/proc/fl-dp-no/table.csv"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "argument --out: '/proc/fl-dp-no/table.csv': its folder cannot be made" in capsys.readouterr().err
