@@ -155,6 +155,32 @@ def output_file(text: str) -> Path:
     return path
 
 
+def input_table(*columns: str) -> Callable[[str], Path]:
+    """An argparse type: a CSV that can be read and has ``columns``, checked before any run (it was
+    read only after the grid was built, or its runs done, and failed with a traceback)."""
+
+    def check(text: str) -> Path:
+        path = Path(text)
+        try:
+            header = pd.read_csv(path, nrows=0).columns
+        except (OSError, ValueError) as err:  # pandas' parser errors are ValueErrors
+            raise argparse.ArgumentTypeError(f"{text!r} cannot be read as a CSV ({type(err).__name__}: {err})") from None
+        missing = [column for column in columns if column not in header]
+        if missing:
+            raise argparse.ArgumentTypeError(f"{text!r} lacks the column(s) {', '.join(missing)}")
+        return path
+
+    return check
+
+
+def checked_option(parser: argparse.ArgumentParser, check: Callable[[str], Any], value: Any, option: str) -> Any:
+    """``check(value)`` for an option whose check depends on other options (argparse's error if it fails)."""
+    try:
+        return check(str(value))
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"argument {option}: {err}")
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in (0, 1]."""
     value = positive_float(text)

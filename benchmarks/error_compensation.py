@@ -41,7 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.common import base_parser, markdown_table, output_file, positive_float, run_grid
+from benchmarks.common import base_parser, checked_option, input_table, markdown_table, output_file, positive_float, run_grid
 from benchmarks.privacy_utility import (
     COLUMNS,
     RUN_KEY,
@@ -78,6 +78,10 @@ def grid_settings(strategy: str, alphas: tuple[float, ...], per_alpha: int | Non
     if not takes_alpha(strategy):
         return list(tuning)
     return [{"alpha": alpha, **setting} for alpha in alphas for setting in tuning]
+
+
+#: what a table of runs must hold to be reused or confirmed (tables older than the model column are of the CNN)
+RUN_COLUMNS = [column for column in COLUMNS if column != "model"]
 
 
 def with_alpha(runs: pd.DataFrame) -> pd.DataFrame:
@@ -198,7 +202,7 @@ def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--phase", choices=["grid", "confirm"], default="grid")
     parser.add_argument(
-        "--reuse", type=Path, nargs="*", default=[], help="CSVs of runs already measured (privacy-utility's columns)"
+        "--reuse", type=input_table(*RUN_COLUMNS), nargs="*", default=[], help="CSVs of runs already measured (privacy-utility's columns)"
     )
     parser.add_argument("--epsilons", type=positive_float, nargs="+", default=list(EPSILONS))
     parser.add_argument("--alphas", type=positive_float, nargs="+", default=list(ALPHAS))
@@ -230,7 +234,7 @@ def main() -> None:
         scale = dict(clients=1000, per_round=100, rounds=args.rounds or 100)
     started = time.perf_counter()
     if args.phase == "grid":
-        out = args.out or args.grid_csv
+        out = args.out or checked_option(parser, output_file, args.grid_csv, "--grid-csv")
         # --quick: one eps, each method's first setting
         grid = grid_jobs(
             scale, tuple(args.epsilons[:1] if args.quick else args.epsilons), tuple(args.alphas), 1 if args.quick else None
@@ -240,7 +244,8 @@ def main() -> None:
             args.out
             or RESULTS / f"error_compensation_confirm{'' if args.privacy_model == 'central' else '_' + args.privacy_model}.csv"
         )
-        grid = confirm_jobs(scale, with_alpha(pd.read_csv(args.grid_csv)), args.privacy_model)
+        grid_csv = checked_option(parser, input_table(*RUN_COLUMNS), args.grid_csv, "--grid-csv")
+        grid = confirm_jobs(scale, with_alpha(pd.read_csv(grid_csv)), args.privacy_model)
     runs = run(grid, args.reuse, out, args.workers, args.resume)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out, index=False)

@@ -44,6 +44,7 @@ import pandas as pd
 
 from benchmarks.common import (
     base_parser,
+    input_table,
     markdown_table,
     new_figure,
     non_negative_int,
@@ -269,7 +270,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--epsilons", nargs="+", type=positive_float, default=None, help="override the epsilons (inf for no noise)")
     parser.add_argument("--models", nargs="+", default=None, choices=["local", "central", "distributed"], help="override the privacy models")
-    parser.add_argument("--best-of", type=Path, default=None, help="run only each cell's best setting in this earlier best table")
+    parser.add_argument("--best-of", type=input_table("strategy", "privacy_model", "epsilon", "rounds", "setting"), default=None, help="run only each cell's best setting in this earlier best table")
     parser.add_argument("--best-model", default=None, choices=["local", "central", "distributed"],
                         help="with --best-of: take every cell's setting from this privacy model's cells (e.g. distributed from central)")
     parser.add_argument("--merge", action="store_true", help="keep the runs already in --out (and its histories) and add or replace this grid's")

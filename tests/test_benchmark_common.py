@@ -2,10 +2,12 @@
 
 import argparse
 import math
+import re
+from pathlib import Path
 
 import pytest
 
-from benchmarks.common import base_parser, fraction, non_negative_int, output_file, positive_float
+from benchmarks.common import base_parser, fraction, input_table, non_negative_int, output_file, positive_float
 
 
 @pytest.mark.parametrize("option, value", [
@@ -68,3 +70,34 @@ def test_a_benchmarks_out_that_cannot_be_written_is_refused_before_it_runs(modul
         main()
     assert exit_info.value.code == 2
     assert "argument --out: '/proc/fl-dp-no/table.csv': its folder cannot be made" in capsys.readouterr().err
+
+
+def test_an_input_table_is_checked_before_any_run(tmp_path):
+    from benchmarks.error_compensation import RUN_COLUMNS
+
+    docs = Path(__file__).parents[1] / "docs" / "results"
+    for table in ("privacy_utility.csv", "error_compensation.csv"):  # the tables these options are given
+        assert input_table(*RUN_COLUMNS)(str(docs / table)) == docs / table
+    assert input_table("strategy", "rounds", "setting")(str(docs / "privacy_utility_best.csv"))
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "empty.csv").write_text("")
+    for bad, reason in (("other.csv", "lacks the column(s) strategy, rounds"), ("empty.csv", "cannot be read as a CSV"),
+                        ("missing.csv", "cannot be read as a CSV (FileNotFoundError"), (".", "cannot be read as a CSV")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(reason)):
+            input_table("strategy", "rounds")(str(tmp_path / bad))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["privacy_utility", "--best-of", "/no/such.csv"], "argument --best-of: '/no/such.csv' cannot be read as a CSV"),
+    (["error_compensation", "--reuse", "/no/such.csv"], "argument --reuse: '/no/such.csv' cannot be read as a CSV"),
+    (["error_compensation", "--phase", "confirm", "--grid-csv", "/no/such.csv"], "argument --grid-csv: '/no/such.csv' cannot be read"),
+])
+def test_a_benchmarks_input_table_that_cannot_be_read_is_refused_before_it_runs(argv, message, monkeypatch, capsys):
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{argv[0]}").main
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
