@@ -13,6 +13,7 @@ import pandas as pd
 
 from benchmarks.common import base_parser, markdown_table, new_figure, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
+from fl_dp.data import DATASETS
 
 METHODS = [
     ("‖EF21-SGDM‖ top-1%", dict(strategy="ef21-sgdm-norm", server_lr=3.0, sgdm_eta=0.1)),
@@ -43,7 +44,7 @@ def plot(histories: pd.DataFrame):
 def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--model", default="cnn", choices=["cnn", "resnet20"])
-    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     args = parser.parse_args()
     rounds = args.rounds or (10 if args.quick else 100)
     seeds = 1 if args.quick else args.seeds

@@ -19,6 +19,7 @@ import pandas as pd
 
 from benchmarks.common import accuracy_errorbar, base_parser, markdown_table, new_figure, run_grid, save_figure, summarise, write_outputs
 from fl_dp.config import RunConfig
+from fl_dp.data import DATASETS
 
 METHODS = {
     "majority vote (signSGD)": (dict(strategy="sign-vote", sign_compressor="sign"), (3e-4, 1e-3)),
@@ -78,7 +79,7 @@ def plot(table: pd.DataFrame):
 def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--model", default="logreg", choices=["logreg", "cnn"])
-    parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "mnist"])
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=["fashion-mnist", "mnist"])
     args = parser.parse_args()
     if args.quick:
         grid = list(jobs(["fashion-mnist"], args.model, 1, args.rounds or 10, ["byzantine"]))[:4]

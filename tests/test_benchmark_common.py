@@ -101,3 +101,16 @@ def test_a_benchmarks_input_table_that_cannot_be_read_is_refused_before_it_runs(
         main()
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["signs", "--datasets", "mnist", "nope"], ["ef21_sgdm", "--dataset", "nope"]])
+def test_a_benchmarks_unknown_dataset_is_refused_before_it_runs(argv, monkeypatch, capsys):
+    """--datasets was ignored by signs --quick and failed at its first run otherwise; ef21_sgdm raised a traceback."""
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{argv[0]}").main
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
