@@ -536,8 +536,11 @@ def test_a_second_server_of_a_running_run_is_refused_naming_run_name_until_the_f
 
 
 @pytest.mark.parametrize("results_dir", ["/proc/fl-dp-cannot-be-made", "{file}/below-a-file", "{tmp}/csv-is-a-folder"])
-def test_a_results_dir_the_server_cannot_write_is_refused_naming_it_before_round_one(tiny_cfg, tmp_path, results_dir):
+def test_a_results_dir_the_server_cannot_write_is_refused_naming_it_before_round_one(tiny_cfg, tmp_path, results_dir, monkeypatch):
     from strategies.server_app import configure_logging
+
+    for name in ("fl_dp", "flwr"):  # configure_logging sets them as a ServerApp's process needs; restored after
+        monkeypatch.setattr(logging.getLogger(name), "propagate", logging.getLogger(name).propagate)
 
     (tmp_path / "file").write_text("")
     (tmp_path / "csv-is-a-folder" / f"{tiny_cfg.label}.csv").mkdir(parents=True)  # where the table goes after the last round
