@@ -181,32 +181,6 @@ def wait_for_nodes(grid: Grid, num_nodes: int, timeout: float, at_least: int = 1
     )
 
 
-def wait_for_simulated_nodes(grid: Grid, num_nodes: int, timeout: float, settle: float = 3.0, poll: float = 0.05) -> list[int]:
-    """A simulation's SuperNodes once their number is ``num_nodes``; a ConfigError naming
-    ``num-clients`` once it is not and stops changing for ``settle`` seconds.
-
-    The engine registers every virtual SuperNode while the ServerApp starts and gives each the
-    node config ``num-partitions`` = their number, so the ClientApp refuses any other
-    ``num-clients``: waiting ``node-wait-timeout`` for nodes that never come, then running
-    rounds that every client refuses, would be a run that trains nothing.
-    """
-    deadline = time.monotonic() + timeout
-    nodes = connected_in_order(grid)
-    stable_since = time.monotonic()
-    while len(nodes) != num_nodes:
-        if (nodes and time.monotonic() - stable_since >= settle) or time.monotonic() > deadline:
-            raise ConfigError(
-                f"num-clients={num_nodes}, but this simulation's federation has {len(nodes)} SuperNodes, each told "
-                f"num-partitions={len(nodes)}: set num-clients = 0 (every SuperNode) or the federation's size to "
-                f"{num_nodes} (scripts/simulate.sh {num_nodes}, or the federation's num-supernodes)"
-            )
-        time.sleep(poll)
-        now = connected_in_order(grid)
-        if len(now) != len(nodes):
-            nodes, stable_since = now, time.monotonic()
-    return nodes
-
-
 def wait_for_nodes_or_give_up(grid: Grid, num_nodes: int, timeout: float, poll: float = 1.0) -> list[int]:
     """The connected SuperNodes once ``num_nodes`` are, or those connected after ``timeout`` seconds
     (a round with too few is skipped by :meth:`ServerCore.sample`, with its reason)."""
@@ -222,19 +196,45 @@ def wait_for_nodes_or_give_up(grid: Grid, num_nodes: int, timeout: float, poll: 
 def wait_for_federation(grid: Grid, timeout: float, settle: float = 3.0, poll: float = 1.0) -> list[int]:
     """The connected SuperNodes once their number has not changed for ``settle`` seconds.
 
-    A simulation registers all its virtual SuperNodes before the ServerApp starts; a deployment's
+    A simulation registers all its virtual SuperNodes while the ServerApp starts; a deployment's
     nodes connect over time, so the population is what is there once arrivals stop.
     """
+    nodes, settled = _settled_nodes(grid, timeout, settle, poll)
+    if not settled:
+        raise ConfigError(f"no SuperNode connected after {timeout:.0f} s (num-clients = 0: every SuperNode of the federation)")
+    return nodes
+
+
+def wait_for_simulated_nodes(grid: Grid, num_nodes: int, timeout: float, settle: float = 3.0, poll: float = 0.05) -> list[int]:
+    """A simulation's SuperNodes once their number is ``num_nodes``; a ConfigError naming
+    ``num-clients`` once it is not and stops changing for ``settle`` seconds.
+
+    The engine registers every virtual SuperNode while the ServerApp starts and gives each the
+    node config ``num-partitions`` = their number, so the ClientApp refuses any other
+    ``num-clients``: waiting ``node-wait-timeout`` for nodes that never come, then running
+    rounds that every client refuses, would be a run that trains nothing.
+    """
+    nodes, _ = _settled_nodes(grid, timeout, settle, poll, wanted=num_nodes)
+    if len(nodes) != num_nodes:
+        raise ConfigError(
+            f"num-clients={num_nodes}, but this simulation's federation has {len(nodes)} SuperNodes, each told "
+            f"num-partitions={len(nodes)}: set num-clients = 0 (every SuperNode) or the federation's size to "
+            f"{num_nodes} (scripts/simulate.sh {num_nodes}, or the federation's num-supernodes)"
+        )
+    return nodes
+
+
+def _settled_nodes(grid: Grid, timeout: float, settle: float, poll: float, wanted: int | None = None) -> tuple[list[int], bool]:
+    """(the connected SuperNodes, whether they settled): settled once there are ``wanted`` of them or
+    their number, above zero, has not changed for ``settle`` seconds; unsettled after ``timeout``."""
     deadline = time.monotonic() + timeout
     nodes = connected_in_order(grid)
     stable_since = time.monotonic()
     while True:
-        if nodes and time.monotonic() - stable_since >= settle:
-            return nodes
+        if len(nodes) == wanted or (nodes and time.monotonic() - stable_since >= settle):
+            return nodes, True
         if time.monotonic() > deadline:
-            raise ConfigError(
-                f"no SuperNode connected after {timeout:.0f} s (num-clients = 0: every SuperNode of the federation)"
-            )
+            return nodes, False
         time.sleep(poll)
         now = connected_in_order(grid)
         if len(now) != len(nodes):

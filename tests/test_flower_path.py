@@ -414,7 +414,7 @@ class _SimulationGrid(InMemoryGrid):
 
 def test_a_simulation_waits_for_its_nodes_and_refuses_another_num_clients_naming_it():
     from strategies import flower_grid
-    from strategies.fl_dp_strategy import wait_for_simulated_nodes
+    from strategies.fl_dp_strategy import wait_for_federation, wait_for_simulated_nodes
 
     assert flower_grid.is_simulation(_SimulationGrid(3)) and flower_grid.is_simulation(flower_grid.PromptGrid(_SimulationGrid(3)))
     assert not flower_grid.is_simulation(FakeGrid([1, 2]))
@@ -424,3 +424,7 @@ def test_a_simulation_waits_for_its_nodes_and_refuses_another_num_clients_naming
             wait_for_simulated_nodes(_SimulationGrid(registered), asked, timeout=5, settle=0.05, poll=0.001)
     with pytest.raises(ConfigError, match="has 0 SuperNodes"):
         wait_for_simulated_nodes(_SimulationGrid(0), 2, timeout=0.05, poll=0.001)
+    # num-clients = 0: every SuperNode, once their number stops changing
+    assert wait_for_federation(_SimulationGrid(3), timeout=5, settle=0.05, poll=0.001) == [1, 2, 3]
+    with pytest.raises(ConfigError, match="no SuperNode connected after 0 s"):
+        wait_for_federation(_SimulationGrid(0), timeout=0.05, settle=0.01, poll=0.001)
